@@ -1,0 +1,173 @@
+"""Sparsity allocation: importance scores -> one sparsity per layer for one global target.
+
+ECoFLaP's rule (ECOFLAP_SPEC.md section 2), in exact integer arithmetic: with N prunable weights,
+target sparsity p and cap p_max, keep K = floor(N (1 - p)) weights in all. Each group starts at the
+floor ceil(n_g (1 - p_max)) that enforces the cap; the rest, R, goes to groups in proportion to their
+score S_g (largest remainders, so counts are exact); a group that fills up drops out and its overflow
+is handed out again, until exactly K weights are kept. Without saturation this is the closed form
+sparsity_g = p_max - (p_max - p) * rho_g / rho_bar, rho_g = S_g / n_g, rho_bar = sum S / N.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from ecoflap_core.errors import EcoflapError
+
+Granularity = Literal["layer", "block", "tower"]
+Aggregation = Literal["sum", "avg"]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A prunable layer as the allocator sees it."""
+
+    name: str
+    size: int
+    block: str
+    tower: str
+
+    def group(self, granularity: Granularity) -> str:
+        return {"layer": self.name, "block": self.block, "tower": self.tower}[granularity]
+
+
+@dataclass
+class AllocationRequest:
+    layers: list[LayerInfo]
+    target: float
+    cap: float
+    scores: dict[str, float] | None = None
+    granularity: Granularity = "block"
+    aggregation: Aggregation = "sum"
+    per_tower: bool = False
+
+
+@dataclass
+class Allocation:
+    """A sparsity per layer, and the exact kept counts per group it came from."""
+
+    sparsity: dict[str, float]
+    groups: dict[str, str] = field(default_factory=dict)
+    keep: dict[str, int] = field(default_factory=dict)
+    size: dict[str, int] = field(default_factory=dict)
+    target: float | None = None
+    cap: float | None = None
+    method: str = ""
+
+    def kept(self) -> int:
+        return sum(self.keep.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_dict(), indent=2))
+
+
+class Allocator(ABC):
+    """Turns per-layer scores (or nothing) into an :class:`Allocation`."""
+
+    name: ClassVar[str]
+    needs_scores: ClassVar[bool] = True
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    @abstractmethod
+    def allocate(self, request: AllocationRequest) -> Allocation:
+        """One sparsity per layer of ``request.layers``."""
+
+
+def _exact(x: float) -> Fraction:
+    return Fraction(repr(float(x)))
+
+
+def validate_target(target: float, cap: float | None = None) -> None:
+    """Sparsity in [0, 1) and a cap in [target, 1]."""
+    if not 0.0 <= target < 1.0:
+        raise EcoflapError(f"sparsity {target} is out of range: use a value in [0, 1), e.g. 0.5")
+    if cap is not None and not target <= cap <= 1.0:
+        raise EcoflapError(
+            f"max sparsity {cap} must lie in [sparsity, 1] = [{target}, 1]: "
+            f"the paper uses sparsity + 0.1 (here {min(target + 0.1, 1.0):.2f})"
+        )
+
+
+def keep_counts(
+    scores: Mapping[str, float], sizes: Mapping[str, int], target: float, cap: float
+) -> dict[str, int]:
+    """Exact kept-weight counts per group: they sum to floor(N (1 - target)), none below the cap."""
+    validate_target(target, cap)
+    if any(s < 0 or not math.isfinite(s) for s in scores.values()):
+        raise EcoflapError("importance scores must be finite and non-negative")
+    total = sum(sizes.values())
+    budget = math.floor(total * (1 - _exact(target)))
+    keep = {g: math.ceil(n * (1 - _exact(cap))) for g, n in sizes.items()}
+    _trim_to_budget(keep, sizes, cap, budget)
+    while (rest := budget - sum(keep.values())) > 0:
+        active = [g for g in keep if keep[g] < sizes[g]]
+        weights = {g: float(scores[g]) for g in active}
+        if sum(weights.values()) <= 0:  # only zero scores left: spread over the remaining room
+            weights = {g: float(sizes[g] - keep[g]) for g in active}
+        for g, extra in _largest_remainder(rest, weights).items():
+            keep[g] = min(sizes[g], keep[g] + extra)
+    return keep
+
+
+def _trim_to_budget(keep: dict[str, int], sizes: Mapping[str, int], cap: float, budget: int) -> None:
+    """When cap == target, rounding the floors up can exceed the budget by < 1 weight per group."""
+    excess = sum(keep.values()) - budget
+    rounded_up = [g for g in keep if keep[g] > sizes[g] * (1 - _exact(cap))]
+    for g in rounded_up[: max(excess, 0)]:
+        keep[g] -= 1
+
+
+def _largest_remainder(total: int, weights: Mapping[str, float]) -> dict[str, int]:
+    """Split the integer ``total`` in proportion to ``weights``, exactly (Hamilton's method)."""
+    norm = sum(weights.values())
+    quotas = {g: total * w / norm for g, w in weights.items()}
+    shares = {g: math.floor(q) for g, q in quotas.items()}
+    left = total - sum(shares.values())
+    by_remainder = sorted(quotas, key=lambda g: (shares[g] - quotas[g], g))
+    for g in by_remainder[:left]:
+        shares[g] += 1
+    return shares
+
+
+def group_scores(
+    request: AllocationRequest, groups: Mapping[str, str], sizes: Mapping[str, int]
+) -> dict[str, float]:
+    """S_g: the sum of the layer scores of each group (``avg``: divided by n_g)."""
+    assert request.scores is not None
+    totals = dict.fromkeys(sizes, 0.0)
+    for layer in request.layers:
+        totals[groups[layer.name]] += float(request.scores[layer.name])
+    if request.aggregation == "avg":
+        totals = {g: s / sizes[g] for g, s in totals.items()}
+    return totals
+
+
+def group_layers(request: AllocationRequest) -> tuple[dict[str, str], dict[str, int]]:
+    """layer -> group id, and n_g for each group, at the request's granularity."""
+    groups = {layer.name: layer.group(request.granularity) for layer in request.layers}
+    sizes: dict[str, int] = {}
+    for layer in request.layers:
+        sizes[groups[layer.name]] = sizes.get(groups[layer.name], 0) + layer.size
+    return groups, sizes
+
+
+def budgets(request: AllocationRequest, groups: Mapping[str, str]) -> list[set[str]]:
+    """The sets of groups that share one budget: all of them, or one set per tower."""
+    if not request.per_tower:
+        return [set(groups.values())]
+    towers: dict[str, set[str]] = {}
+    for layer in request.layers:
+        towers.setdefault(layer.tower, set()).add(groups[layer.name])
+    return list(towers.values())

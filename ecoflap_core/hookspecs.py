@@ -1,0 +1,105 @@
+"""The ecoflap plugin API: every hook specification in one module (the shape of pytest's hookspec.py).
+
+Plugins are modules or objects with functions marked ``@hookimpl``; they are found through the
+entry-point group ``ecoflap`` (the built-in ones too, declared in ecoflap's own pyproject.toml).
+Each ``register_*`` hook receives a ``register`` callback: call it once per object. The host checks
+each object at once and records which plugin registered it, so a mistake names its plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from ecoflap_core.adapters import ModelSpec
+    from ecoflap_core.allocation import Allocator
+    from ecoflap_core.pruning import LayerPruner
+    from ecoflap_core.scoring import Scorer
+
+PROJECT = "ecoflap"
+#: Version of this hook API; a plugin may declare ``ECOFLAP_API_VERSION`` (major must match).
+API_VERSION = "1.0"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# -------------------------------------------------------------------------
+# The method: fine-step pruners, coarse-step scorers, sparsity allocators
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def register_pruners(register: Callable[[type[LayerPruner]], None]) -> None:
+    """Register layer pruners.
+
+    :param register: call with a subclass of :class:`ecoflap_core.pruning.LayerPruner` that has a
+        ``name``; it prunes one linear layer from its inputs (``add_batch`` / ``prune`` / ``free``).
+
+    Returns nothing; every implementation is called.
+    """
+
+
+@hookspec
+def register_scorers(register: Callable[[type[Scorer]], None]) -> None:
+    """Register coarse-step scorers (one importance score per weight tensor).
+
+    :param register: call with a subclass of :class:`ecoflap_core.scoring.Scorer` that has a ``name``.
+
+    Returns nothing; every implementation is called.
+    """
+
+
+@hookspec
+def register_allocators(register: Callable[[type[Allocator]], None]) -> None:
+    """Register sparsity allocators (scores -> a sparsity per layer for one global target).
+
+    :param register: call with a subclass of :class:`ecoflap_core.allocation.Allocator` that has a
+        ``name``.
+
+    Returns nothing; every implementation is called.
+    """
+
+
+# -------------------------------------------------------------------------
+# Models and evaluation tasks
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def register_models(register: Callable[[ModelSpec], None]) -> None:
+    """Register models that ``--model NAME`` can load.
+
+    :param register: call with a :class:`ecoflap_core.adapters.ModelSpec`: a name, the adapter
+        class that describes the model's prunable layers, towers and blocks, and a loader.
+
+    Returns nothing; every implementation is called.
+    """
+
+
+@hookspec
+def register_tasks(register: Callable[[Any], None]) -> None:
+    """Register evaluation tasks (the capability each needs, its metrics, higher-is-better).
+
+    :param register: call with a task object that has a ``name``.
+
+    Returns nothing; every implementation is called.
+    """
+
+
+# -------------------------------------------------------------------------
+# Command line
+# -------------------------------------------------------------------------
+
+
+@hookspec
+def register_commands(cli: Any) -> None:
+    """Add sub-commands to the ``ecoflap`` command line.
+
+    :param cli: the root :class:`click.Group`; decorate new commands with ``@cli.command()``.
+
+    Returns nothing; every implementation is called.
+    """

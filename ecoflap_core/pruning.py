@@ -1,0 +1,72 @@
+"""The layer-pruner contract (``add_batch`` / ``prune`` / ``free``) and the mask helpers pruners share.
+
+A pruner is a small object over ONE ``nn.Linear`` (the shape of IST-DASLab/sparsegpt ``SparseGPT`` and
+locuslab/wanda ``WrappedGPT``): a forward hook feeds it the layer's inputs with ``add_batch``; then
+``prune(sparsity, pattern)`` zeroes weights in place and returns the mask of PRUNED weights
+(``True`` where the weight was set to zero); ``free()`` drops the statistics.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ecoflap_core.errors import EcoflapError
+
+Comparison = Literal["row", "matrix"]
+
+
+@dataclass(frozen=True)
+class NMPattern:
+    """Semi-structured N:M sparsity: at most ``n`` non-zeros in every ``m`` consecutive input weights."""
+
+    n: int
+    m: int
+
+    def __post_init__(self) -> None:
+        if not 0 < self.n < self.m:
+            raise EcoflapError(
+                f"N:M pattern {self.n}:{self.m} is invalid: need 0 < N < M (for example 2:4 or 4:8)"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> NMPattern:
+        match = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", text)
+        if match is None:
+            raise EcoflapError(f"N:M pattern {text!r} is not of the form N:M (for example 2:4)")
+        return cls(int(match.group(1)), int(match.group(2)))
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.n / self.m
+
+    def __str__(self) -> str:
+        return f"{self.n}:{self.m}"
+
+
+class LayerPruner(ABC):
+    """Prunes one linear layer from statistics of its inputs."""
+
+    name: ClassVar[str]
+    #: whether ``add_batch`` needs the layer's inputs (magnitude does not)
+    needs_inputs: ClassVar[bool] = True
+
+    def __init__(self, layer: nn.Linear, comparison: Comparison = "row") -> None:
+        self.layer = layer
+        self.comparison = comparison
+        self.nsamples = 0
+
+    def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
+        """Accumulate statistics of one batch of inputs ``inp`` (``[..., d_in]``) and outputs."""
+
+    @abstractmethod
+    def prune(self, sparsity: float, pattern: NMPattern | None = None) -> torch.Tensor:
+        """Zero weights in place; return the boolean mask of pruned weights (shape of the weight)."""
+
+    def free(self) -> None:
+        """Drop accumulated statistics."""

@@ -1,0 +1,278 @@
+"""COARSE step: one importance score per weight tensor (ECOFLAP_SPEC.md section 1).
+
+Zeroth-order (forward passes only): for each scored tensor W and each perturbation group of
+calibration samples, z ~ N(0, I) drawn in fp32 from a seed derived from (run seed, tensor, group,
+noise index) and never stored beyond that step;  s_W += |L(W + eps z) - L(W - eps z)| / (2 eps).
+The weights are never modified: the perturbed layer's output is computed as x W^T + eps x z^T by a
+forward hook, so nothing needs restoring and restoring is exact. Two savings over the reference's
+two full forward passes per tensor per batch: the outputs of every block are cached once per
+micro-batch and the blocks before the perturbed one are replaced by their cached outputs (a
+perturbation of block k leaves everything before block k unchanged), and the samples of a
+micro-batch run together, each group with its own perturbation.
+
+First-order: I = |W| * mean_b |g_b| per element (GradMagAbs; GradOnly and GradMagSquare variants),
+the tensor's score is the sum of I.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from ecoflap_core.adapters import Batch, Block, ModelAdapter, Tower, batch_size, split_batch
+from ecoflap_core.errors import EcoflapError
+from ecoflap_core.progress import ProgressFactory, no_progress
+
+FirstOrderVariant = Literal["grad-mag-abs", "grad-only", "grad-mag-square"]
+
+
+class Scorer(ABC):
+    """Scores every prunable tensor of a model from calibration data."""
+
+    name: ClassVar[str]
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    @abstractmethod
+    def score(
+        self, adapter: ModelAdapter, towers: list[Tower], batch: Batch,
+        progress: ProgressFactory = no_progress,
+    ) -> dict[str, float]:
+        """Layer name -> importance score (higher = more important)."""
+
+
+def perturbation_seed(seed: int, layer: int, group: int, noise: int) -> int:
+    """A 63-bit seed for one perturbation, independent of the order in which they are drawn."""
+    digest = hashlib.blake2b(f"{seed}/{layer}/{group}/{noise}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+def perturbation(weight: torch.Tensor, seed: int) -> torch.Tensor:
+    """z ~ N(0, I) shaped like ``weight``, fp32, regenerated from ``seed`` on the CPU."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(weight.shape, generator=gen, dtype=torch.float32).to(weight.device)
+
+
+def ordered_blocks(towers: Sequence[Tower]) -> list[Block]:
+    return [b for t in towers for b in t.blocks]
+
+
+def ordered_layers(towers: Sequence[Tower]) -> list[str]:
+    return [name for b in ordered_blocks(towers) for name in b.linears]
+
+
+# ---------------------------------------------------------------------------------------------
+# zeroth order
+# ---------------------------------------------------------------------------------------------
+
+
+def capture_block_outputs(adapter: ModelAdapter, blocks: Sequence[Block], batch: Batch) -> list[Any]:
+    """One plain forward pass; returns what each block returned, in block order."""
+    outputs: list[Any] = [None] * len(blocks)
+
+    def keeper(i: int):  # noqa: ANN202
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            outputs[i] = output
+
+        return hook
+
+    handles = [b.module.register_forward_hook(keeper(i)) for i, b in enumerate(blocks)]
+    try:
+        with torch.no_grad():
+            adapter.forward(batch)
+    finally:
+        for h in handles:
+            h.remove()
+    return outputs
+
+
+@contextlib.contextmanager
+def replayed(blocks: Sequence[Block], outputs: Sequence[Any]) -> Iterator[None]:
+    """Blocks that return their cached outputs instead of computing them."""
+    for block, output in zip(blocks, outputs):
+        block.module.forward = lambda *a, _out=output, **k: _out  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        for block in blocks:
+            del block.module.forward
+
+
+@contextlib.contextmanager
+def perturbed(layers: dict[nn.Linear, list[torch.Tensor]], sign: float, group_size: int) -> Iterator[None]:
+    """Each layer's output becomes x (W + sign z_g)^T for the samples of group g: ``z_g`` already scaled by eps."""
+
+    def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+        x = args[0]
+        for g, z in enumerate(layers[module]):
+            rows = slice(g * group_size, (g + 1) * group_size)
+            output[rows] += sign * (x[rows].to(z.dtype) @ z.T).to(output.dtype)
+        return output
+
+    handles = [layer.register_forward_hook(hook) for layer in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _antithetic_difference(
+    adapter: ModelAdapter, batch: Batch, layers: dict[nn.Linear, list[torch.Tensor]], group_size: int
+) -> torch.Tensor:
+    """|L(+z) - L(-z)| per perturbation group (losses are means over the group's samples)."""
+    with perturbed(layers, +1.0, group_size):
+        plus = adapter.loss(batch).double()
+    with perturbed(layers, -1.0, group_size):
+        minus = adapter.loss(batch).double()
+    groups = plus.numel() // group_size
+    return (plus - minus).view(groups, group_size).mean(dim=1).abs()
+
+
+def zeroth_order_scores(
+    adapter: ModelAdapter,
+    towers: Sequence[Tower],
+    batch: Batch,
+    *,
+    eps: float = 1e-3,
+    num_noise: int = 1,
+    seed: int = 42,
+    micro_batch: int = 4,
+    group_size: int = 1,
+    level: Literal["tensor", "block"] = "tensor",
+    progress: ProgressFactory = no_progress,
+) -> dict[str, float]:
+    """MEZO-GradOnly scores: one scalar per tensor (``level="block"``: per block, shared by size)."""
+    _check_zo(batch, micro_batch, group_size, eps, num_noise)
+    blocks = ordered_blocks(towers)
+    index = {name: i for i, name in enumerate(ordered_layers(towers))}
+    scores = dict.fromkeys(index, 0.0)
+    units = _perturbation_units(blocks, level)
+    bar = progress(total=len(split_batch(batch, micro_batch)) * len(units), desc="zeroth-order scores")
+    for start, micro in zip(range(0, batch_size(batch), micro_batch), split_batch(batch, micro_batch)):
+        outputs = capture_block_outputs(adapter, blocks, micro)
+        first_group = start // group_size
+        for k, names in units:
+            with torch.no_grad(), replayed(blocks[:k], outputs[:k]):
+                for noise in range(num_noise):
+                    zs = _draw(blocks[k], names, index, seed, first_group, batch_size(micro) // group_size, noise, eps)
+                    diff = _antithetic_difference(adapter, micro, zs, group_size)
+                    _accumulate(scores, blocks[k], names, float(diff.sum()) / (2 * eps))
+            bar.update(1)
+    bar.close()
+    return scores
+
+
+def _check_zo(batch: Batch, micro_batch: int, group_size: int, eps: float, num_noise: int) -> None:
+    if micro_batch < 1 or group_size < 1 or micro_batch % group_size:
+        raise EcoflapError(
+            f"zeroth-order micro-batch ({micro_batch}) must be a positive multiple of the samples "
+            f"per perturbation ({group_size})"
+        )
+    if batch_size(batch) % group_size:
+        raise EcoflapError(f"{batch_size(batch)} samples do not split into groups of {group_size}")
+    if eps <= 0 or num_noise < 1:
+        raise EcoflapError("zeroth-order eps must be > 0 and num_noise >= 1")
+
+
+def _perturbation_units(blocks: Sequence[Block], level: str) -> list[tuple[int, list[str]]]:
+    """(block index, the layers perturbed together): one layer at a time, or a whole block."""
+    if level == "block":
+        return [(k, list(b.linears)) for k, b in enumerate(blocks) if b.linears]
+    return [(k, [n]) for k, b in enumerate(blocks) for n in b.linears]
+
+
+def _draw(
+    block: Block, names: list[str], index: dict[str, int], seed: int,
+    first_group: int, groups: int, noise: int, eps: float,
+) -> dict[nn.Linear, list[torch.Tensor]]:
+    """eps * z for each perturbed layer and each perturbation group of the micro-batch."""
+    return {
+        block.linears[n]: [
+            perturbation(block.linears[n].weight, perturbation_seed(seed, index[n], first_group + g, noise)) * eps
+            for g in range(groups)
+        ]
+        for n in names
+    }
+
+
+def _accumulate(scores: dict[str, float], block: Block, names: list[str], value: float) -> None:
+    """Add a unit's estimate; a block-level estimate is shared among its layers by size."""
+    sizes = {n: block.linears[n].weight.numel() for n in names}
+    total = sum(sizes.values())
+    for n in names:
+        scores[n] += value * sizes[n] / total
+
+
+# ---------------------------------------------------------------------------------------------
+# first order
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def only_requires_grad(model: nn.Module, params: Sequence[nn.Parameter]) -> Iterator[None]:
+    """Gradients for ``params`` alone (saves the memory of every other gradient)."""
+    before = {p: p.requires_grad for p in model.parameters()}
+    wanted = set(params)
+    for p in model.parameters():
+        p.requires_grad_(p in wanted)
+    try:
+        yield
+    finally:
+        for p, flag in before.items():
+            p.requires_grad_(flag)
+
+
+def first_order_scores(
+    adapter: ModelAdapter,
+    towers: Sequence[Tower],
+    batch: Batch,
+    *,
+    micro_batch: int = 1,
+    variant: FirstOrderVariant = "grad-mag-abs",
+    progress: ProgressFactory = no_progress,
+) -> dict[str, float]:
+    """Sum over each tensor of I = |W| mean|g| (or mean|g|, or W^2 mean g^2)."""
+    layers = {n: lin for b in ordered_blocks(towers) for n, lin in b.linears.items()}
+    acc = {n: torch.zeros_like(lin.weight, dtype=torch.float32) for n, lin in layers.items()}
+    power = 2 if variant == "grad-mag-square" else 1
+    handles = [
+        lin.weight.register_post_accumulate_grad_hook(_accumulator(acc[n], power))
+        for n, lin in layers.items()
+    ]
+    micros = split_batch(batch, micro_batch)
+    bar = progress(total=len(micros), desc="first-order scores")
+    try:
+        with only_requires_grad(adapter.model, [lin.weight for lin in layers.values()]):
+            for micro in micros:
+                adapter.loss(micro).mean().backward()
+                bar.update(1)
+    finally:
+        for h in handles:
+            h.remove()
+        bar.close()
+    return {n: _first_order_total(layers[n].weight, acc[n] / len(micros), variant) for n in layers}
+
+
+def _accumulator(acc: torch.Tensor, power: int):  # noqa: ANN202
+    def hook(param: torch.Tensor) -> None:
+        acc.add_(param.grad.detach().float().abs().pow(power))
+        param.grad = None
+
+    return hook
+
+
+def _first_order_total(weight: torch.Tensor, mean_grad: torch.Tensor, variant: str) -> float:
+    w = weight.detach().float()
+    if variant == "grad-only":
+        return float(mean_grad.sum())
+    if variant == "grad-mag-square":
+        return float((w.pow(2) * mean_grad).sum())
+    return float((w.abs() * mean_grad).sum())

