@@ -106,14 +106,18 @@ def replayed(blocks: Sequence[Block], outputs: Sequence[Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def perturbed(layers: dict[nn.Linear, list[torch.Tensor]], sign: float, group_size: int) -> Iterator[None]:
-    """Each layer's output becomes x (W + sign z_g)^T for the samples of group g: ``z_g`` already scaled by eps."""
+def perturbed(layers: dict[nn.Linear, list[torch.Tensor]], scale: float, group_size: int) -> Iterator[None]:
+    """Each layer's output becomes x (W + scale z_g)^T for the samples of group g."""
 
     def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
-        x = args[0]
-        for g, z in enumerate(layers[module]):
+        zs = layers[module]
+        samples = len(zs) * group_size  # OPT flattens [B, T, d] to [B * T, d] before its MLP
+        x = args[0].reshape(samples, -1, args[0].shape[-1])
+        out = output.view(samples, -1, output.shape[-1])
+        for g, z in enumerate(zs):
             rows = slice(g * group_size, (g + 1) * group_size)
-            output[rows] += sign * (x[rows].to(z.dtype) @ z.T).to(output.dtype)
+            dtype = torch.promote_types(x.dtype, z.dtype)  # fp32 at least: eps z is 1-2 ulp in bf16
+            out[rows] += (scale * (x[rows].to(dtype) @ z.to(dtype).T)).to(out.dtype)
         return output
 
     handles = [layer.register_forward_hook(hook) for layer in layers]
@@ -125,12 +129,13 @@ def perturbed(layers: dict[nn.Linear, list[torch.Tensor]], sign: float, group_si
 
 
 def _antithetic_difference(
-    adapter: ModelAdapter, batch: Batch, layers: dict[nn.Linear, list[torch.Tensor]], group_size: int
+    adapter: ModelAdapter, batch: Batch, layers: dict[nn.Linear, list[torch.Tensor]],
+    group_size: int, eps: float,
 ) -> torch.Tensor:
-    """|L(+z) - L(-z)| per perturbation group (losses are means over the group's samples)."""
-    with perturbed(layers, +1.0, group_size):
+    """|L(W + eps z) - L(W - eps z)| per perturbation group (a group's loss: its samples' mean)."""
+    with perturbed(layers, eps, group_size):
         plus = adapter.loss(batch).double()
-    with perturbed(layers, -1.0, group_size):
+    with perturbed(layers, -eps, group_size):
         minus = adapter.loss(batch).double()
     groups = plus.numel() // group_size
     return (plus - minus).view(groups, group_size).mean(dim=1).abs()
@@ -162,8 +167,8 @@ def zeroth_order_scores(
         for k, names in units:
             with torch.no_grad(), replayed(blocks[:k], outputs[:k]):
                 for noise in range(num_noise):
-                    zs = _draw(blocks[k], names, index, seed, first_group, batch_size(micro) // group_size, noise, eps)
-                    diff = _antithetic_difference(adapter, micro, zs, group_size)
+                    zs = _draw(blocks[k], names, index, seed, first_group, batch_size(micro) // group_size, noise)
+                    diff = _antithetic_difference(adapter, micro, zs, group_size, eps)
                     _accumulate(scores, blocks[k], names, float(diff.sum()) / (2 * eps))
             bar.update(1)
     bar.close()
@@ -191,12 +196,12 @@ def _perturbation_units(blocks: Sequence[Block], level: str) -> list[tuple[int, 
 
 def _draw(
     block: Block, names: list[str], index: dict[str, int], seed: int,
-    first_group: int, groups: int, noise: int, eps: float,
+    first_group: int, groups: int, noise: int,
 ) -> dict[nn.Linear, list[torch.Tensor]]:
-    """eps * z for each perturbed layer and each perturbation group of the micro-batch."""
+    """z for each perturbed layer and each perturbation group of the micro-batch."""
     return {
         block.linears[n]: [
-            perturbation(block.linears[n].weight, perturbation_seed(seed, index[n], first_group + g, noise)) * eps
+            perturbation(block.linears[n].weight, perturbation_seed(seed, index[n], first_group + g, noise))
             for g in range(groups)
         ]
         for n in names
@@ -276,3 +281,44 @@ def _first_order_total(weight: torch.Tensor, mean_grad: torch.Tensor, variant: s
     if variant == "grad-mag-square":
         return float((w.pow(2) * mean_grad).sum())
     return float((w.abs() * mean_grad).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# the reference's way (oracle for tests and the benchmark)
+# ---------------------------------------------------------------------------------------------
+
+
+def zeroth_order_scores_naive(
+    adapter: ModelAdapter,
+    towers: Sequence[Tower],
+    batch: Batch,
+    *,
+    eps: float = 1e-3,
+    num_noise: int = 1,
+    seed: int = 42,
+    group_size: int = 1,
+    progress: ProgressFactory = no_progress,
+) -> dict[str, float]:
+    """The same estimator computed as the reference does: for each tensor and each group, the
+    weight is perturbed in place (+eps z, then -eps z), two FULL forward passes, then restored by
+    copy. Same seeds as :func:`zeroth_order_scores`, so the scores agree to rounding."""
+    index = {name: i for i, name in enumerate(ordered_layers(towers))}
+    layers = {n: lin for b in ordered_blocks(towers) for n, lin in b.linears.items()}
+    scores = dict.fromkeys(index, 0.0)
+    groups = split_batch(batch, group_size)
+    bar = progress(total=len(layers), desc="zeroth-order scores (reference way)")
+    with torch.no_grad():
+        for name, layer in layers.items():
+            original = layer.weight.detach().clone()
+            for g, group in enumerate(groups):
+                for noise in range(num_noise):
+                    z = perturbation(layer.weight, perturbation_seed(seed, index[name], g, noise))
+                    layer.weight.add_(z, alpha=eps)
+                    plus = adapter.loss(group).double().mean()
+                    layer.weight.add_(z, alpha=-2 * eps)
+                    minus = adapter.loss(group).double().mean()
+                    layer.weight.copy_(original)
+                    scores[name] += float((plus - minus).abs()) / (2 * eps)
+            bar.update(1)
+    bar.close()
+    return scores

@@ -51,8 +51,9 @@ class CausalLMAdapter(ModelAdapter):
         hidden = self.forward(batch).last_hidden_state
         head = self.model.get_output_embeddings()
         ids = batch["input_ids"]
+        dtype = torch.promote_types(hidden.dtype, torch.float32)  # bf16 logits lose the eps signal
         losses = [
-            F.cross_entropy(head(hidden[b, :-1]).float(), ids[b, 1:]) for b in range(ids.shape[0])
+            F.cross_entropy(head(hidden[b, :-1]).to(dtype), ids[b, 1:]) for b in range(ids.shape[0])
         ]
         return torch.stack(losses)
 

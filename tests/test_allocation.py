@@ -1,0 +1,152 @@
+"""The ECoFLaP allocation against its definition (ECOFLAP_SPEC.md section 2)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+from ecoflap_core.allocation import AllocationRequest, LayerInfo, keep_counts
+from ecoflap_core.errors import EcoflapError
+from plugins.allocators import EcoflapAllocator, FromFileAllocator, UniformAllocator
+
+
+def random_groups(seed: int, n: int = 12) -> tuple[dict[str, float], dict[str, int]]:
+    rng = random.Random(seed)
+    sizes = {f"g{i}": rng.randint(1_000, 50_000) for i in range(n)}
+    scores = {g: rng.uniform(0.5, 2.0) * sizes[g] for g in sizes}
+    return scores, sizes
+
+
+def reference_loop(scores: dict[str, float], sizes: dict[str, int], p: float, cap: float) -> dict[str, int]:
+    """The reference's loop as the spec states it (ceil shares; may overshoot K)."""
+    total = sum(sizes.values())
+    budget = math.floor(total * (1 - p))
+    keep = {g: math.ceil(n * (1 - cap)) for g, n in sizes.items()}
+    s = dict(scores)
+    while sum(keep.values()) < budget:
+        rest = budget - sum(keep.values())
+        norm = sum(s.values())
+        for g in keep:
+            keep[g] += math.ceil(rest * s[g] / norm)
+            if keep[g] >= sizes[g]:
+                keep[g], s[g] = sizes[g], 0.0
+    return keep
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(("p", "cap"), [(0.5, 0.6), (0.6, 0.7), (0.3, 0.9), (0.5, 0.5), (0.0, 0.1)])
+def test_keeps_exactly_k_and_respects_the_cap(seed: int, p: float, cap: float) -> None:
+    scores, sizes = random_groups(seed)
+    keep = keep_counts(scores, sizes, p, cap)
+    assert sum(keep.values()) == math.floor(sum(sizes.values()) * (1 - p) + 1e-9)
+    for g, n in sizes.items():
+        assert 0 <= keep[g] <= n
+        if cap > p:  # with cap == target a group may miss the cap by < 1 weight of rounding
+            assert 1 - keep[g] / n <= cap + 1e-12
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_the_closed_form_without_saturation(seed: int) -> None:
+    scores, sizes = random_groups(seed)
+    p, cap = 0.5, 0.6
+    keep = keep_counts(scores, sizes, p, cap)
+    rho_bar = sum(scores.values()) / sum(sizes.values())
+    for g, n in sizes.items():
+        closed = cap - (cap - p) * (scores[g] / n) / rho_bar
+        assert 1 - keep[g] / n == pytest.approx(closed, abs=2 / n)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_agrees_with_the_reference_loop_up_to_its_rounding(seed: int) -> None:
+    scores, sizes = random_groups(seed)
+    sizes["big"], scores["big"] = 2_000, 1e9  # saturates: its overflow is handed out again
+    ours = keep_counts(scores, sizes, 0.6, 0.7)
+    ref = reference_loop(scores, sizes, 0.6, 0.7)
+    assert ours["big"] == ref["big"] == sizes["big"]
+    assert all(abs(ours[g] - ref[g]) <= len(sizes) for g in sizes)
+    assert sum(ref.values()) >= sum(ours.values())  # the reference overshoots, ours is exact
+
+
+def test_a_saturated_group_is_dense_and_its_overflow_is_redistributed() -> None:
+    sizes = {"a": 1000, "b": 1000, "c": 1000}
+    keep = keep_counts({"a": 1e6, "b": 1.0, "c": 3.0}, sizes, 0.5, 0.9)
+    assert keep["a"] == 1000
+    assert sum(keep.values()) == 1500
+    # b and c share the remaining 500 - 2 * 100 floor weights 1 : 3
+    assert (keep["b"] - 100, keep["c"] - 100) == (75, 225)
+
+
+def test_zero_scores_spread_the_budget_uniformly() -> None:
+    keep = keep_counts({"a": 0.0, "b": 0.0}, {"a": 100, "b": 300}, 0.5, 0.8)
+    assert keep == {"a": 50, "b": 150}
+
+
+@pytest.mark.parametrize(("p", "cap"), [(1.0, 1.0), (-0.1, 0.5), (0.5, 0.4), (0.5, 1.2)])
+def test_bad_targets_are_one_clear_error(p: float, cap: float) -> None:
+    with pytest.raises(EcoflapError, match="sparsity"):
+        keep_counts({"a": 1.0}, {"a": 10}, p, cap)
+
+
+def layers() -> list[LayerInfo]:
+    """Two towers: vision blocks hold small weights of low score, language blocks high."""
+    infos = []
+    for tower, blocks, size in (("vision", 3, 400), ("language", 4, 600)):
+        for b in range(blocks):
+            for lin in ("q", "k", "fc"):
+                infos.append(LayerInfo(f"{tower}.{b}.{lin}", size, f"{tower}.{b}", tower))
+    return infos
+
+
+def scores_for(infos: list[LayerInfo]) -> dict[str, float]:
+    return {la.name: (1.0 if la.tower == "vision" else 5.0) * la.size for la in infos}
+
+
+def test_ecoflap_allocator_shares_one_budget_across_towers() -> None:
+    infos = layers()
+    request = AllocationRequest(infos, 0.5, 0.6, scores_for(infos), "block", "sum")
+    allocation = EcoflapAllocator().allocate(request)
+    total = sum(la.size for la in infos)
+    assert allocation.kept() == total // 2
+    vision = [allocation.sparsity[la.name] for la in infos if la.tower == "vision"]
+    language = [allocation.sparsity[la.name] for la in infos if la.tower == "language"]
+    assert min(vision) > max(language)  # the less important tower is pruned more
+    assert max(vision) <= 0.6 + 1e-12
+    assert len(set(allocation.groups.values())) == 7  # one group per block
+    # layers of one block share its sparsity
+    assert allocation.sparsity["vision.0.q"] == allocation.sparsity["vision.0.fc"]
+
+
+def test_per_tower_budgets_keep_each_tower_at_the_target() -> None:
+    infos = layers()
+    request = AllocationRequest(infos, 0.5, 0.6, scores_for(infos), "block", "sum", per_tower=True)
+    allocation = EcoflapAllocator().allocate(request)
+    for tower in ("vision", "language"):
+        kept = sum(allocation.keep[g] for g in {allocation.groups[la.name] for la in infos if la.tower == tower})
+        assert kept == sum(la.size for la in infos if la.tower == tower) // 2
+
+
+def test_avg_aggregation_divides_by_the_group_size() -> None:
+    infos = [LayerInfo("a", 100, "a", "t"), LayerInfo("b", 900, "b", "t")]
+    scores = {"a": 100.0, "b": 900.0}  # equal score per weight
+    for aggregation, expect_equal in (("sum", True), ("avg", False)):
+        request = AllocationRequest(infos, 0.5, 0.7, scores, "layer", aggregation)
+        s = EcoflapAllocator().allocate(request).sparsity
+        assert (s["a"] == pytest.approx(s["b"], abs=0.01)) is expect_equal
+
+
+def test_uniform_and_from_file(tmp_path) -> None:  # noqa: ANN001
+    infos = layers()
+    uniform = UniformAllocator().allocate(AllocationRequest(infos, 0.4, 0.5))
+    assert set(uniform.sparsity.values()) == {0.4}
+    path = tmp_path / "alloc.json"
+    path.write_text(json.dumps({"sparsity": {la.name: 0.25 for la in infos}}))
+    from_file = FromFileAllocator(path=str(path)).allocate(AllocationRequest(infos, 0.5, 0.6))
+    assert set(from_file.sparsity.values()) == {0.25}
+    path.write_text(json.dumps({"nope": 0.5}))
+    with pytest.raises(EcoflapError, match="does not match the model"):
+        FromFileAllocator(path=str(path)).allocate(AllocationRequest(infos, 0.5, 0.6))
+    with pytest.raises(EcoflapError, match="does not exist"):
+        FromFileAllocator(path=str(tmp_path / "missing.json")).allocate(AllocationRequest(infos, 0.5, 0.6))
