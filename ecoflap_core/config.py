@@ -36,8 +36,10 @@ class PruneConfig(BaseModel):
 
     nsamples: int = Field(32, ge=1)
     seqlen: int = Field(512, ge=2)
-    score_nsamples: int | None = Field(None, ge=1)
-    score_seqlen: int | None = Field(None, ge=2)
+    # The coarse step's own calibration set. The paper scores on 32 samples; zeroth-order costs
+    # two partial forward passes per tensor per sample, so the default keeps it to minutes on a CPU.
+    score_nsamples: int = Field(8, ge=1)
+    score_seqlen: int = Field(128, ge=2)
     seed: int = 42
     micro_batch: int = Field(4, ge=1)
 

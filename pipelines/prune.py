@@ -119,7 +119,7 @@ def run_prune(
     log(f"loaded {adapter.model_id}: {adapter.describe()['prunable_parameters']:,} prunable weights "
         f"in {time.perf_counter() - t0:.1f} s")
     fine_batch = adapter.calibration_batch(calib_texts, config.nsamples, config.seqlen, config.seed)
-    score_batch = _score_batch(adapter, config, calib_texts, fine_batch)
+    score_batch = _score_batch(adapter, config, calib_texts, fine_batch) if methods.scorer else None
     report: dict[str, Any] = {"config": config.model_dump(), "model": adapter.describe(), "versions": versions()}
     if evaluation.perplexity and evaluation.dense_perplexity:
         report["dense_perplexity"] = evaluate_perplexity(adapter, heldout, evaluation)
@@ -137,11 +137,9 @@ def run_prune(
 
 
 def _score_batch(adapter: ModelAdapter, config: PruneConfig, texts: list[str], fine: Any) -> Any:
-    n = config.score_nsamples or config.nsamples
-    length = config.score_seqlen or config.seqlen
-    if (n, length) == (config.nsamples, config.seqlen):
+    if (config.score_nsamples, config.score_seqlen) == (config.nsamples, config.seqlen):
         return fine
-    return adapter.calibration_batch(texts, n, length, config.seed)
+    return adapter.calibration_batch(texts, config.score_nsamples, config.score_seqlen, config.seed)
 
 
 def _result_report(result: PruneResult, methods: Methods) -> dict[str, Any]:

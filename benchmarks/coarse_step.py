@@ -1,0 +1,160 @@
+"""Coarse-step benchmark on SmolLM2-135M (real weights), every variant on the same calibration samples.
+
+Side by side in one run, each variant in a fresh subprocess (so peak RSS is its own):
+  plain-forward        the model's own forward pass with labels (no grad) over the same micro-batches
+  zeroth-order         ours: block outputs cached once per micro-batch, blocks before the perturbed
+                       one replayed from the cache, samples batched with one perturbation each
+  zeroth-order-ref     the reference's way: per tensor and sample, W += eps z in place, two FULL
+                       forward passes, restore by copy (same seeds -> the same estimator)
+  zeroth-order-block   one perturbation per block instead of per tensor (optional variant)
+  first-order          |W| * mean|g| from backward passes
+Prints time and peak memory as ratios, score agreement, and writes the raw figures as JSON.
+
+    python benchmarks/coarse_step.py --nsamples 4 --seqlen 128 [--out benchmarks/results/coarse_step.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = ["plain-forward", "zeroth-order", "zeroth-order-ref", "zeroth-order-block", "first-order"]
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_variant(variant: str, nsamples: int, seqlen: int, micro_batch: int, seed: int) -> dict:
+    import torch
+
+    from ecoflap_core.adapters import LoadOptions, split_batch
+    from ecoflap_core.scoring import first_order_scores, zeroth_order_scores, zeroth_order_scores_naive
+    from evaluation.corpora import load_corpus, split_corpus
+    from plugins.models.hf_causal_lm import load_smollm2
+
+    torch.set_num_threads(int(os.environ.get("ECOFLAP_THREADS", "2")))
+    adapter = load_smollm2(LoadOptions("smollm2-135m"))
+    texts, _ = split_corpus(load_corpus("wikipedia"))
+    batch = adapter.calibration_batch(texts, nsamples, seqlen, seed)
+    towers = adapter.towers()
+    loaded = rss_mb()
+    start = time.perf_counter()
+    scores = None
+    if variant == "plain-forward":
+        with torch.no_grad():
+            for micro in split_batch(batch, micro_batch):
+                adapter.model(input_ids=micro["input_ids"], labels=micro["input_ids"], use_cache=False)
+    elif variant == "zeroth-order":
+        scores = zeroth_order_scores(adapter, towers, batch, micro_batch=micro_batch, seed=seed)
+    elif variant == "zeroth-order-block":
+        scores = zeroth_order_scores(adapter, towers, batch, micro_batch=micro_batch, seed=seed, level="block")
+    elif variant == "zeroth-order-ref":
+        scores = zeroth_order_scores_naive(adapter, towers, batch, seed=seed)
+    elif variant == "first-order":
+        scores = first_order_scores(adapter, towers, batch, micro_batch=1)
+    seconds = time.perf_counter() - start
+    return {"variant": variant, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+            "loaded_rss_mb": loaded, "scores": scores}
+
+
+def spawn(variant: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--variant", variant, "--nsamples", str(args.nsamples),
+           "--seqlen", str(args.seqlen), "--micro-batch", str(args.micro_batch), "--seed", str(args.seed)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+    if proc.returncode:
+        sys.exit(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def block_sums(scores: dict[str, float]) -> dict[str, float]:
+    sums: dict[str, float] = {}
+    for name, value in scores.items():
+        block = name.rsplit(".", 2)[0]
+        sums[block] = sums.get(block, 0.0) + value
+    return sums
+
+
+def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
+    from scipy.stats import spearmanr
+
+    def ratio(a: str, b: str, key: str) -> float:
+        return results[a][key] / results[b][key]
+
+    def growth(v: str) -> float:  # memory the step itself added above the loaded model
+        return results[v]["peak_rss_mb"] - results[v]["loaded_rss_mb"]
+
+    ours, ref, block = (results[v]["scores"] for v in ("zeroth-order", "zeroth-order-ref", "zeroth-order-block"))
+    names = list(ours)
+    rel = max(abs(ours[n] - ref[n]) / abs(ref[n]) for n in names)
+    summary = {
+        "settings": {k: str(v) for k, v in vars(args).items() if k != "out"} | {"threads": os.environ.get("ECOFLAP_THREADS", "2")},
+        "seconds": {v: r["seconds"] for v, r in results.items()},
+        "peak_rss_mb": {v: r["peak_rss_mb"] for v, r in results.items()},
+        "step_rss_growth_mb": {v: growth(v) for v in results},
+        "speedup_ours_vs_reference_way": ratio("zeroth-order-ref", "zeroth-order", "seconds"),
+        "time_ratio_zeroth_vs_first_order": ratio("zeroth-order", "first-order", "seconds"),
+        "time_ratio_reference_way_vs_first_order": ratio("zeroth-order-ref", "first-order", "seconds"),
+        "peak_ratio_zeroth_vs_first_order": ratio("zeroth-order", "first-order", "peak_rss_mb"),
+        "peak_ratio_zeroth_vs_plain_forward": ratio("zeroth-order", "plain-forward", "peak_rss_mb"),
+        "growth_ratio_zeroth_vs_first_order": growth("zeroth-order") / growth("first-order"),
+        "growth_ratio_zeroth_vs_plain_forward": growth("zeroth-order") / max(growth("plain-forward"), 1.0),
+        "scores_max_relative_difference_ours_vs_reference_way": rel,
+        "scores_spearman_ours_vs_reference_way": spearmanr([ours[n] for n in names], [ref[n] for n in names]).statistic,
+        "block_level_spearman_vs_tensor_level_block_sums": spearmanr(
+            list(block_sums(block).values()), list(block_sums(ours).values())).statistic,
+        "zeroth_vs_first_order_spearman": spearmanr(
+            [ours[n] for n in names], [results["first-order"]["scores"][n] for n in names]).statistic,
+    }
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    print(f"settings: {summary['settings']}")
+    print(f"{'variant':<20}{'seconds':>10}{'peak RSS MB':>14}{'step growth MB':>16}")
+    for v in summary["seconds"]:
+        print(f"{v:<20}{summary['seconds'][v]:>10.1f}{summary['peak_rss_mb'][v]:>14.0f}"
+              f"{summary['step_rss_growth_mb'][v]:>16.0f}")
+    for key, value in summary.items():
+        if isinstance(value, float):
+            print(f"{key:<58} {value:.4g}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variant", choices=VARIANTS)
+    parser.add_argument("--nsamples", type=int, default=4)
+    parser.add_argument("--seqlen", type=int, default=128)
+    parser.add_argument("--micro-batch", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coarse_step.json"))
+    args = parser.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args.variant, args.nsamples, args.seqlen, args.micro_batch, args.seed)))
+        return
+    results = {}
+    for v in VARIANTS:
+        print(f"running {v} ...", file=sys.stderr, flush=True)
+        results[v] = spawn(v, args)
+    summary = report(results, args)
+    print_summary(summary)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()

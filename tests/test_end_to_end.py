@@ -1,0 +1,112 @@
+"""The whole method on tiny random models: scores, allocation, sequential fine step, save, reload."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ecoflap_core.compress import Methods, compress
+from ecoflap_core.config import PruneConfig
+from ecoflap_core.plugins import load_plugins
+from ecoflap_core.scoring import ordered_blocks
+from ecoflap_core.sequential import measure_sparsity
+from pipelines.prune import EvalOptions, resolve_methods, run_prune
+from plugins.pruners import WandaPruner
+
+REGISTRIES = load_plugins()
+
+
+def test_each_block_calibrates_on_the_already_pruned_blocks(make_adapter, toy_text) -> None:  # noqa: ANN001
+    """The q_proj mask of block k equals Wanda's mask from inputs that passed the PRUNED blocks < k."""
+    adapter = make_adapter("tiny-llama")
+    dense = copy.deepcopy(adapter.model)
+    batch = adapter.calibration_batch([toy_text], 4, 32, seed=0)
+    config = PruneConfig.build(model="tiny-llama", allocator="uniform", pruner="wanda", sparsity=0.5)
+    compress(adapter, config, resolve_methods(REGISTRIES, config), batch)
+    pruned_state = copy.deepcopy(adapter.model.state_dict())
+    blocks = ordered_blocks(adapter.towers())
+    for k in range(1, len(blocks)):
+        probe = copy.deepcopy(adapter.model)
+        dense_blocks = dense.model.layers[k:]
+        for j, block in enumerate(dense_blocks, start=k):  # block k and later: dense again
+            probe.model.layers[j].load_state_dict(block.state_dict())
+        q_proj = probe.model.layers[k].self_attn.q_proj
+        expected = WandaPruner(copy.deepcopy(q_proj), "row")
+        handle = q_proj.register_forward_hook(lambda m, a, o: expected.add_batch(a[0], o))
+        with torch.no_grad():
+            for i in range(0, 4, config.micro_batch):
+                probe.model(input_ids=batch["input_ids"][i : i + config.micro_batch])
+        handle.remove()
+        mask = expected.prune(0.5)
+        actual = pruned_state[f"model.layers.{k}.self_attn.q_proj.weight"] == 0
+        assert torch.equal(mask, actual), f"block {k}"
+
+
+def test_wanda_replay_differs_from_dense_calibration(make_adapter, toy_text) -> None:  # noqa: ANN001
+    """A wrong implementation that calibrates every block on dense inputs would give other masks."""
+    adapter = make_adapter("tiny-llama")
+    batch = adapter.calibration_batch([toy_text], 4, 32, seed=0)
+    last = adapter.model.model.layers[-1].mlp.down_proj
+    dense_stats = WandaPruner(copy.deepcopy(last), "row")
+    handle = last.register_forward_hook(lambda m, a, o: dense_stats.add_batch(a[0], o))
+    with torch.no_grad():
+        adapter.forward(batch)
+    handle.remove()
+    config = PruneConfig.build(model="tiny-llama", allocator="uniform", pruner="wanda", sparsity=0.5)
+    compress(adapter, config, resolve_methods(REGISTRIES, config), batch)
+    assert not torch.equal(dense_stats.prune(0.5), last.weight == 0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "scorer", "pruner", "nm"),
+    [("tiny-llama", "zeroth-order", "wanda", None), ("tiny-opt", "first-order", "sparsegpt", None),
+     ("tiny-llama", None, "magnitude", "2:4")],
+)
+def test_prune_save_reload_same_outputs(tmp_path: Path, toy_corpus: Path, kind: str, scorer, pruner: str, nm) -> None:  # noqa: ANN001
+    settings = dict(model=kind, corpus=str(toy_corpus), pruner=pruner, sparsity=0.5, nsamples=4, seqlen=32)
+    if scorer:
+        settings |= dict(scorer=scorer, allocator="ecoflap", granularity="layer")
+    else:
+        settings |= dict(allocator="uniform", nm=nm)
+    config = PruneConfig.build(**settings)
+    out = tmp_path / "pruned"
+    report = run_prune(REGISTRIES, config, out, EvalOptions(perplexity=False), log=lambda *a: None)
+    allocation = json.loads((out / "allocation.json").read_text())
+    measured = report["measured_per_layer"]
+    assert set(allocation["sparsity"]) == set(measured)
+    if nm:
+        assert all(v == pytest.approx(0.5) for v in measured.values())
+    else:
+        assert report["measured_sparsity"] == pytest.approx(0.5, abs=0.01)
+        assert len(set(allocation["sparsity"].values())) > 1  # scores made the layers differ
+        assert max(measured.values()) <= 0.6 + 1 / 64
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.randint(3, 259, (2, 24), generator=torch.Generator().manual_seed(0))
+    from pipelines.prune import load_model
+
+    pruned = load_model(REGISTRIES, config)  # a fresh tiny model (same seed), then pruned weights
+    pruned.model.load_state_dict(reloaded.state_dict())
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, pruned.model(ids).logits)
+    layers = {n: m for n, m in reloaded.named_modules() if n in measured}
+    assert measure_sparsity(layers).per_layer() == pytest.approx(measured)
+
+
+@pytest.fixture
+def toy_corpus(tmp_path: Path, toy_text: str) -> Path:
+    path = tmp_path / "corpus.txt"
+    words = toy_text.split()
+    path.write_text("\n\n".join(" ".join(words[i : i + 300]) for i in range(0, len(words), 300)))
+    return path
+
+
+def test_methods_resolve_before_the_model_loads() -> None:
+    config = PruneConfig.build(model="tiny-llama", scorer="first-order")
+    methods = resolve_methods(REGISTRIES, config)
+    assert isinstance(methods, Methods) and methods.pruner is WandaPruner
