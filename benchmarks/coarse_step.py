@@ -43,7 +43,11 @@ def run_variant(variant: str, nsamples: int, seqlen: int, micro_batch: int, seed
     import torch
 
     from ecoflap_core.adapters import LoadOptions, split_batch
-    from ecoflap_core.scoring import first_order_scores, zeroth_order_scores, zeroth_order_scores_naive
+    from ecoflap_core.scoring import (
+        first_order_scores,
+        zeroth_order_scores,
+        zeroth_order_scores_naive,
+    )
     from evaluation.corpora import load_corpus, split_corpus
     from plugins.models.hf_causal_lm import load_smollm2
 
@@ -68,13 +72,30 @@ def run_variant(variant: str, nsamples: int, seqlen: int, micro_batch: int, seed
     elif variant == "first-order":
         scores = first_order_scores(adapter, towers, batch, micro_batch=1)
     seconds = time.perf_counter() - start
-    return {"variant": variant, "seconds": seconds, "peak_rss_mb": peak_rss_mb(),
-            "loaded_rss_mb": loaded, "scores": scores}
+    return {
+        "variant": variant,
+        "seconds": seconds,
+        "peak_rss_mb": peak_rss_mb(),
+        "loaded_rss_mb": loaded,
+        "scores": scores,
+    }
 
 
 def spawn(variant: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--variant", variant, "--nsamples", str(args.nsamples),
-           "--seqlen", str(args.seqlen), "--micro-batch", str(args.micro_batch), "--seed", str(args.seed)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--variant",
+        variant,
+        "--nsamples",
+        str(args.nsamples),
+        "--seqlen",
+        str(args.seqlen),
+        "--micro-batch",
+        str(args.micro_batch),
+        "--seed",
+        str(args.seed),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     if proc.returncode:
         sys.exit(f"variant {variant} failed:\n{proc.stderr[-3000:]}")
@@ -102,7 +123,8 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
     names = list(ours)
     rel = max(abs(ours[n] - ref[n]) / abs(ref[n]) for n in names)
     summary = {
-        "settings": {k: str(v) for k, v in vars(args).items() if k != "out"} | {"threads": os.environ.get("ECOFLAP_THREADS", "2")},
+        "settings": {k: str(v) for k, v in vars(args).items() if k != "out"}
+        | {"threads": os.environ.get("ECOFLAP_THREADS", "2")},
         "seconds": {v: r["seconds"] for v, r in results.items()},
         "peak_rss_mb": {v: r["peak_rss_mb"] for v, r in results.items()},
         "step_rss_growth_mb": {v: growth(v) for v in results},
@@ -116,9 +138,11 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
         "scores_max_relative_difference_ours_vs_reference_way": rel,
         "scores_spearman_ours_vs_reference_way": spearmanr([ours[n] for n in names], [ref[n] for n in names]).statistic,
         "block_level_spearman_vs_tensor_level_block_sums": spearmanr(
-            list(block_sums(block).values()), list(block_sums(ours).values())).statistic,
+            list(block_sums(block).values()), list(block_sums(ours).values())
+        ).statistic,
         "zeroth_vs_first_order_spearman": spearmanr(
-            [ours[n] for n in names], [results["first-order"]["scores"][n] for n in names]).statistic,
+            [ours[n] for n in names], [results["first-order"]["scores"][n] for n in names]
+        ).statistic,
     }
     return summary
 
@@ -127,8 +151,10 @@ def print_summary(summary: dict) -> None:
     print(f"settings: {summary['settings']}")
     print(f"{'variant':<20}{'seconds':>10}{'peak RSS MB':>14}{'step growth MB':>16}")
     for v in summary["seconds"]:
-        print(f"{v:<20}{summary['seconds'][v]:>10.1f}{summary['peak_rss_mb'][v]:>14.0f}"
-              f"{summary['step_rss_growth_mb'][v]:>16.0f}")
+        print(
+            f"{v:<20}{summary['seconds'][v]:>10.1f}{summary['peak_rss_mb'][v]:>14.0f}"
+            f"{summary['step_rss_growth_mb'][v]:>16.0f}"
+        )
     for key, value in summary.items():
         if isinstance(value, float):
             print(f"{key:<58} {value:.4g}")

@@ -98,8 +98,14 @@ def main() -> None:
         if key in done:
             continue
         config = PruneConfig.build(
-            model="smollm2-135m", scorer=scorer or "zeroth-order", allocator="ecoflap" if scorer else "uniform",
-            pruner=pruner, sparsity=sparsity, nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed,
+            model="smollm2-135m",
+            scorer=scorer or "zeroth-order",
+            allocator="ecoflap" if scorer else "uniform",
+            pruner=pruner,
+            sparsity=sparsity,
+            nsamples=args.nsamples,
+            seqlen=args.seqlen,
+            seed=args.seed,
             micro_batch=args.micro_batch,
         )
         adapter = load_smollm2(LoadOptions("smollm2-135m"))
@@ -126,8 +132,8 @@ def print_table(done: dict[str, Any], sparsities: list[float]) -> None:
     for label, _, _, s in rows(sparsities):
         r = done.get(f"{label} @ {s}")
         if r:
-            p = r["perplexity"]
-            print(f"| {label} | {s} | {r['measured_sparsity']:.4f} | {p['word_perplexity']:.2f} | {p['token_perplexity']:.2f} |")
+            p, measured = r["perplexity"], r["measured_sparsity"]
+            print(f"| {label} | {s} | {measured:.4f} | {p['word_perplexity']:.2f} | {p['token_perplexity']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -96,8 +96,7 @@ class ModelAdapter(ABC):
             towers.append(Tower(tower_name, blocks))
         if not any(b.linears for t in towers for b in t.blocks):
             raise EcoflapError(
-                f"model {self.model_id!r} has no prunable linear layers "
-                "(check --targets / --ignore patterns)"
+                f"model {self.model_id!r} has no prunable linear layers (check --targets / --ignore patterns)"
             )
         return towers
 

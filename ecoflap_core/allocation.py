@@ -100,9 +100,7 @@ def validate_target(target: float, cap: float | None = None) -> None:
         )
 
 
-def keep_counts(
-    scores: Mapping[str, float], sizes: Mapping[str, int], target: float, cap: float
-) -> dict[str, int]:
+def keep_counts(scores: Mapping[str, float], sizes: Mapping[str, int], target: float, cap: float) -> dict[str, int]:
     """Exact kept-weight counts per group: they sum to floor(N (1 - target)), none below the cap."""
     validate_target(target, cap)
     if any(s < 0 or not math.isfinite(s) for s in scores.values()):
@@ -141,9 +139,7 @@ def _largest_remainder(total: int, weights: Mapping[str, float]) -> dict[str, in
     return shares
 
 
-def group_scores(
-    request: AllocationRequest, groups: Mapping[str, str], sizes: Mapping[str, int]
-) -> dict[str, float]:
+def group_scores(request: AllocationRequest, groups: Mapping[str, str], sizes: Mapping[str, int]) -> dict[str, float]:
     """S_g: the sum of the layer scores of each group (``avg``: divided by n_g)."""
     assert request.scores is not None
     totals = dict.fromkeys(sizes, 0.0)

@@ -51,7 +51,7 @@ def layer_infos(towers: list[Tower]) -> list[LayerInfo]:
     ]
 
 
-def comparison_for(config: PruneConfig, pruner: type[LayerPruner], adapter: ModelAdapter):  # noqa: ANN201
+def comparison_for(config: PruneConfig, pruner: type[LayerPruner], adapter: ModelAdapter):
     """Wanda's comparison group: per row for LLaMA / T5 / CLIP, whole matrix for BLIP-2's ViT."""
 
     def choose(tower: str) -> Comparison:
@@ -85,16 +85,26 @@ def compress(
         scores = methods.scorer.score(adapter, towers, score_batch or fine_batch, progress)
         timings["coarse"] = time.perf_counter() - start
     request = AllocationRequest(
-        layer_infos(towers), config.target, config.cap, scores,
-        config.granularity, config.aggregation, config.per_tower,
+        layer_infos(towers),
+        config.target,
+        config.cap,
+        scores,
+        config.granularity,
+        config.aggregation,
+        config.per_tower,
     )
     allocation = methods.allocator.allocate(request)
     start = time.perf_counter()
     measured = prune_sequential(
-        adapter, towers, fine_batch, allocation.sparsity,
+        adapter,
+        towers,
+        fine_batch,
+        allocation.sparsity,
         lambda layer, comparison: methods.pruner(layer, comparison),
-        pattern=config.pattern, comparison=comparison_for(config, methods.pruner, adapter),
-        micro_batch=config.micro_batch, progress=progress,
+        pattern=config.pattern,
+        comparison=comparison_for(config, methods.pruner, adapter),
+        micro_batch=config.micro_batch,
+        progress=progress,
     )
     timings["fine"] = time.perf_counter() - start
     return PruneResult(allocation, measured, scores, timings)

@@ -52,9 +52,7 @@ class PruneConfig(BaseModel):
     @model_validator(mode="after")
     def _consistent(self) -> PruneConfig:
         if self.max_sparsity is not None and self.max_sparsity < self.sparsity:
-            raise ValueError(
-                f"max_sparsity {self.max_sparsity} is below the target sparsity {self.sparsity}"
-            )
+            raise ValueError(f"max_sparsity {self.max_sparsity} is below the target sparsity {self.sparsity}")
         if self.nm is not None:
             NMPattern.parse(self.nm)
         return self

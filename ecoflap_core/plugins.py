@@ -43,13 +43,9 @@ class PluginInfo:
 class Registries:
     """Everything the loaded plugins registered."""
 
-    pruners: Registry[type[LayerPruner]] = field(
-        default_factory=lambda: Registry("pruner", LayerPruner)
-    )
+    pruners: Registry[type[LayerPruner]] = field(default_factory=lambda: Registry("pruner", LayerPruner))
     scorers: Registry[type[Scorer]] = field(default_factory=lambda: Registry("scorer", Scorer))
-    allocators: Registry[type[Allocator]] = field(
-        default_factory=lambda: Registry("allocator", Allocator)
-    )
+    allocators: Registry[type[Allocator]] = field(default_factory=lambda: Registry("allocator", Allocator))
     models: Registry[ModelSpec] = field(default_factory=lambda: Registry("model", ModelSpec))
     tasks: Registry[Any] = field(default_factory=lambda: Registry("task", object))
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
@@ -70,9 +66,7 @@ def _allowed(name: str) -> bool:
 def _check_api_version(plugin: object, name: str) -> None:
     wanted = getattr(plugin, "ECOFLAP_API_VERSION", None)
     if wanted is not None and str(wanted).split(".")[0] != hookspecs.API_VERSION.split(".")[0]:
-        raise PluginLoadError(
-            f"plugin {name!r} needs ecoflap plugin API {wanted}, this is {hookspecs.API_VERSION}"
-        )
+        raise PluginLoadError(f"plugin {name!r} needs ecoflap plugin API {wanted}, this is {hookspecs.API_VERSION}")
 
 
 def _fail(info: PluginInfo, exc: BaseException, strict: bool) -> None:
@@ -104,13 +98,10 @@ def _registrar(registry: Registry[Any], info: PluginInfo) -> Callable[[Any], Non
 
     def register(obj: Any) -> None:
         if registry.base is not object:
-            ok = isinstance(obj, registry.base) or (
-                isinstance(obj, type) and issubclass(obj, registry.base)
-            )
+            ok = isinstance(obj, registry.base) or (isinstance(obj, type) and issubclass(obj, registry.base))
             if not ok:
                 raise TypeError(
-                    f"plugin {info.name!r} registered {obj!r} as a {registry.kind}; "
-                    f"expected a {registry.base.__name__}"
+                    f"plugin {info.name!r} registered {obj!r} as a {registry.kind}; expected a {registry.base.__name__}"
                 )
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:

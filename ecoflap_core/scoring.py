@@ -42,7 +42,10 @@ class Scorer(ABC):
 
     @abstractmethod
     def score(
-        self, adapter: ModelAdapter, towers: list[Tower], batch: Batch,
+        self,
+        adapter: ModelAdapter,
+        towers: list[Tower],
+        batch: Batch,
         progress: ProgressFactory = no_progress,
     ) -> dict[str, float]:
         """Layer name -> importance score (higher = more important)."""
@@ -77,7 +80,7 @@ def capture_block_outputs(adapter: ModelAdapter, blocks: Sequence[Block], batch:
     """One plain forward pass; returns what each block returned, in block order."""
     outputs: list[Any] = [None] * len(blocks)
 
-    def keeper(i: int):  # noqa: ANN202
+    def keeper(i: int):
         def hook(module: nn.Module, args: Any, output: Any) -> None:
             outputs[i] = output
 
@@ -96,7 +99,7 @@ def capture_block_outputs(adapter: ModelAdapter, blocks: Sequence[Block], batch:
 @contextlib.contextmanager
 def replayed(blocks: Sequence[Block], outputs: Sequence[Any]) -> Iterator[None]:
     """Blocks that return their cached outputs instead of computing them."""
-    for block, output in zip(blocks, outputs):
+    for block, output in zip(blocks, outputs, strict=True):
         block.module.forward = lambda *a, _out=output, **k: _out  # type: ignore[method-assign]
     try:
         yield
@@ -129,8 +132,11 @@ def perturbed(layers: dict[nn.Linear, list[torch.Tensor]], scale: float, group_s
 
 
 def _antithetic_difference(
-    adapter: ModelAdapter, batch: Batch, layers: dict[nn.Linear, list[torch.Tensor]],
-    group_size: int, eps: float,
+    adapter: ModelAdapter,
+    batch: Batch,
+    layers: dict[nn.Linear, list[torch.Tensor]],
+    group_size: int,
+    eps: float,
 ) -> torch.Tensor:
     """|L(W + eps z) - L(W - eps z)| per perturbation group (a group's loss: its samples' mean)."""
     with perturbed(layers, eps, group_size):
@@ -160,8 +166,9 @@ def zeroth_order_scores(
     index = {name: i for i, name in enumerate(ordered_layers(towers))}
     scores = dict.fromkeys(index, 0.0)
     units = _perturbation_units(blocks, level)
-    bar = progress(total=len(split_batch(batch, micro_batch)) * len(units), desc="zeroth-order scores")
-    for start, micro in zip(range(0, batch_size(batch), micro_batch), split_batch(batch, micro_batch)):
+    micros = split_batch(batch, micro_batch)
+    bar = progress(total=len(micros) * len(units), desc="zeroth-order scores")
+    for start, micro in zip(range(0, batch_size(batch), micro_batch), micros, strict=True):
         outputs = capture_block_outputs(adapter, blocks, micro)
         first_group = start // group_size
         for k, names in units:
@@ -195,8 +202,13 @@ def _perturbation_units(blocks: Sequence[Block], level: str) -> list[tuple[int, 
 
 
 def _draw(
-    block: Block, names: list[str], index: dict[str, int], seed: int,
-    first_group: int, groups: int, noise: int,
+    block: Block,
+    names: list[str],
+    index: dict[str, int],
+    seed: int,
+    first_group: int,
+    groups: int,
+    noise: int,
 ) -> dict[nn.Linear, list[torch.Tensor]]:
     """z for each perturbed layer and each perturbation group of the micro-batch."""
     return {
@@ -248,10 +260,7 @@ def first_order_scores(
     layers = {n: lin for b in ordered_blocks(towers) for n, lin in b.linears.items()}
     acc = {n: torch.zeros_like(lin.weight, dtype=torch.float32) for n, lin in layers.items()}
     power = 2 if variant == "grad-mag-square" else 1
-    handles = [
-        lin.weight.register_post_accumulate_grad_hook(_accumulator(acc[n], power))
-        for n, lin in layers.items()
-    ]
+    handles = [lin.weight.register_post_accumulate_grad_hook(_accumulator(acc[n], power)) for n, lin in layers.items()]
     micros = split_batch(batch, micro_batch)
     bar = progress(total=len(micros), desc="first-order scores")
     try:
@@ -266,7 +275,7 @@ def first_order_scores(
     return {n: _first_order_total(layers[n].weight, acc[n] / len(micros), variant) for n in layers}
 
 
-def _accumulator(acc: torch.Tensor, power: int):  # noqa: ANN202
+def _accumulator(acc: torch.Tensor, power: int):
     def hook(param: torch.Tensor) -> None:
         acc.add_(param.grad.detach().float().abs().pow(power))
         param.grad = None

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from ecoflap_core.adapters import Batch, Block, ModelAdapter, Tower, split_batch
-from ecoflap_core.pruning import Comparison, LayerPruner, NMPattern
 from ecoflap_core.progress import ProgressFactory, no_progress
+from ecoflap_core.pruning import Comparison, LayerPruner, NMPattern
 
 PrunerFactory = Callable[[nn.Linear, str], LayerPruner]
 
@@ -100,7 +100,7 @@ def collect_statistics(block: Block, pruners: dict[str, LayerPruner], inputs: Se
     if not hooked:
         return
 
-    def feeder(pruner: LayerPruner):  # noqa: ANN202
+    def feeder(pruner: LayerPruner):
         return lambda module, args, output: pruner.add_batch(args[0].detach(), output.detach())
 
     handles = [block.linears[n].register_forward_hook(feeder(p)) for n, p in hooked.items()]

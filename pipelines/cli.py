@@ -114,8 +114,16 @@ def _merge(file_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
 @click.option("--dense-perplexity", is_flag=True, help="also measure the dense model first")
 @click.option("--ppl-tokens", type=int, default=16384, show_default=True, help="held-out tokens to evaluate")
 @click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
-def prune(config_file: Path | None, output: Path | None, save: bool, ppl: bool,
-          dense_perplexity: bool, ppl_tokens: int, strict: bool, **flags: Any) -> None:
+def prune(
+    config_file: Path | None,
+    output: Path | None,
+    save: bool,
+    ppl: bool,
+    dense_perplexity: bool,
+    ppl_tokens: int,
+    strict: bool,
+    **flags: Any,
+) -> None:
     """Prune a model with ECoFLaP (or a baseline) and report sparsity and perplexity."""
     from ecoflap_core.config import PruneConfig
     from pipelines.prune import EvalOptions, run_prune
@@ -126,8 +134,11 @@ def prune(config_file: Path | None, output: Path | None, save: bool, ppl: bool,
     _threads()
     target = (output or Path("runs") / default_run_name(config)) if save else None
     report = run_prune(
-        _registries(strict), config, target,
-        EvalOptions(ppl, dense_perplexity, ppl_tokens, min(config.seqlen, 2048)), log=click.echo,
+        _registries(strict),
+        config,
+        target,
+        EvalOptions(ppl, dense_perplexity, ppl_tokens, min(config.seqlen, 2048)),
+        log=click.echo,
     )
     click.echo(json.dumps({k: report[k] for k in ("measured_sparsity", "timings_s") if k in report}))
 

@@ -64,15 +64,17 @@ def resolve_methods(registries: Registries, config: PruneConfig) -> Methods:
     scorer = None
     if allocator_cls.needs_scores:
         scorer = registries.scorers.get(config.scorer)(
-            eps=config.zo_eps, num_noise=config.zo_noise, seed=config.seed,
-            micro_batch=config.micro_batch, group_size=config.zo_group, level=config.zo_level,
+            eps=config.zo_eps,
+            num_noise=config.zo_noise,
+            seed=config.seed,
+            micro_batch=config.micro_batch,
+            group_size=config.zo_group,
+            level=config.zo_level,
             variant=config.fo_variant,
         )
     options = {"path": config.allocation_file} if config.allocator == "from-file" else {}
     if config.pattern and allocator_cls.needs_scores:
-        raise EcoflapError(
-            f"N:M sparsity ({config.nm}) is the same in every layer: use --allocator uniform"
-        )
+        raise EcoflapError(f"N:M sparsity ({config.nm}) is the same in every layer: use --allocator uniform")
     return Methods(scorer, allocator_cls(**options), pruner)
 
 
@@ -86,7 +88,10 @@ def evaluate_perplexity(adapter: ModelAdapter, texts: list[str], options: EvalOp
     from evaluation.perplexity import perplexity
 
     return perplexity(
-        adapter.model, adapter.tokenizer, texts, max_length=options.ppl_seqlen,
+        adapter.model,
+        adapter.tokenizer,
+        texts,
+        max_length=options.ppl_seqlen,
         limit_tokens=options.ppl_tokens,
     )
 
@@ -116,8 +121,10 @@ def run_prune(
     calib_texts, heldout = calibration_texts(config.corpus)
     t0 = time.perf_counter()
     adapter = load_model(registries, config)
-    log(f"loaded {adapter.model_id}: {adapter.describe()['prunable_parameters']:,} prunable weights "
-        f"in {time.perf_counter() - t0:.1f} s")
+    log(
+        f"loaded {adapter.model_id}: {adapter.describe()['prunable_parameters']:,} prunable weights "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
     fine_batch = adapter.calibration_batch(calib_texts, config.nsamples, config.seqlen, config.seed)
     score_batch = _score_batch(adapter, config, calib_texts, fine_batch) if methods.scorer else None
     report: dict[str, Any] = {"config": config.model_dump(), "model": adapter.describe(), "versions": versions()}

@@ -37,8 +37,10 @@ class EcoflapAllocator(Allocator):
         keep: dict[str, int] = {}
         for members in budgets(request, groups):
             keep |= keep_counts(
-                {g: scores[g] for g in members}, {g: sizes[g] for g in members},
-                request.target, request.cap,
+                {g: scores[g] for g in members},
+                {g: sizes[g] for g in members},
+                request.target,
+                request.cap,
             )
         sparsity = {la.name: 1.0 - keep[groups[la.name]] / sizes[groups[la.name]] for la in request.layers}
         return Allocation(sparsity, groups, keep, sizes, request.target, request.cap, self.name)
@@ -78,7 +80,9 @@ class FromFileAllocator(Allocator):
         unknown = sorted(table.keys() - names)
         if missing or unknown:
             what = f"{len(missing)} layers missing (e.g. {missing[0]})" if missing else ""
-            what += ("; " if missing and unknown else "") + (f"{len(unknown)} unknown layers (e.g. {unknown[0]})" if unknown else "")
+            what += ("; " if missing and unknown else "") + (
+                f"{len(unknown)} unknown layers (e.g. {unknown[0]})" if unknown else ""
+            )
             raise EcoflapError(f"sparsity file {self.path} does not match the model: {what}")
         sparsity = {la.name: table[la.name] for la in request.layers}
         groups = {la.name: la.name for la in request.layers}
@@ -105,7 +109,7 @@ def _read_sparsity_file(path: Path) -> dict[str, float]:
 
 
 @hookimpl
-def register_allocators(register) -> None:  # noqa: ANN001
+def register_allocators(register) -> None:
     register(EcoflapAllocator)
     register(UniformAllocator)
     register(FromFileAllocator)

@@ -14,15 +14,24 @@ class ZerothOrderScorer(Scorer):
     name = "zeroth-order"
 
     def score(
-        self, adapter: ModelAdapter, towers: list[Tower], batch: Batch,
+        self,
+        adapter: ModelAdapter,
+        towers: list[Tower],
+        batch: Batch,
         progress: ProgressFactory = no_progress,
     ) -> dict[str, float]:
         o = self.options
         return zeroth_order_scores(
-            adapter, towers, batch,
-            eps=o.get("eps", 1e-3), num_noise=o.get("num_noise", 1), seed=o.get("seed", 42),
-            micro_batch=o.get("micro_batch", 4), group_size=o.get("group_size", 1),
-            level=o.get("level", "tensor"), progress=progress,
+            adapter,
+            towers,
+            batch,
+            eps=o.get("eps", 1e-3),
+            num_noise=o.get("num_noise", 1),
+            seed=o.get("seed", 42),
+            micro_batch=o.get("micro_batch", 4),
+            group_size=o.get("group_size", 1),
+            level=o.get("level", "tensor"),
+            progress=progress,
         )
 
 
@@ -32,17 +41,24 @@ class FirstOrderScorer(Scorer):
     name = "first-order"
 
     def score(
-        self, adapter: ModelAdapter, towers: list[Tower], batch: Batch,
+        self,
+        adapter: ModelAdapter,
+        towers: list[Tower],
+        batch: Batch,
         progress: ProgressFactory = no_progress,
     ) -> dict[str, float]:
         o = self.options
         return first_order_scores(
-            adapter, towers, batch, micro_batch=o.get("fo_micro_batch", 1),
-            variant=o.get("variant", "grad-mag-abs"), progress=progress,
+            adapter,
+            towers,
+            batch,
+            micro_batch=o.get("fo_micro_batch", 1),
+            variant=o.get("variant", "grad-mag-abs"),
+            progress=progress,
         )
 
 
 @hookimpl
-def register_scorers(register) -> None:  # noqa: ANN001
+def register_scorers(register) -> None:
     register(ZerothOrderScorer)
     register(FirstOrderScorer)

@@ -21,7 +21,7 @@ def toy_text() -> str:
     return " ".join(rng.choice(words) for _ in range(6000))
 
 
-def tiny_adapter(kind: str = "tiny-llama", dtype: torch.dtype = torch.float32, **patterns):  # noqa: ANN003, ANN201
+def tiny_adapter(kind: str = "tiny-llama", dtype: torch.dtype = torch.float32, **patterns):
     from ecoflap_core.adapters import LoadOptions
     from plugins.models.hf_causal_lm import _tiny, tiny_llama_config, tiny_opt_config
 
@@ -32,5 +32,5 @@ def tiny_adapter(kind: str = "tiny-llama", dtype: torch.dtype = torch.float32, *
 
 
 @pytest.fixture
-def make_adapter():  # noqa: ANN201
+def make_adapter():
     return tiny_adapter

@@ -137,7 +137,7 @@ def test_avg_aggregation_divides_by_the_group_size() -> None:
         assert (s["a"] == pytest.approx(s["b"], abs=0.01)) is expect_equal
 
 
-def test_uniform_and_from_file(tmp_path) -> None:  # noqa: ANN001
+def test_uniform_and_from_file(tmp_path) -> None:
     infos = layers()
     uniform = UniformAllocator().allocate(AllocationRequest(infos, 0.4, 0.5))
     assert set(uniform.sparsity.values()) == {0.4}

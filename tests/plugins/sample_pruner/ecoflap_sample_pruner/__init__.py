@@ -26,5 +26,5 @@ class RandomKeepPruner(LayerPruner):
 
 
 @hookimpl
-def register_pruners(register) -> None:  # noqa: ANN001
+def register_pruners(register) -> None:
     register(RandomKeepPruner)

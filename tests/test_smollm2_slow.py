@@ -1,0 +1,37 @@
+"""Real SmolLM2-135M weights (slow: minutes of CPU). Run with ``pytest -m slow``."""
+
+from __future__ import annotations
+
+import pytest
+
+from ecoflap_core.compress import compress
+from ecoflap_core.config import PruneConfig
+from ecoflap_core.plugins import load_plugins
+from pipelines.prune import calibration_texts, load_model, resolve_methods
+
+pytestmark = pytest.mark.slow
+REG = load_plugins()
+
+
+def prune_and_measure(pruner: str, sparsity: float) -> tuple[float, float]:
+    """(dense, pruned) token perplexity on ~2k held-out tokens after uniform pruning on 8 x 256 tokens."""
+    from evaluation.perplexity import perplexity
+
+    config = PruneConfig.build(
+        model="smollm2-135m", allocator="uniform", pruner=pruner, sparsity=sparsity, nsamples=8, seqlen=256
+    )
+    texts, heldout = calibration_texts("wikipedia")
+    adapter = load_model(REG, config)
+    dense = perplexity(adapter.model, adapter.tokenizer, heldout, max_length=256, limit_tokens=2048)
+    batch = adapter.calibration_batch(texts, config.nsamples, config.seqlen, config.seed)
+    result = compress(adapter, config, resolve_methods(REG, config), batch)
+    assert result.measured.overall() == pytest.approx(sparsity, abs=0.002)
+    pruned = perplexity(adapter.model, adapter.tokenizer, heldout, max_length=256, limit_tokens=2048)
+    return dense["token_perplexity"], pruned["token_perplexity"]
+
+
+def test_wanda_beats_magnitude_on_real_weights() -> None:
+    dense, wanda = prune_and_measure("wanda", 0.5)
+    _, magnitude = prune_and_measure("magnitude", 0.5)
+    assert dense < wanda < magnitude
+    assert dense < 60  # a real language model, not random weights (random: ~49k)
