@@ -67,18 +67,16 @@ def test_config_file_unknown_key_and_flags_override(tmp_path: Path) -> None:
 def test_register_commands_adds_a_subcommand() -> None:
     import click
 
+    from ecoflap_core.hookspecs import hookimpl
     from ecoflap_core.plugins import load_plugins
 
     class AddsCommand:
-        @staticmethod
-        def register_commands(cli):
+        @hookimpl
+        def register_commands(self, cli: click.Group) -> None:
             @cli.command(name="hello-plugin")
             def hello() -> None:
                 click.echo("hello from a plugin")
 
-    from ecoflap_core.hookspecs import hookimpl
-
-    AddsCommand.register_commands = hookimpl(AddsCommand.register_commands)
     group = click.Group()
     reg = load_plugins(extra=[("adds-command", AddsCommand())])
     reg.manager.hook.register_commands(cli=group)
