@@ -93,8 +93,8 @@ def load_entry_points(pm: pluggy.PluginManager, infos: dict[str, PluginInfo], st
             _fail(info, exc, strict)
 
 
-def _registrar(registry: Registry[Any], info: PluginInfo) -> Callable[[Any], None]:
-    """The ``register`` callback handed to one plugin's hook: validates at once, records the plugin."""
+def _registrar(registry: Registry[Any], info: PluginInfo, staged: list[tuple[str, Any]]) -> Callable[[Any], None]:
+    """The ``register`` callback handed to one plugin's hook: checks each object at once."""
 
     def register(obj: Any) -> None:
         if registry.base is not object:
@@ -106,10 +106,20 @@ def _registrar(registry: Registry[Any], info: PluginInfo) -> Callable[[Any], Non
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:
             raise TypeError(f"plugin {info.name!r} registered a {registry.kind} without a name")
-        registry.add(name, obj, info.name)
-        info.registered.setdefault(registry.kind + "s", []).append(name)
+        staged.append((name, obj))
 
     return register
+
+
+def _commit(registry: Registry[Any], info: PluginInfo, staged: list[tuple[str, Any]]) -> None:
+    """Add one plugin's registrations all together, or none of them (a taken name fails the plugin)."""
+    for name, _ in staged:
+        if name in registry:
+            other = registry.entry(name).plugin
+            raise ValueError(f"{registry.kind} {name!r} from plugin {info.name!r} is already registered by {other!r}")
+    for name, obj in staged:
+        registry.add(name, obj, info.name)
+        info.registered.setdefault(registry.kind + "s", []).append(name)
 
 
 def _call_register_hooks(pm: pluggy.PluginManager, reg: Registries, strict: bool) -> None:
@@ -125,8 +135,10 @@ def _call_register_hooks(pm: pluggy.PluginManager, reg: Registries, strict: bool
             info = reg.plugins.setdefault(impl.plugin_name, PluginInfo(impl.plugin_name, None, None))
             if info.error:
                 continue
+            staged: list[tuple[str, Any]] = []
             try:
-                impl.function(register=_registrar(registry, info))
+                impl.function(register=_registrar(registry, info, staged))
+                _commit(registry, info, staged)
             except Exception as exc:
                 _fail(info, exc, strict)
 
@@ -135,9 +147,9 @@ def load_plugins(strict: bool = False, extra: list[tuple[str, object]] | None = 
     """Load entry-point plugins (and ``extra`` (name, plugin) pairs, for tests) into fresh registries."""
     pm = _new_manager()
     reg = Registries(manager=pm)
+    load_entry_points(pm, reg.plugins, strict)
     for name, plugin in extra or []:
         reg.plugins[name] = PluginInfo(name, None, None)
         pm.register(plugin, name=name)
-    load_entry_points(pm, reg.plugins, strict)
     _call_register_hooks(pm, reg, strict)
     return reg

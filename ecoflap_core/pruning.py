@@ -30,9 +30,7 @@ class NMPattern:
 
     def __post_init__(self) -> None:
         if not 0 < self.n < self.m:
-            raise EcoflapError(
-                f"N:M pattern {self.n}:{self.m} is invalid: need 0 < N < M (for example 2:4 or 4:8)"
-            )
+            raise EcoflapError(f"N:M pattern {self.n}:{self.m} is invalid: need 0 < N < M (for example 2:4 or 4:8)")
 
     @classmethod
     def parse(cls, text: str) -> NMPattern:
@@ -61,12 +59,44 @@ class LayerPruner(ABC):
         self.comparison = comparison
         self.nsamples = 0
 
-    def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
+    def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:  # noqa: B027 (optional hook)
         """Accumulate statistics of one batch of inputs ``inp`` (``[..., d_in]``) and outputs."""
 
     @abstractmethod
     def prune(self, sparsity: float, pattern: NMPattern | None = None) -> torch.Tensor:
         """Zero weights in place; return the boolean mask of pruned weights (shape of the weight)."""
 
-    def free(self) -> None:
+    def free(self) -> None:  # noqa: B027 (optional hook)
         """Drop accumulated statistics."""
+
+
+def validate_sparsity(sparsity: float) -> None:
+    if not 0.0 <= sparsity < 1.0:
+        raise EcoflapError(f"layer sparsity {sparsity} is out of range: use a value in [0, 1)")
+
+
+def nm_mask(score: torch.Tensor, pattern: NMPattern) -> torch.Tensor:
+    """In every ``m`` consecutive input weights of each row, prune the ``m - n`` lowest scores."""
+    rows, cols = score.shape
+    if cols % pattern.m:
+        raise EcoflapError(f"N:M pattern {pattern} needs an input size divisible by {pattern.m}, got {cols}")
+    groups = score.reshape(rows, cols // pattern.m, pattern.m)
+    lowest = torch.topk(groups, pattern.m - pattern.n, dim=-1, largest=False).indices
+    mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, lowest, True)
+    return mask.reshape(rows, cols)
+
+
+def prune_mask(
+    score: torch.Tensor, sparsity: float, comparison: Comparison, pattern: NMPattern | None = None
+) -> torch.Tensor:
+    """Boolean mask (True = prune) of the lowest scores: per row, per matrix, or N:M."""
+    if pattern is not None:
+        return nm_mask(score, pattern)
+    validate_sparsity(sparsity)
+    if comparison == "row":
+        count = int(score.shape[1] * sparsity)
+        order = torch.sort(score, dim=1, stable=True).indices[:, :count]
+        return torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
+    count = int(score.numel() * sparsity)
+    order = torch.sort(score.flatten(), stable=True).indices[:count]
+    return torch.zeros(score.numel(), dtype=torch.bool, device=score.device).scatter_(0, order, True).view_as(score)
