@@ -17,7 +17,9 @@ from ecoflap_core.errors import EcoflapError
 
 WIKIPEDIA_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 MIN_WORDS = 200
-CACHE_VERSION = 1
+#: paragraphs shorter than this (headings, table cells, list items) are dropped
+MIN_PARAGRAPH_WORDS = 10
+CACHE_VERSION = 3
 CORPUS_CHOICES = (
     "'wikipedia' (the default) or a path to a .txt file (documents separated by blank lines, "
     "or the WikiText raw layout with ' = Title = ' headings), a .jsonl file with a \"text\" "
@@ -59,7 +61,12 @@ def clean_wiki_text(markup: str) -> str:
 
     text = _BOLD_ITALIC.sub("", filter_wiki(markup))
     lines = [_tidy_line(line) for line in text.split("\n")]
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+    return "\n\n".join(line for line in lines if _is_prose(line))
+
+
+def _is_prose(line: str) -> bool:
+    """A paragraph of running text, not a heading, table cell or list item (those skew word perplexity)."""
+    return len(line.split()) >= MIN_PARAGRAPH_WORDS and not line.startswith(("=", "*", "#", "|", "!"))
 
 
 def _tidy_line(line: str) -> str:
