@@ -11,6 +11,7 @@ import torch
 
 from ecoflap_core.compress import Methods, compress
 from ecoflap_core.config import PruneConfig
+from ecoflap_core.errors import EcoflapError
 from ecoflap_core.plugins import load_plugins
 from ecoflap_core.scoring import ordered_blocks
 from ecoflap_core.sequential import measure_sparsity
@@ -120,3 +121,13 @@ def test_methods_resolve_before_the_model_loads() -> None:
     config = PruneConfig.build(model="tiny-llama", scorer="first-order")
     methods = resolve_methods(REGISTRIES, config)
     assert isinstance(methods, Methods) and methods.pruner is WandaPruner
+
+
+def test_targets_and_ignore_select_the_prunable_layers(make_adapter) -> None:
+    adapter = make_adapter("tiny-llama", targets=[r"\.mlp\."], ignore=[r"layers\.0\."])
+    layers = adapter.prunable_layers()
+    assert layers and all(".mlp." in n and "layers.0." not in n for n in layers)
+    assert len(layers) == 3 * 3  # gate, up, down in blocks 1-3
+    nothing = make_adapter("tiny-llama", targets=["no-such-layer"])
+    with pytest.raises(EcoflapError, match="has no prunable linear layers"):
+        nothing.towers()
