@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
@@ -166,8 +168,19 @@ def _ppl_line(ppl: dict[str, Any]) -> str:
 
 
 def save_outputs(adapter: ModelAdapter, result: PruneResult, report: dict[str, Any], output: Path) -> None:
-    """The pruned model in the Hugging Face layout, its allocation and the run report."""
-    output.mkdir(parents=True, exist_ok=True)
-    adapter.save(output)
-    result.allocation.save(output / "allocation.json")
-    (output / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    """The pruned model in the Hugging Face layout, its allocation and the run report.
+
+    Written into a sibling temporary folder that replaces ``output`` only once complete, so an
+    interrupted save never leaves a half-written model where a finished one was.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        adapter.save(staging)
+        result.allocation.save(staging / "allocation.json")
+        (staging / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        if output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

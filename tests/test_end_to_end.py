@@ -131,3 +131,26 @@ def test_targets_and_ignore_select_the_prunable_layers(make_adapter) -> None:
     nothing = make_adapter("tiny-llama", targets=["no-such-layer"])
     with pytest.raises(EcoflapError, match="has no prunable linear layers"):
         nothing.towers()
+
+
+def test_a_failed_save_leaves_the_previous_output_intact(tmp_path: Path, make_adapter) -> None:
+    from ecoflap_core.allocation import Allocation
+    from ecoflap_core.compress import PruneResult
+    from ecoflap_core.sequential import LayerSparsity
+    from pipelines.prune import save_outputs
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "report.json").write_text('{"previous": true}')
+    adapter = make_adapter("tiny-llama")
+
+    def broken_save(path: Path) -> None:
+        (path / "model.safetensors").write_text("half")
+        raise OSError("disk full")
+
+    adapter.save = broken_save
+    result = PruneResult(Allocation({}), LayerSparsity())
+    with pytest.raises(OSError, match="disk full"):
+        save_outputs(adapter, result, {}, out)
+    assert json.loads((out / "report.json").read_text()) == {"previous": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folder left behind
