@@ -114,7 +114,7 @@ class ModelAdapter(ABC):
         return not any(i.search(name) for i in self.ignore)
 
     def prunable_layers(self) -> dict[str, nn.Linear]:
-        return {n: lin for t in self.towers() for b in t.blocks for n, lin in b.linears.items()}
+        return linears(self.towers())
 
     # ---- computation -------------------------------------------------------------------------
     @abstractmethod
@@ -145,6 +145,11 @@ class ModelAdapter(ABC):
                 lin.weight.numel() for t in towers for b in t.blocks for lin in b.linears.values()
             ),
         }
+
+
+def linears(towers: Sequence[Tower]) -> dict[str, nn.Linear]:
+    """Every prunable linear of ``towers``, by name, in forward order."""
+    return {n: lin for t in towers for b in t.blocks for n, lin in b.linears.items()}
 
 
 def batch_size(batch: Batch) -> int:

@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ecoflap_core.adapters import Batch, Block, ModelAdapter, Tower, batch_size, split_batch
+from ecoflap_core.adapters import Batch, Block, ModelAdapter, Tower, batch_size, linears, split_batch
 from ecoflap_core.errors import EcoflapError
 from ecoflap_core.progress import ProgressFactory, no_progress
 
@@ -68,7 +68,7 @@ def ordered_blocks(towers: Sequence[Tower]) -> list[Block]:
 
 
 def ordered_layers(towers: Sequence[Tower]) -> list[str]:
-    return [name for b in ordered_blocks(towers) for name in b.linears]
+    return list(linears(towers))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,7 +257,7 @@ def first_order_scores(
     progress: ProgressFactory = no_progress,
 ) -> dict[str, float]:
     """Sum over each tensor of I = |W| mean|g| (or mean|g|, or W^2 mean g^2)."""
-    layers = {n: lin for b in ordered_blocks(towers) for n, lin in b.linears.items()}
+    layers = linears(towers)
     acc = {n: torch.zeros_like(lin.weight, dtype=torch.float32) for n, lin in layers.items()}
     power = 2 if variant == "grad-mag-square" else 1
     handles = [lin.weight.register_post_accumulate_grad_hook(_accumulator(acc[n], power)) for n, lin in layers.items()]
@@ -312,7 +312,7 @@ def zeroth_order_scores_naive(
     weight is perturbed in place (+eps z, then -eps z), two FULL forward passes, then restored by
     copy. Same seeds as :func:`zeroth_order_scores`, so the scores agree to rounding."""
     index = {name: i for i, name in enumerate(ordered_layers(towers))}
-    layers = {n: lin for b in ordered_blocks(towers) for n, lin in b.linears.items()}
+    layers = linears(towers)
     scores = dict.fromkeys(index, 0.0)
     groups = split_batch(batch, group_size)
     bar = progress(total=len(layers), desc="zeroth-order scores (reference way)")

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecoflap_core.adapters import Batch, Block, ModelAdapter, Tower, split_batch
+from ecoflap_core.adapters import Batch, Block, ModelAdapter, Tower, linears, split_batch
 from ecoflap_core.progress import ProgressFactory, no_progress
 from ecoflap_core.pruning import Comparison, LayerPruner, NMPattern
 
@@ -149,4 +149,4 @@ def prune_sequential(
                 inputs = prune_block(block, inputs, make_pruner, sparsity, pattern, comparison(tower.name))
                 bar.update(1)
     bar.close()
-    return measure_sparsity({n: lin for t in towers for b in t.blocks for n, lin in b.linears.items()})
+    return measure_sparsity(linears(towers))

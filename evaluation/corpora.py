@@ -13,6 +13,7 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
+from ecoflap_core.cache import cache_dir
 from ecoflap_core.errors import EcoflapError
 
 WIKIPEDIA_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -37,11 +38,6 @@ _WIKITEXT_TITLE = re.compile(r"^ ?= (?!=).*?(?<!=) =\s*$")  # ' = Title = ', not
 
 
 # --------------------------------------------------------------------------- Wikipedia sample
-
-
-def cache_dir() -> Path:
-    """The ecoflap cache folder: $ECOFLAP_CACHE, else ~/.cache/ecoflap."""
-    return Path(os.environ.get("ECOFLAP_CACHE") or Path.home() / ".cache" / "ecoflap")
 
 
 def wikipedia_dump_path() -> Path:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,15 +18,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecoflap_core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
+from ecoflap_core.cache import cache_dir
 from ecoflap_core.calibration import token_windows
 from ecoflap_core.errors import EcoflapError
 from ecoflap_core.hookspecs import hookimpl
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("ECOFLAP_CACHE", Path.home() / ".cache" / "ecoflap"))
 
 
 class CausalLMAdapter(ModelAdapter):
