@@ -84,7 +84,8 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
 def register_tasks(register: Callable[[Any], None]) -> None:
     """Register evaluation tasks (the capability each needs, its metrics, higher-is-better).
 
-    :param register: call with a task object that has a ``name``.
+    :param register: call with a subclass of :class:`ecoflap_core.tasks.Task` that has a ``name``
+        and a ``capability`` (a key of :data:`ecoflap_core.capabilities.CAPABILITIES`).
 
     Returns nothing; every implementation is called.
     """

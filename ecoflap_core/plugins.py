@@ -24,6 +24,7 @@ from ecoflap_core.errors import PluginLoadError
 from ecoflap_core.pruning import LayerPruner
 from ecoflap_core.registry import Registry
 from ecoflap_core.scoring import Scorer
+from ecoflap_core.tasks import Task
 
 ENTRY_POINT_GROUP = "ecoflap"
 
@@ -47,7 +48,7 @@ class Registries:
     scorers: Registry[type[Scorer]] = field(default_factory=lambda: Registry("scorer", Scorer))
     allocators: Registry[type[Allocator]] = field(default_factory=lambda: Registry("allocator", Allocator))
     models: Registry[ModelSpec] = field(default_factory=lambda: Registry("model", ModelSpec))
-    tasks: Registry[Any] = field(default_factory=lambda: Registry("task", object))
+    tasks: Registry[type[Task]] = field(default_factory=lambda: Registry("task", Task))
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     manager: pluggy.PluginManager | None = None
 
