@@ -84,8 +84,19 @@ def compress(
         start = time.perf_counter()
         scores = methods.scorer.score(adapter, towers, score_batch or fine_batch, progress)
         timings["coarse"] = time.perf_counter() - start
+    allocation = allocate(layer_infos(towers), config, methods.allocator, scores)
+    start = time.perf_counter()
+    measured = prune_fine(adapter, towers, config, methods.pruner, fine_batch, allocation.sparsity, progress)
+    timings["fine"] = time.perf_counter() - start
+    return PruneResult(allocation, measured, scores, timings)
+
+
+def allocate(
+    layers: list[LayerInfo], config: PruneConfig, allocator: Allocator, scores: dict[str, float] | None
+) -> Allocation:
+    """The allocation step alone: one sparsity per prunable layer."""
     request = AllocationRequest(
-        layer_infos(towers),
+        layers,
         config.target,
         config.cap,
         scores,
@@ -93,18 +104,27 @@ def compress(
         config.aggregation,
         config.per_tower,
     )
-    allocation = methods.allocator.allocate(request)
-    start = time.perf_counter()
-    measured = prune_sequential(
+    return allocator.allocate(request)
+
+
+def prune_fine(
+    adapter: ModelAdapter,
+    towers: list[Tower],
+    config: PruneConfig,
+    pruner: type[LayerPruner],
+    fine_batch: Batch,
+    sparsity: dict[str, float],
+    progress: ProgressFactory = no_progress,
+) -> LayerSparsity:
+    """The fine step alone: prune ``adapter.model`` in place to ``sparsity`` per layer."""
+    return prune_sequential(
         adapter,
         towers,
         fine_batch,
-        allocation.sparsity,
-        lambda layer, comparison: methods.pruner(layer, comparison),
+        sparsity,
+        lambda layer, comparison: pruner(layer, comparison),
         pattern=config.pattern,
-        comparison=comparison_for(config, methods.pruner, adapter),
+        comparison=comparison_for(config, pruner, adapter),
         micro_batch=config.micro_batch,
         progress=progress,
     )
-    timings["fine"] = time.perf_counter() - start
-    return PruneResult(allocation, measured, scores, timings)

@@ -1,0 +1,107 @@
+"""The validated configuration of ``ecoflap run``: one pruning run plus its evaluation, or a grid of them.
+
+A run is a :class:`RunConfig` (a :class:`PruneConfig` with evaluation settings). A sweep is a base
+run and a ``grid`` of values per key (models x pruners x scorers x allocators x sparsities x seeds);
+every point of the grid is validated up front, so a bad value fails before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ecoflap_core.config import PruneConfig, describe_validation_error
+from ecoflap_core.errors import EcoflapError
+
+DEFAULT_TASKS = ["wikitext"]
+#: keys of a run file that describe a sweep rather than one run
+SWEEP_KEYS = ("grid", "dense_baseline", "parallel", "deployment")
+
+
+class RunConfig(PruneConfig):
+    """What ``ecoflap run`` prunes and evaluates; unset keys are the ``ecoflap prune`` defaults."""
+
+    tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_TASKS), min_length=1)
+    limit: int | None = Field(None, ge=1, description="at most this many examples per task")
+    eval_seed: int = 1234
+    task_args: dict[str, Any] = Field(default_factory=dict, description="task-specific settings")
+    database_url: str | None = Field(None, description="results database; None: $ECOFLAP_DATABASE_URL or SQLite")
+    output: str | None = Field(None, description="folder for results.json [runs/NAME]")
+    dense: bool = Field(False, description="evaluate the model as loaded (the dense baseline)")
+
+    def dense_baseline(self) -> RunConfig:
+        """The same model, calibration and evaluation, unpruned."""
+        return self.model_copy(update={"dense": True, "output": None})
+
+    def run_name(self, with_seed: bool = False) -> str:
+        from pipelines.cli import default_run_name
+
+        name = f"{Path(self.model).name}_dense" if self.dense else default_run_name(self)
+        return f"{name}_seed{self.seed}" if with_seed else name
+
+    def output_dir(self, root: Path | None = None, with_seed: bool = False) -> Path:
+        """``output`` if set, else ``root/NAME`` (``runs/NAME`` by default)."""
+        if self.output:
+            return Path(self.output)
+        return (root or Path("runs")) / self.run_name(with_seed)
+
+
+class SweepConfig(BaseModel):
+    """A base run and the values to cross: every combination is one run, plus one dense run per model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    base: RunConfig
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    dense_baseline: bool = True
+    parallel: int = Field(1, ge=1, description="runs at once in this process")
+    deployment: str | None = Field(None, description="fan out as runs of this deployment (workers)")
+
+    def runs(self) -> list[RunConfig]:
+        """The dense baselines (one per model) first, then every grid point."""
+        keys = list(self.grid)
+        points = [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+        pruned = [_point(self.base, point) for point in points or [{}]]
+        if not self.dense_baseline:
+            return pruned
+        dense: dict[str, RunConfig] = {}
+        for run in pruned:
+            dense.setdefault(run.model, run.dense_baseline())
+        return list(dense.values()) + pruned
+
+    def root(self) -> Path:
+        return Path(self.base.output) if self.base.output else Path("runs")
+
+    def with_seed(self) -> bool:
+        return "seed" in self.grid
+
+
+def _point(base: RunConfig, point: dict[str, Any]) -> RunConfig:
+    try:
+        return RunConfig.model_validate(base.model_dump() | point | {"output": None})
+    except ValidationError as exc:
+        where = ", ".join(f"{k}={v}" for k, v in point.items())
+        raise EcoflapError(f"{describe_validation_error(exc)} (grid point {where})") from None
+
+
+def build_sweep(values: dict[str, Any]) -> SweepConfig:
+    """A run file's keys -> a validated sweep; every mistake is one line naming the key."""
+    sweep = {k: values.pop(k) for k in SWEEP_KEYS if k in values}
+    base = RunConfig.build(**values)
+    grid = sweep.get("grid") or {}
+    if not isinstance(grid, dict):
+        raise EcoflapError("invalid configuration: grid: must be a mapping of keys to lists of values")
+    for key, choices in grid.items():
+        if key not in RunConfig.model_fields or key in ("output", "dense"):
+            raise EcoflapError(f"invalid configuration: grid.{key}: unknown key")
+        if not isinstance(choices, list) or not choices:
+            raise EcoflapError(f"invalid configuration: grid.{key}: must be a non-empty list of values")
+    try:
+        config = SweepConfig(base=base, **sweep)
+    except ValidationError as exc:
+        raise EcoflapError(describe_validation_error(exc)) from None
+    config.runs()  # validates every grid point before anything runs
+    return config
