@@ -63,7 +63,7 @@ class SweepConfig(BaseModel):
     def runs(self) -> list[RunConfig]:
         """The dense baselines (one per model) first, then every grid point."""
         keys = list(self.grid)
-        points = [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+        points = [dict(zip(keys, values, strict=True)) for values in itertools.product(*self.grid.values())]
         pruned = [_point(self.base, point) for point in points or [{}]]
         if not self.dense_baseline:
             return pruned
