@@ -1,0 +1,204 @@
+"""Metric-by-metric comparison of two runs, and the regression gate (tolerated drops or absolute floors)."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ecoflap_core.errors import EcoflapError
+
+EPSILON = 1e-9  # float noise allowed on top of a tolerance (0.91 - 0.89 > 0.02 in binary)
+MetricKey = tuple[str, str, str]  # task, metric, filter
+
+
+@dataclass
+class Check:
+    """One checked metric; ``status`` is ok, regressed, missing (absent from the candidate) or no baseline."""
+
+    task: str
+    metric: str
+    filter: str
+    baseline: float | None
+    candidate: float | None
+    delta: float | None
+    limit: str
+    status: str
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("regressed", "missing")
+
+    def describe(self) -> str:
+        if self.status == "missing":
+            return f"{self.task}:{self.metric} (missing from the candidate)"
+        reference = "" if self.baseline is None else f"{self.baseline:.4g} -> "
+        return f"{self.task}:{self.metric} ({reference}{self.candidate:.4g}, limit {self.limit})"
+
+
+CHECK_COLUMNS = ["task", "metric", "filter", "baseline", "candidate", "delta", "limit", "status"]
+
+
+def metric_map(rows: Iterable[Mapping[str, Any]]) -> dict[MetricKey, Mapping[str, Any]]:
+    return {(row["task"], row["metric"], row["filter"]): row for row in rows}
+
+
+def metrics_of(source: Any) -> list[dict[str, Any]]:
+    """Metric rows of a run dict (``metrics``), a results document, a path to one, or a list of rows."""
+    from evaluation.results.document import document_metrics
+
+    if isinstance(source, str | Path):
+        source = read_document(Path(source))
+    if isinstance(source, list):
+        return source
+    if isinstance(source, dict) and isinstance(source.get("metrics"), list):
+        return source["metrics"]
+    return document_metrics(source)
+
+
+def read_document(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise EcoflapError(f"cannot read results file {path}: {str(exc).splitlines()[0]}") from None
+
+
+def compare_runs(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every metric of either run: both values, delta (second - first), stderrs and which is better."""
+    a, b = metric_map(first), metric_map(second)
+    rows = []
+    for key in sorted(a.keys() | b.keys()):
+        left, right = a.get(key, {}), b.get(key, {})
+        value_a, value_b = left.get("value"), right.get("value")
+        higher = right.get("higher_is_better", left.get("higher_is_better"))
+        delta = None if value_a is None or value_b is None else value_b - value_a
+        rows.append(
+            {
+                "task": key[0], "metric": key[1], "filter": key[2],
+                "value_a": value_a, "stderr_a": left.get("stderr"),
+                "value_b": value_b, "stderr_b": right.get("stderr"),
+                "delta": delta, "higher_is_better": higher, "better": _better(delta, higher),
+            }
+        )  # fmt: skip
+    return rows
+
+
+def _better(delta: float | None, higher: bool | None) -> str:
+    if delta is None:
+        return "-"
+    if delta == 0:
+        return "="
+    return "b" if (delta > 0) == (higher is not False) else "a"
+
+
+# ---- tolerances and floors ----------------------------------------------------------------------
+
+
+def parse_tolerances(specs: Iterable[str]) -> dict[str, float]:
+    """``TASK:METRIC=VALUE`` strings -> {"TASK:METRIC": allowed drop}; TASK and METRIC may use * patterns."""
+    tolerances = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep or ":" not in name:
+            raise EcoflapError(f"invalid tolerance {spec!r}: write TASK:METRIC=ALLOWED_DROP, e.g. vqa:acc=0.01")
+        tolerances[name.strip()] = _non_negative(value, f"tolerance {spec!r}")
+    return tolerances
+
+
+def _non_negative(value: Any, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise EcoflapError(f"invalid {what}: {value!r} is not a number") from None
+    if not number >= 0:
+        raise EcoflapError(f"invalid {what}: the allowed drop must be >= 0")
+    return number
+
+
+def _matches(pattern: str, key: MetricKey) -> bool:
+    """``task:metric`` or ``task:metric,filter`` (fnmatch patterns) against a metric key."""
+    task_pattern, _, metric_pattern = pattern.partition(":")
+    metric_name = f"{key[1]},{key[2]}" if "," in metric_pattern else key[1]
+    return fnmatch.fnmatchcase(key[0], task_pattern) and fnmatch.fnmatchcase(metric_name, metric_pattern)
+
+
+def check_against_baseline(
+    candidate: list[dict[str, Any]], baseline: list[dict[str, Any]], tolerances: Mapping[str, float]
+) -> list[Check]:
+    """Each baseline metric a tolerance names (first matching pattern wins) against the candidate's value."""
+    before, after = metric_map(baseline), metric_map(candidate)
+    checks, used = [], set()
+    for key in sorted(before):
+        pattern = next((p for p in tolerances if _matches(p, key)), None)
+        if pattern is None:
+            continue
+        used.add(pattern)
+        higher = before[key].get("higher_is_better") is not False
+        value = after.get(key, {}).get("value")
+        checks.append(_drop_check(key, before[key].get("value"), value, tolerances[pattern], higher))
+    unused = [p for p in tolerances if p not in used]
+    if unused:
+        names = ", ".join(f"{t}:{m}" for t, m, _ in sorted(before)) or "none"
+        raise EcoflapError(f"tolerance {unused[0]} matches no metric of the baseline (its metrics: {names})")
+    return checks
+
+
+def _drop_check(key: MetricKey, before: float | None, after: float | None, allowed: float, higher: bool) -> Check:
+    sign = "-" if higher else "+"
+    limit = f"{sign}{allowed:g}"
+    if after is None:
+        return Check(*key, before, None, None, limit, "missing")
+    if before is None:
+        return Check(*key, None, after, None, limit, "no baseline")
+    drop = (before - after) if higher else (after - before)
+    return Check(*key, before, after, after - before, limit, "regressed" if drop > allowed + EPSILON else "ok")
+
+
+def load_floors(path: Path) -> dict[str, float]:
+    """A YAML mapping ``task: {metric: floor}`` -> {"task:metric": floor} (a ceiling for lower-is-better)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise EcoflapError(f"cannot read floors file {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise EcoflapError(f"floors file {path} must map each task to {{metric: floor}}, e.g. vqa: {{acc: 0.85}}")
+    return {f"{task}:{name}": _number(v, f"floor {task}:{name}") for task, m in data.items() for name, v in m.items()}
+
+
+def _number(value: Any, what: str) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise EcoflapError(f"invalid {what}: {value!r} is not a number") from None
+
+
+def check_floors(candidate: list[dict[str, Any]], floors: Mapping[str, float]) -> list[Check]:
+    """Each floor against the candidate: >= floor, or <= for a metric where lower is better."""
+    after = metric_map(candidate)
+    checks = []
+    for pattern, floor in floors.items():
+        keys = [key for key in sorted(after) if _matches(pattern, key)]
+        if not keys:
+            task, _, metric = pattern.partition(":")
+            checks.append(Check(task, metric, "-", None, None, None, f"{floor:g}", "missing"))
+        for key in keys:
+            higher = after[key].get("higher_is_better") is not False
+            value = after[key].get("value")
+            ok = value is not None and (value >= floor - EPSILON if higher else value <= floor + EPSILON)
+            limit = f"{'>=' if higher else '<='} {floor:g}"
+            checks.append(Check(*key, None, value, None, limit, "ok" if ok else "regressed"))
+    return checks
+
+
+def check_rows(checks: list[Check]) -> list[dict[str, Any]]:
+    return [asdict(check) for check in checks]
+
+
+def failure_message(checks: list[Check]) -> str:
+    failed = [check for check in checks if check.failed]
+    return f"{len(failed)} of {len(checks)} checked metrics regressed: " + "; ".join(c.describe() for c in failed)

@@ -1,0 +1,326 @@
+"""``ResultsStore``: record results documents in SQLite or PostgreSQL and query them.
+
+The URL comes from the argument, else ``$ECOFLAP_DATABASE_URL``, else a SQLite file in the user data
+folder (``$ECOFLAP_DATA_DIR`` or platformdirs' ``user_data_dir("ecoflap")``, file ``results.db``).
+Opening a store upgrades its schema to the newest Alembic revision, under a lock (SQLite: an
+immediate transaction; PostgreSQL: an advisory lock), so several processes may open it at once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, delete, event, insert, select, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+from sqlalchemy.orm import Session, selectinload
+
+from ecoflap_core.errors import EcoflapError
+from evaluation.results.document import ParsedRun, parse_document
+from evaluation.results.models import Artefact, LayerAllocation, Run, RunTag, TaskMetric
+
+ENV_URL = "ECOFLAP_DATABASE_URL"
+ENV_DATA_DIR = "ECOFLAP_DATA_DIR"
+BUSY_TIMEOUT_S = 60
+ATTEMPTS = 8
+MIGRATION_LOCK = 0x65636F666C6170  # "ecoflap": the PostgreSQL advisory lock held while migrating
+TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
+T = TypeVar("T")
+
+
+class StoreUnavailable(EcoflapError):
+    """The results database cannot be reached or opened."""
+
+
+class _KeyRace(Exception):
+    """Another process inserted the same run key first: retry as an update."""
+
+
+def default_url() -> str:
+    """``$ECOFLAP_DATABASE_URL``, else the SQLite file in the user data folder."""
+    if os.environ.get(ENV_URL):
+        return os.environ[ENV_URL]
+    folder = os.environ.get(ENV_DATA_DIR)
+    if not folder:
+        import platformdirs
+
+        folder = platformdirs.user_data_dir("ecoflap", appauthor=False)
+    return f"sqlite:///{Path(folder).expanduser() / 'results.db'}"
+
+
+def resolve_url(url: str | URL | None) -> URL:
+    """The URL to open; ``postgresql://`` means psycopg 3 (``postgres://`` is accepted too)."""
+    raw = url if url is not None else default_url()
+    try:
+        parsed = make_url(raw)
+    except ArgumentError:
+        raise EcoflapError(f"invalid database URL {str(raw)!r} (e.g. sqlite:///results.db, postgresql://...)") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def masked(url: URL) -> str:
+    return url.render_as_string(hide_password=True)
+
+
+def create_store_engine(url: URL) -> Engine:
+    """An engine with the settings concurrent writers need (SQLite: WAL, busy timeout, real BEGIN)."""
+    if url.get_backend_name() == "sqlite":
+        return _sqlite_engine(url)
+    connect_args = {"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {}
+    try:
+        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise EcoflapError(f"cannot use database URL {masked(url)}: {exc} (is its driver installed?)") from None
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    in_memory = url.database in (None, "", ":memory:")
+    if not in_memory:
+        try:
+            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot create the folder of {masked(url)}: {exc.strerror}") from None
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy's BEGIN below, not the driver's
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        writing = connection.get_execution_options().get("ecoflap_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+    return engine
+
+
+class ResultsStore:
+    """Runs, their metrics and allocations in one SQL database (see the module docstring for the URL)."""
+
+    def __init__(self, url: str | URL | None = None) -> None:
+        self.url = resolve_url(url)
+        self.engine = create_store_engine(self.url)
+        self._writer = self.engine.execution_options(ecoflap_write=True)
+        with self._guard():
+            self._upgrade()
+
+    def __repr__(self) -> str:
+        return f"ResultsStore({masked(self.url)!r})"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- schema -------------------------------------------------------------------------------
+
+    def _upgrade(self) -> None:
+        from evaluation.results.migrations import current_revision, head_revision, upgrade
+
+        with self.engine.connect() as connection:
+            if current_revision(connection) == head_revision():
+                return
+        with self._writer.connect() as connection, connection.begin():
+            if connection.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            upgrade(connection)
+
+    # ---- sessions and errors ------------------------------------------------------------------
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Connection failures -> StoreUnavailable: one line, password masked."""
+        try:
+            yield
+        except OperationalError as exc:
+            if _sqlstate(exc) in TRANSIENT_SQLSTATES:
+                raise
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise StoreUnavailable(f"cannot use the results database {masked(self.url)}: {reason}") from None
+
+    @contextmanager
+    def _session(self, write: bool = False) -> Iterator[Session]:
+        with self._guard(), Session(self._writer if write else self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    def _retrying(self, work: Callable[[Session], T]) -> T:
+        """Run ``work`` in one write transaction, again after a key race, deadlock or serialization failure."""
+        for attempt in range(ATTEMPTS):
+            try:
+                with self._session(write=True) as session:
+                    return work(session)
+            except _KeyRace:
+                continue
+            except OperationalError as exc:
+                if _sqlstate(exc) not in TRANSIENT_SQLSTATES or attempt == ATTEMPTS - 1:
+                    raise
+        raise EcoflapError(f"gave up after {ATTEMPTS} attempts: the same run key kept being inserted concurrently")
+
+    # ---- writing ------------------------------------------------------------------------------
+
+    def record(self, document: dict[str, Any], artefacts: dict[str, str] | None = None) -> int:
+        """Record a whole run in one transaction; the same ``ecoflap.run_key`` updates that run. Returns its id."""
+        parsed = parse_document(document, artefacts)
+        try:
+            return self._retrying(lambda session: _write_run(session, parsed))
+        except IntegrityError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise EcoflapError(f"cannot record run {parsed.run_key}: {reason}") from None
+
+    def tag(self, ref: str | int, tag: str) -> int:
+        """Point ``tag`` at a run (moving it from any other run). Returns the run id."""
+        if not tag or tag.isdigit():
+            raise EcoflapError(f"invalid tag {tag!r}: give a non-empty name that is not a number")
+        run_id = self._require(ref)
+
+        def work(session: Session) -> int:
+            session.execute(delete(RunTag).where(RunTag.tag == tag))
+            session.add(RunTag(tag=tag, run_id=run_id))
+            try:
+                session.flush()
+            except IntegrityError:
+                raise _KeyRace from None
+            return run_id
+
+        return self._retrying(work)
+
+    # ---- reading ------------------------------------------------------------------------------
+
+    def resolve(self, ref: str | int) -> int | None:
+        """A run id from an id, a tag, a run key or a unique run-key prefix (6+ characters)."""
+        with self._session() as session:
+            return _resolve(session, str(ref).strip())
+
+    def _require(self, ref: str | int) -> int:
+        run_id = self.resolve(ref)
+        if run_id is None:
+            raise EcoflapError(f"no run {ref!r} in {masked(self.url)} (give a run id, tag or run key)")
+        return run_id
+
+    def get_run(self, ref: str | int) -> dict[str, Any] | None:
+        """The run with its allocation, metrics, artefacts and tags, or None."""
+        with self._session() as session:
+            run_id = _resolve(session, str(ref).strip())
+            if run_id is None:
+                return None
+            return run_dict(session.scalars(_full_runs().where(Run.id == run_id)).one())
+
+    def require_run(self, ref: str | int) -> dict[str, Any]:
+        """``get_run``, but an unknown reference is an EcoflapError."""
+        run = self.get_run(ref)
+        if run is None:
+            self._require(ref)
+        return run  # type: ignore[return-value]
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run with everything recorded about it, oldest first."""
+        with self._session() as session:
+            return [run_dict(run) for run in session.scalars(_full_runs().order_by(Run.id))]
+
+    def leaderboard(
+        self,
+        model: str | None = None,
+        task: str | None = None,
+        sparsity: float | None = None,
+        metric: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Best complete run per method and model/task/metric/sparsity, with its delta to the dense baseline."""
+        from evaluation.results.leaderboard import leaderboard_rows
+
+        query = select(Run, TaskMetric).join(TaskMetric).where(Run.status == "complete")
+        if model is not None:
+            query = query.where(Run.model == model)
+        if task is not None:
+            query = query.where(TaskMetric.task == task)
+        if metric is not None:
+            query = query.where(TaskMetric.metric == metric)
+        with self._session() as session:
+            entries = [_entry(run, row) for run, row in session.execute(query)]
+        return leaderboard_rows(entries, sparsity)
+
+
+def _write_run(session: Session, parsed: ParsedRun) -> int:
+    """Insert or update the run row, then replace its child rows (all inside the caller's transaction)."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    run = session.scalars(select(Run).where(Run.run_key == parsed.run_key).with_for_update()).one_or_none()
+    if run is None:
+        run = Run(run_key=parsed.run_key, created_at=now, updated_at=now, **parsed.columns)
+        try:
+            with session.begin_nested():
+                session.add(run)
+        except IntegrityError as exc:
+            if session.scalar(select(Run.id).where(Run.run_key == parsed.run_key)) is None:
+                raise
+            raise _KeyRace from exc
+    else:
+        for name, value in {**parsed.columns, "updated_at": now}.items():
+            setattr(run, name, value)
+        for table in (LayerAllocation, TaskMetric, Artefact):
+            session.execute(delete(table).where(table.run_id == run.id))
+    children = {LayerAllocation: parsed.allocation, TaskMetric: parsed.metrics, Artefact: parsed.artefacts}
+    for table, rows in children.items():
+        if rows:
+            session.execute(insert(table), [{**row, "run_id": run.id} for row in rows])
+    return run.id
+
+
+def _resolve(session: Session, ref: str) -> int | None:
+    if ref.isdigit():
+        return session.scalar(select(Run.id).where(Run.id == int(ref)))
+    found = session.scalar(select(RunTag.run_id).where(RunTag.tag == ref))
+    found = found or session.scalar(select(Run.id).where(Run.run_key == ref))
+    if found is not None or len(ref) < 6:
+        return found
+    matches = session.scalars(select(Run.id).where(Run.run_key.startswith(ref, autoescape=True)).limit(2)).all()
+    if len(matches) > 1:
+        raise EcoflapError(f"run key prefix {ref!r} matches several runs: give more characters")
+    return matches[0] if matches else None
+
+
+def _full_runs() -> Any:
+    return select(Run).options(
+        selectinload(Run.allocation), selectinload(Run.metrics), selectinload(Run.artefacts), selectinload(Run.tags)
+    )
+
+
+RUN_FIELDS = [column.key for column in Run.__table__.columns]
+METRIC_FIELDS = ["task", "metric", "filter", "value", "stderr", "n_samples", "higher_is_better", "task_version"]
+
+
+def run_dict(run: Run) -> dict[str, Any]:
+    """A run as plain JSON-ready values (times as ISO strings)."""
+    values = {name: _plain(getattr(run, name)) for name in RUN_FIELDS}
+    values["tags"] = [tag.tag for tag in run.tags]
+    values["allocation"] = [
+        {key: getattr(row, key) for key in ("layer", "tower", "block", "target", "measured", "params")}
+        for row in run.allocation
+    ]
+    values["metrics"] = [{key: getattr(row, key) for key in METRIC_FIELDS} for row in run.metrics]
+    values["artefacts"] = [{"kind": row.kind, "path": row.path} for row in run.artefacts]
+    return values
+
+
+def _entry(run: Run, row: TaskMetric) -> dict[str, Any]:
+    values = {name: getattr(run, name) for name in ("id", "run_key", "model", "dense", "pruner", "scorer", "allocator")}
+    values |= {"target_sparsity": run.target_sparsity, "updated_at": run.updated_at}
+    return values | {key: getattr(row, key) for key in METRIC_FIELDS}
+
+
+def _plain(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    return getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
