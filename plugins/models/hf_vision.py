@@ -444,6 +444,7 @@ def tiny_vision_config() -> dict[str, Any]:
         "num_attention_heads": 4,
         "image_size": TINY_IMAGE,
         "patch_size": 8,
+        "initializer_range": 0.02,  # BLIP-2's vision default (1e-10) would make every image look the same
     }
 
 
