@@ -205,6 +205,10 @@ def _plugin_commands() -> None:
         registries.manager.hook.register_commands(cli=cli)
 
 
+__import__("pipelines.run_cli").run_cli.register(cli)  # ecoflap run / serve (Prefect flows)
+__import__("pipelines.results_cli").results_cli.register(cli)  # ecoflap results / regress
+
+
 def main() -> None:
     _plugin_commands()
     cli(prog_name="ecoflap")

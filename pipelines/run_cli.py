@@ -1,0 +1,132 @@
+"""``ecoflap run`` (the prune-and-evaluate flow, or a sweep) and ``ecoflap serve`` (scheduled deployments)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from ecoflap_core.config import PruneConfig
+from ecoflap_core.errors import EcoflapError
+from pipelines.cli import _merge, _read_yaml, _registries, _threads, prune
+
+RUN_EXAMPLES = """
+\b
+Examples:
+  ecoflap run                                     # SmolLM2-135M, ECoFLaP + Wanda at 50%, wikitext
+  ecoflap run --model tiny-llama --task wikitext --limit 8
+  ecoflap run -C run.yaml --seed 1                # flags override the file
+  ecoflap run --grid sparsity=0.5,0.6 --grid pruner=wanda,sparsegpt --parallel 2
+  PREFECT_API_URL=http://127.0.0.1:4200/api ecoflap run -C run.yaml   # against a Prefect server
+\b
+A file with a `grid:` mapping (key: [values]) is a sweep: every combination, plus one dense run per
+model (`dense_baseline: false` to skip it). Results: RUN/results.json and the results database
+(--database-url, else $ECOFLAP_DATABASE_URL, else SQLite). Step results are cached in
+$ECOFLAP_RUN_CACHE (default ~/.cache/ecoflap/runs): the same command again resumes.
+"""
+
+PRUNE_KEYS = set(PruneConfig.model_fields)
+
+
+def prefect_defaults() -> None:
+    """Offline-friendly Prefect settings, unless the user set them."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+
+
+def _grid_flags(values: tuple[str, ...]) -> dict[str, list[Any]]:
+    grid = {}
+    for item in values:
+        key, sep, choices = item.partition("=")
+        if not sep or not key or not choices:
+            raise EcoflapError(f"--grid {item!r}: give KEY=VALUE,VALUE (e.g. sparsity=0.5,0.6)")
+        grid[key.strip().replace("-", "_")] = [yaml.safe_load(c) for c in choices.split(",")]
+    return grid
+
+
+def load_target(config_file: Path | None, flags: dict[str, Any], grid: tuple[str, ...]) -> Any:
+    """A validated RunConfig or SweepConfig from the file and the flags; nothing is loaded yet."""
+    from pipelines.run_config import SWEEP_KEYS, build_sweep
+
+    values = _merge(_read_yaml(config_file), flags)
+    if grid:
+        values["grid"] = (values.get("grid") or {}) | _grid_flags(grid)
+    is_sweep = bool(values.get("grid")) or any(k in values for k in SWEEP_KEYS if k != "dense_baseline")
+    sweep = build_sweep(values)
+    return sweep if is_sweep else sweep.base
+
+
+@click.command("run", epilog=RUN_EXAMPLES)
+@click.option("-C", "--config", "config_file", type=click.Path(path_type=Path), help="YAML run (or sweep) config")
+@click.option("--task", "tasks", multiple=True, help="evaluation task (repeatable) [wikitext]")
+@click.option("--limit", type=int, help="at most this many examples per task")
+@click.option("--eval-seed", type=int, help="seed of the evaluation [1234]")
+@click.option("--database-url", help="results database URL [$ECOFLAP_DATABASE_URL, else SQLite]")
+@click.option("-o", "--output", help="folder for results.json (a sweep: one sub-folder per run) [runs/NAME]")
+@click.option("--dense/--pruned", default=None, help="evaluate the unpruned model only")
+@click.option("--grid", multiple=True, help="KEY=V1,V2: sweep over these values (repeatable)")
+@click.option("--dense-baseline/--no-dense-baseline", default=None, help="a sweep's dense run per model [yes]")
+@click.option("--parallel", type=int, help="sweep runs at once in this process [1]")
+@click.option("--deployment", help="fan a sweep out as runs of this deployment (workers in a pool)")
+@click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
+def run_command(config_file: Path | None, grid: tuple[str, ...], strict: bool, **flags: Any) -> None:
+    """Prune, evaluate and record as a Prefect flow (resumable; no server needed)."""
+    from pipelines.run_config import SweepConfig
+    from pipelines.steps import check_names
+
+    target = load_target(config_file, flags, grid)
+    registries = _registries(strict)
+    for run in target.runs() if isinstance(target, SweepConfig) else [target]:
+        check_names(run, registries)
+    _threads()
+    prefect_defaults()
+    from pipelines.flows import run_flow
+
+    result = run_flow(target)
+    for summary in result if isinstance(result, list) else [result]:
+        click.echo(_summary_line(summary))
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    metrics = ", ".join(f"{m['task']} {m['metric']} {m['value']:.4g}" for m in summary["metrics"][:4])
+    return json.dumps(
+        {k: summary[k] for k in ("run_name", "run_id", "measured_sparsity", "results")} | {"metrics": metrics}
+    )
+
+
+# the flags of `ecoflap prune` that set the pruning configuration, shared as they are
+run_command.params[1:1] = [p for p in prune.params if p.name in PRUNE_KEYS]
+
+
+@click.command("serve")
+@click.option(
+    "-f", "--file", "file", type=click.Path(path_type=Path), help="deployments file [deployments/prefect.yaml]"
+)
+@click.option("--name", "names", multiple=True, help="serve only these deployments (repeatable)")
+@click.option("-C", "--config", "config_file", type=click.Path(path_type=Path), help="serve this run/sweep config")
+@click.option("--cron", help="cron schedule (UTC) for -C, or replacing the file's schedules")
+@click.option("--deployment-name", default="ecoflap-local", show_default=True, help="name for -C's deployment")
+def serve_command(
+    file: Path | None, names: tuple[str, ...], config_file: Path | None, cron: str | None, **kw: Any
+) -> None:
+    """Serve deployments on their schedules from this process (needs PREFECT_API_URL: a Prefect server)."""
+    prefect_defaults()
+    from deployments.serve import ad_hoc_deployment, file_deployments, serve
+
+    if config_file is not None:
+        target = load_target(config_file, {}, ())
+        deployments = [ad_hoc_deployment(target, kw["deployment_name"], cron)]
+    else:
+        deployments = file_deployments(file, names, cron)
+    serve(deployments)
+
+
+def register(group: click.Group) -> None:
+    """Add ``run`` and ``serve`` to the ``ecoflap`` group."""
+    group.add_command(run_command)
+    group.add_command(serve_command)
