@@ -159,19 +159,33 @@ class Blip2Adapter(ImageTextAdapter):
     def __init__(self, *args: Any, settings: Blip2Settings = Blip2Settings(), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.settings = settings
-        self.decoder_only = bool(self.model.config.use_decoder_only_language_model)
+        self.decoder_only = self._is_decoder_only()
         if not self.decoder_only:
-            install_t5_position_bias(self.model.language_model)
+            install_t5_position_bias(self._lm())
+
+    # ---- the parts (LAVIS's BLIP-2 overrides these) -----------------------------------------
+    def _is_decoder_only(self) -> bool:
+        return bool(self.model.config.use_decoder_only_language_model)
+
+    def _lm(self) -> nn.Module:
+        return self.model.language_model
+
+    def _lm_prefix(self) -> str:
+        return "language_model"
 
     # ---- structure ---------------------------------------------------------------------------
     def tower_modules(self) -> list[tuple[str, Sequence[nn.Module], str]]:
-        towers = [("vision", list(self.model.vision_model.encoder.layers), "vision_model.encoder.layers")]
-        lm = self.model.language_model
+        return [
+            ("vision", list(self.model.vision_model.encoder.layers), "vision_model.encoder.layers")
+        ] + self._lm_towers()
+
+    def _lm_towers(self) -> list[tuple[str, Sequence[nn.Module], str]]:
+        lm, prefix = self._lm(), self._lm_prefix()
         if self.decoder_only:
-            return towers + [("language", list(lm.model.decoder.layers), "language_model.model.decoder.layers")]
-        return towers + [
-            ("language-encoder", list(lm.encoder.block), "language_model.encoder.block"),
-            ("language-decoder", list(lm.decoder.block), "language_model.decoder.block"),
+            return [("language", list(lm.model.decoder.layers), f"{prefix}.model.decoder.layers")]
+        return [
+            ("language-encoder", list(lm.encoder.block), f"{prefix}.encoder.block"),
+            ("language-decoder", list(lm.decoder.block), f"{prefix}.decoder.block"),
         ]
 
     # ---- text batches ------------------------------------------------------------------------
@@ -212,13 +226,13 @@ class Blip2Adapter(ImageTextAdapter):
         return self.model.get_image_features(pixel_values)
 
     def _with_queries(self, queries: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor):
-        text = self.model.get_input_embeddings()(ids)
+        text = self._lm().get_input_embeddings()(ids)
         embeds = torch.cat([queries.to(text.dtype), text], dim=1)
         ones = torch.ones(queries.shape[:2], dtype=mask.dtype, device=mask.device)
         return embeds, torch.cat([ones, mask], dim=1)
 
     def _lm_outputs(self, queries: torch.Tensor, batch: Batch) -> Any:
-        lm = self.model.language_model
+        lm = self._lm()
         if self.decoder_only:
             embeds, mask = self._with_queries(queries, batch["text_ids"], batch["text_mask"])
             return lm.base_model(inputs_embeds=embeds, attention_mask=mask, use_cache=False)
@@ -242,7 +256,7 @@ class Blip2Adapter(ImageTextAdapter):
             q = queries.shape[1]
             ids, mask = batch["text_ids"], batch["label_mask"]
             hidden = out.last_hidden_state[:, q - 1 : q - 1 + ids.shape[1]]  # position t-1 predicts token t
-            logits = self.model.get_output_embeddings()(hidden)
+            logits = self._lm().get_output_embeddings()(hidden)
         else:
             ids, mask, logits = batch["target_ids"], batch["target_mask"], out.logits
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # bf16 logits lose the eps signal
@@ -270,7 +284,7 @@ class Blip2Adapter(ImageTextAdapter):
             full = torch.gather(full, 1, order)
         else:
             embeds, full = self._with_queries(queries, ids, mask)
-        out = self.model.language_model.generate(
+        out = self._lm().generate(
             inputs_embeds=embeds,
             attention_mask=full,
             eos_token_id=tok.eos_token_id,
