@@ -108,6 +108,16 @@ def parse_tolerances(specs: Iterable[str]) -> dict[str, float]:
     return tolerances
 
 
+def tolerance_map(tolerances: Mapping[str, Any] | Iterable[str]) -> dict[str, float]:
+    """``{"TASK:METRIC": drop}`` or ``["TASK:METRIC=DROP", ...]`` -> {"TASK:METRIC": drop}, checked."""
+    if not isinstance(tolerances, Mapping):
+        return parse_tolerances(tolerances)
+    for name in tolerances:
+        if ":" not in name:
+            raise EcoflapError(f"invalid tolerance name {name!r}: write TASK:METRIC, e.g. vqa:acc")
+    return {name: _non_negative(value, f"tolerance {name!r}") for name, value in tolerances.items()}
+
+
 def _non_negative(value: Any, what: str) -> float:
     try:
         number = float(value)
@@ -147,8 +157,7 @@ def check_against_baseline(
 
 
 def _drop_check(key: MetricKey, before: float | None, after: float | None, allowed: float, higher: bool) -> Check:
-    sign = "-" if higher else "+"
-    limit = f"{sign}{allowed:g}"
+    limit = f"{'drop' if higher else 'rise'} <= {allowed:g}"
     if after is None:
         return Check(*key, before, None, None, limit, "missing")
     if before is None:

@@ -224,6 +224,12 @@ class ResultsStore:
             self._require(ref)
         return run  # type: ignore[return-value]
 
+    def latest_run(self) -> dict[str, Any] | None:
+        """The most recently recorded (or re-recorded) run."""
+        with self._session() as session:
+            run_id = session.scalar(select(Run.id).order_by(Run.updated_at.desc(), Run.id.desc()).limit(1))
+        return None if run_id is None else self.get_run(run_id)
+
     def runs(self) -> list[dict[str, Any]]:
         """Every run with everything recorded about it, oldest first."""
         with self._session() as session:

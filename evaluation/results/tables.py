@@ -12,8 +12,6 @@ from tabulate import tabulate
 
 
 def _cell(value: Any) -> Any:
-    if value is None:
-        return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, dict | list):
@@ -24,7 +22,7 @@ def _cell(value: Any) -> Any:
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], floatfmt: str = ".4f") -> str:
     """``columns`` of ``rows`` as an aligned plain-text table."""
     body = [[_cell(row.get(column)) for column in columns] for row in rows]
-    return tabulate(body, headers=list(columns), tablefmt="simple", floatfmt=floatfmt, disable_numparse=False)
+    return tabulate(body, headers=list(columns), tablefmt="simple", floatfmt=floatfmt, missingval="-")
 
 
 def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
