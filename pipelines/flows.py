@@ -84,15 +84,17 @@ def write_results(config: RunConfig, identity: Step, done: dict[str, Step | None
 
 
 @task(name="record-results", cache_policy=NO_CACHE)
-def record_results(results_path: str, database_url: str | None) -> str | None:
-    """The run's row in the results database, or None (and an error logged) when it is unreachable."""
+def record_results(results_path: str, database_url: str | None) -> Step:
+    """The run's row in the results database: ``{"run_id": ...}``, or ``{"error": ...}`` when unreachable."""
     from evaluation.results.store import StoreUnavailable
 
+    document = steps.read_json(results_path)
     try:
-        return str(steps.record(steps.read_json(results_path), database_url))
+        return {"run_id": steps.record(document, database_url, artefacts={"results": results_path})}
     except StoreUnavailable as exc:
-        get_run_logger().error(f"{exc}; the results are kept in {results_path}")
-        return None
+        message = f"results not recorded: {exc}; the results are kept in {results_path}"
+        get_run_logger().warning(message)
+        return {"error": message}
 
 
 # ---- flows ------------------------------------------------------------------------------------------
@@ -110,15 +112,15 @@ def prune_and_evaluate(config: RunConfig) -> Step | State:
     path = checkpoint["path"] if checkpoint else None
     evaluations = [evaluate(config, model_key, path, name) for name in config.tasks]
     results_path = write_results(config, identity, done, evaluations)
-    run_id = record_results(results_path, config.database_url)
-    summary = _summary(config, results_path, run_id, done, evaluations)
+    recorded = record_results(results_path, config.database_url)
+    summary = _summary(config, results_path, recorded.get("run_id"), done, evaluations)
     _artifact(summary)
-    if run_id is None:
-        return Failed(message=f"results database unreachable; the results are kept in {results_path}")
+    if "error" in recorded:
+        return Failed(message=recorded["error"])
     return summary
 
 
-def _summary(config: RunConfig, results_path: str, run_id: str | None, done: dict, evaluations: list) -> Step:
+def _summary(config: RunConfig, results_path: str, run_id: int | None, done: dict, evaluations: list) -> Step:
     document = steps.read_json(results_path)
     block = document["ecoflap"]
     reused = {name: step["reused"] for name, step in done.items() if step is not None}

@@ -29,7 +29,6 @@ from ecoflap_core.adapters import ModelAdapter
 from ecoflap_core.allocation import Allocation, LayerInfo
 from ecoflap_core.cache import cache_dir
 from ecoflap_core.compress import PruneResult, allocate, layer_infos, prune_fine
-from ecoflap_core.errors import EcoflapError
 from ecoflap_core.plugins import Registries
 from ecoflap_core.progress import ProgressFactory, no_progress
 from pipelines.prune import calibration_texts, load_model, resolve_methods, save_outputs, versions
@@ -82,11 +81,11 @@ def peak_memory_mb() -> float:
 
 
 # ---- model identity --------------------------------------------------------------------------------
-@functools.cache
 def default_registries() -> Registries:
-    from ecoflap_core.plugins import load_plugins
+    """The plugins, loaded once per process (the same registries as the ``ecoflap`` commands)."""
+    from pipelines.cli import _registries
 
-    return load_plugins()
+    return _registries(False)
 
 
 def load(registries: Registries, config: RunConfig, source: str | None = None) -> ModelAdapter:
@@ -370,14 +369,23 @@ def write_document(
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(Path(checkpoint).resolve(), target_is_directory=True)
-    return output / "results.json"
+    return (output / "results.json").resolve()
 
 
-def record(document: dict[str, Any], url: str | None, store_factory: Callable[..., Any] | None = None) -> Any:
+def record(
+    document: dict[str, Any],
+    url: str | None,
+    artefacts: dict[str, str] | None = None,
+    store_factory: Callable[..., Any] | None = None,
+) -> int:
     """One transaction in the results database; raises StoreUnavailable when it cannot be reached."""
     if store_factory is None:
         from evaluation.results.store import ResultsStore as store_factory
-    return store_factory(url).record(document)
+    store = store_factory(url)
+    try:
+        return store.record(document, artefacts)
+    finally:
+        store.close()
 
 
 def check_names(config: RunConfig, registries: Registries) -> None:
@@ -386,6 +394,5 @@ def check_names(config: RunConfig, registries: Registries) -> None:
     from pipelines.prune import resolve_model
 
     resolve_model(registries, config.model)
-    unknown = [task for task in config.tasks if task not in registries.tasks]
-    if unknown:
-        raise EcoflapError(f"unknown task {unknown[0]!r}." + registries.tasks.suggestions(unknown[0]))
+    for task in config.tasks:
+        registries.tasks.get(task)

@@ -1,0 +1,265 @@
+"""The Prefect flows on tiny-llama: one run recorded once, cache reuse, a sweep, bad configuration, no database."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ecoflap-prefect-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+
+from evaluation.results.store import ResultsStore  # noqa: E402
+from pipelines import steps  # noqa: E402
+from pipelines.cli import cli  # noqa: E402
+from pipelines.run_config import RunConfig  # noqa: E402
+
+TASK = "wikitext"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_api():
+    """One temporary Prefect API (SQLite) for every flow of the session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture(scope="module", autouse=True)
+def evaluation_runner():
+    """The evaluation runner (helper B's ``evaluation.runner``); a small stand-in until it is merged."""
+    try:
+        import evaluation.runner  # noqa: F401
+    except ImportError:
+        yield from _stand_in_runner()
+    else:
+        yield
+
+
+def _stand_in_runner():
+    import sys
+    import types
+
+    import torch
+
+    from ecoflap_core.tasks import Task, TaskResult
+
+    class HeldOutLoss(Task):
+        name, capability = TASK, "language-model"
+
+        def run(self, adapter: Any, options: Any) -> TaskResult:
+            ids = torch.arange(3, 3 + 64).reshape(2, 32) % 250
+            with torch.no_grad():
+                loss = float(adapter.loss({"input_ids": ids}).mean())
+            return TaskResult(TASK, "1.0", {"perplexity": float(torch.tensor(loss).exp())}, {"perplexity": None}, 2)
+
+    def evaluate(adapter, names, options, registries, block, cache_dir) -> dict[str, Any]:
+        results = {n: HeldOutLoss().run(adapter, options) for n in names}
+        return {
+            "results": {
+                n: {"alias": n, "perplexity,none": r.metrics["perplexity"], "perplexity_stderr,none": "N/A"}
+                for n, r in results.items()
+            },
+            "versions": {n: "1.0" for n in names},
+            "n-samples": {n: {"original": 2, "effective": 2} for n in names},
+            "higher_is_better": {n: {"perplexity": False} for n in names},
+        }
+
+    def write_results(document: dict[str, Any], output: Path) -> None:
+        (Path(output) / "results.json").write_text(json.dumps(document))
+
+    module = types.ModuleType("evaluation.runner")
+    module.evaluate, module.write_results = evaluate, write_results
+    registries = steps.default_registries()
+    sys.modules["evaluation.runner"] = module
+    registries.tasks.add(TASK, HeldOutLoss, "tests")
+    yield
+    del sys.modules["evaluation.runner"]
+    registries.tasks._entries.pop(TASK)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, toy_text: str) -> dict[str, Any]:
+    """A fresh step cache, results database and corpus; the settings of a small tiny-llama run."""
+    monkeypatch.setenv(steps.RUN_CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    corpus = tmp_path / "corpus.txt"
+    words = toy_text.split()
+    corpus.write_text("\n\n".join(" ".join(words[i : i + 300]) for i in range(0, len(words), 300)))
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    settings = {
+        "model": "tiny-llama",
+        "corpus": str(corpus),
+        "nsamples": 4,
+        "seqlen": 32,
+        "score_nsamples": 2,
+        "score_seqlen": 16,
+        "tasks": [TASK],
+        "limit": 2,
+        "database_url": url,
+    }
+    return {"root": tmp_path, "url": url, "settings": settings}
+
+
+@pytest.fixture
+def score_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every call of a coarse scorer (the expensive step the cache must spare)."""
+    calls: list[str] = []
+    registries = steps.default_registries()
+    for entry in registries.scorers.entries():
+        original = entry.obj.score
+
+        def counted(self, *args: Any, _original=original, **kwargs: Any) -> dict[str, float]:
+            calls.append(self.name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(entry.obj, "score", counted)
+    return calls
+
+
+def run_cli(root: Path, settings: dict[str, Any], *args: str) -> Any:
+    config = root / "run.yaml"
+    config.write_text(yaml.safe_dump(settings))
+    return CliRunner().invoke(cli, ["run", "-C", str(config), *args])
+
+
+def test_run_records_one_complete_run_and_a_second_run_reuses_every_step(workspace, score_calls) -> None:
+    root, settings = workspace["root"], workspace["settings"]
+    first = run_cli(root, settings, "-o", "out")
+    assert first.exit_code == 0, first.output
+    assert score_calls == ["zeroth-order"]
+    document = json.loads((root / "out" / "results.json").read_text())
+    block = document["ecoflap"]
+    assert block["status"] == "complete" and block["pruner"] == "wanda" and block["scorer"] == "zeroth-order"
+    assert block["measured_sparsity"] == pytest.approx(0.5, abs=0.02)
+    assert len(block["allocation"]) == 28 and block["model_hash"]
+    assert (root / "out" / "checkpoint" / "model.safetensors").exists()
+    assert set(document["results"]) == {TASK}
+
+    second = run_cli(root, settings, "-o", "out")
+    assert second.exit_code == 0, second.output
+    assert score_calls == ["zeroth-order"]  # the scores came from the cache
+    summary = json.loads(second.output.strip().splitlines()[-1])
+    runs = ResultsStore(workspace["url"]).runs()
+    assert len(runs) == 1 and runs[0]["status"] == "complete"
+    assert str(runs[0]["id"]) == str(summary["run_id"])
+    assert json.loads((root / "out" / "results.json").read_text())["results"] == document["results"]
+
+
+def test_step_keys_follow_what_each_step_depends_on(workspace, score_calls) -> None:
+    """Another sparsity reuses the scores; another pruner also the allocation; another seed nothing."""
+    registries = steps.default_registries()
+    quiet = lambda message: None  # noqa: E731
+
+    def pipeline(config: RunConfig) -> dict[str, bool]:
+        identity = steps.identify(config, registries, quiet)
+        scores = steps.coarse_scores(config, identity, registries, quiet)
+        allocated = steps.allocation_step(config, identity, scores, registries, quiet)
+        checkpoint = steps.fine_step(config, allocated, registries, quiet)
+        return {"scores": scores["reused"], "allocation": allocated["reused"], "checkpoint": checkpoint["reused"]}
+
+    base = RunConfig.build(**workspace["settings"])
+    assert pipeline(base) == {"scores": False, "allocation": False, "checkpoint": False}
+    assert pipeline(base) == {"scores": True, "allocation": True, "checkpoint": True}
+    assert pipeline(base.model_copy(update={"sparsity": 0.6})) == {
+        "scores": True,
+        "allocation": False,
+        "checkpoint": False,
+    }
+    assert pipeline(base.model_copy(update={"pruner": "magnitude"})) == {
+        "scores": True,
+        "allocation": True,
+        "checkpoint": False,
+    }
+    assert score_calls == ["zeroth-order"]
+    assert not any(pipeline(base.model_copy(update={"seed": 7})).values())  # other weights and windows
+    assert score_calls == ["zeroth-order"] * 2
+
+
+def test_sweep_runs_the_grid_and_one_dense_baseline(workspace) -> None:
+    from prefect.artifacts import Artifact
+
+    settings = workspace["settings"] | {"allocator": "uniform", "parallel": 2}
+    settings["grid"] = {"pruner": ["wanda", "magnitude"], "sparsity": [0.3, 0.5]}
+    result = run_cli(workspace["root"], settings, "-o", "sweep")
+    assert result.exit_code == 0, result.output
+    runs = ResultsStore(workspace["url"]).runs()
+    assert len(runs) == 5
+    dense = [r for r in runs if r["dense"]]
+    assert len(dense) == 1 and dense[0]["measured_sparsity"] == 0
+    pruned = sorted((r["pruner"], r["target_sparsity"]) for r in runs if not r["dense"])
+    assert pruned == [("magnitude", 0.3), ("magnitude", 0.5), ("wanda", 0.3), ("wanda", 0.5)]
+    for run in runs:
+        if not run["dense"]:
+            assert run["measured_sparsity"] == pytest.approx(run["target_sparsity"], abs=0.02)
+    folders = sorted(p.name for p in (workspace["root"] / "sweep").iterdir())
+    assert len(folders) == 5 and "tiny-llama_dense" in folders
+    table = Artifact.get("ecoflap-sweep")
+    assert table is not None and "tiny-llama_dense" in str(table.data)
+
+
+BAD_CONFIGS = [
+    ({"sparsty": 0.4}, "Error: invalid configuration: sparsty: unknown key"),
+    ({"nsamples": "many"}, "Error: invalid configuration: nsamples: Input should be a valid integer"),
+    ({"sparsity": 1.5}, "Error: invalid configuration: sparsity: Input should be less than 1"),
+    ({"limit": 0}, "Error: invalid configuration: limit: Input should be greater than or equal to 1"),
+    ({"grid": {"sparsity": [0.5, 1.2]}}, "Error: invalid configuration: sparsity: Input should be less than 1"),
+    ({"grid": {"sparsity": 0.5}}, "Error: invalid configuration: grid.sparsity: must be a non-empty list"),
+    ({"pruner": "wandaa"}, "Error: unknown pruner 'wandaa'. Did you mean 'wanda'"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_CONFIGS)
+def test_bad_configuration_is_one_line_and_exit_1_before_any_model_loads(
+    workspace, monkeypatch: pytest.MonkeyPatch, change: dict[str, Any], message: str
+) -> None:
+    def no_loading(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(steps, "load", no_loading)
+    result = run_cli(workspace["root"], workspace["settings"] | change)
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1, result.output
+    assert len(lines) == 1 and lines[0].startswith(message), result.output
+
+
+def test_an_unreachable_database_is_one_line_exit_1_and_the_results_are_kept(workspace) -> None:
+    nobody = "postgresql+psycopg://ecoflap:secret@127.0.0.1:9/results"  # the discard port: refused
+    result = run_cli(workspace["root"], workspace["settings"] | {"database_url": nobody}, "-o", "kept")
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and result.output.strip().endswith(errors[0]), result.output
+    assert (
+        errors[0].startswith("Error: results not recorded: cannot use the results database")
+        and "secret" not in errors[0]
+    )
+    assert errors[0].endswith(f"the results are kept in {workspace['root'] / 'kept' / 'results.json'}")
+    assert "Traceback" not in result.output
+    document = json.loads((workspace["root"] / "kept" / "results.json").read_text())
+    assert document["ecoflap"]["status"] == "complete" and set(document["results"]) == {TASK}
+    again = run_cli(workspace["root"], workspace["settings"], "-o", "kept")  # the database is back
+    assert again.exit_code == 0, again.output
+    assert len(ResultsStore(workspace["url"]).runs()) == 1
+
+
+def test_the_deployments_file_serves_one_deployment_per_suite() -> None:
+    from deployments.serve import file_deployments, read_deployments
+    from pipelines.run_config import SweepConfig
+
+    entries = read_deployments()
+    assert len({e["name"] for e in entries}) == len(entries) >= 2
+    assert len({e["work_pool"]["name"] for e in entries}) == 1
+    for entry in entries:
+        SweepConfig.model_validate(entry["parameters"]["config"])
+        assert entry["schedules"][0]["cron"] == "0 2 * * *"
+    served = file_deployments()
+    assert [d.name for d in served] == [e["name"] for e in entries]
+    assert all(d.schedules and d.schedules[0].schedule.cron == "0 2 * * *" for d in served)
