@@ -8,7 +8,7 @@ from typing import Any
 SPARSITY_DIGITS = 6  # target sparsities equal to this many digits are the same sparsity
 
 COLUMNS = [
-    "model", "task", "metric", "filter", "sparsity", "rank", "method",
+    "model", "task", "metric", "filter", "sparsity", "rank", "method", "pruner", "scorer", "allocator",
     "value", "stderr", "dense_value", "delta", "higher_is_better", "runs", "run_id", "run_key",
 ]  # fmt: skip
 
@@ -104,4 +104,4 @@ def _ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         group = (*_metric_key(row), round(row["sparsity"], SPARSITY_DIGITS))
         rank = rank + 1 if group == previous else 1
         row["rank"], previous = rank, group
-    return [{column: row[column] for column in COLUMNS} | row for row in rows]
+    return [{column: row[column] for column in COLUMNS} for row in rows]
