@@ -26,8 +26,22 @@ TOWERS = {
     "tiny-blip2-t5": ["vision", "language-encoder", "language-decoder"],
     "tiny-clip": ["vision", "text"],
     "tiny-vit": ["vision"],
+    "tiny-lavis-blip2-opt": ["vision", "language"],
+    "tiny-lavis-blip2-t5": ["vision", "language-encoder", "language-decoder"],
 }
-DENSE_PARTS = ("qformer", "query_tokens", "language_projection", "lm_head", "embed", "projection.weight", "classifier")
+DENSE_PARTS = (
+    "qformer",
+    "Qformer",
+    "query_tokens",
+    "language_projection",
+    "opt_proj",
+    "t5_proj",
+    "ln_vision",
+    "lm_head",
+    "embed",
+    "projection.weight",
+    "classifier",
+)
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +63,8 @@ def pairs(tmp_path_factory) -> list[tuple[Path, str]]:
     return found
 
 
-def load(name: str, **options):
-    return REGISTRIES.models.get(name).load(LoadOptions(name, extra={"seed": 0}, **options))
+def load(name: str, extra: dict | None = None, **options):
+    return REGISTRIES.models.get(name).load(LoadOptions(name, extra={"seed": 0} | (extra or {}), **options))
 
 
 @pytest.mark.parametrize("name", list(TOWERS))
@@ -105,6 +119,20 @@ def test_blip2_t5_loss_matches_transformers_labels_path(pairs) -> None:
         assert adapter.loss(one)[0] == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_lavis_opt_loss_matches_lavis_forward(pairs) -> None:
+    """With LAVIS's own text convention (caption + newline, every token a target), one sample's loss
+    is what ``Blip2OPT.forward`` returns: the image path (ViT, ln_vision, Q-Former, projection) agrees."""
+    adapter = load("tiny-lavis-blip2-opt")
+    image, caption = pairs[2]
+    ids = adapter.tokenizer(caption + "\n", return_tensors="pt").input_ids
+    ones = torch.ones_like(ids)
+    batch = {"pixel_values": adapter.pixel_values([image]), "text_ids": ids, "text_mask": ones, "label_mask": ones}
+    with torch.no_grad():
+        expected = adapter.model({"image": batch["pixel_values"], "text_input": [caption]})["loss"]
+        assert adapter.loss(batch)[0] == pytest.approx(float(expected), rel=1e-5)
+    assert adapter.loss(adapter.calibration_batch(pairs, 3, 16, seed=0)).shape == (3,)
+
+
 def test_clip_loss_is_the_symmetric_contrastive_loss(pairs) -> None:
     adapter = load("tiny-clip")
     batch = _single(adapter, pairs, 4)
@@ -154,7 +182,7 @@ def test_t5_replay_keeps_the_relative_position_bias(pairs) -> None:
                 assert torch.allclose(inputs[0].hidden, seen[k], atol=1e-5), f"{name} block {k}"
 
 
-@pytest.mark.parametrize("name", ["tiny-blip2-opt", "tiny-blip2-t5"])
+@pytest.mark.parametrize("name", ["tiny-blip2-opt", "tiny-blip2-t5", "tiny-lavis-blip2-opt"])
 def test_generation_settings_are_pinned_and_batching_does_not_change_answers(name: str, pairs) -> None:
     adapter = load(name)
     assert set(capabilities_of(adapter)) == {"caption-generator", "visual-question-answerer"}
@@ -237,7 +265,7 @@ def test_ecoflap_end_to_end_save_and_reload(name: str, pairs, tmp_path: Path) ->
     assert _tower_sparsity(reloaded) == per_tower
 
 
-@pytest.mark.parametrize("name", ["tiny-blip2-opt", "tiny-blip2-t5"])
+@pytest.mark.parametrize("name", ["tiny-blip2-opt", "tiny-blip2-t5", "tiny-lavis-blip2-t5"])
 def test_language_tower_calibrates_on_the_pruned_vision_tower(name: str, pairs) -> None:
     adapter = load(name)
     dense = copy.deepcopy(adapter)
@@ -288,3 +316,18 @@ def test_too_few_pairs_and_unknown_tower_in_targets(pairs) -> None:
         adapter.calibration_batch(pairs, 9, 16, seed=0)
     vision_only = load("tiny-blip2-opt", targets=[r"^vision_model\."])
     assert {t.name for t in vision_only.towers() if any(b.linears for b in t.blocks)} == {"vision"}
+
+
+def test_lavis_bad_input_is_one_clear_error(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("ECOFLAP_LAVIS_CHECKPOINT", raising=False)
+    with pytest.raises(EcoflapError, match=r"needs a LAVIS checkpoint \(.pth\)"):
+        load("lavis:blip2_opt:pretrain_opt2.7b")
+    with pytest.raises(EcoflapError, match="does not exist"):
+        load("lavis:blip2_t5:pretrain_flant5xl", extra={"checkpoint": str(tmp_path / "none.pth")})
+    adapter = load("tiny-lavis-blip2-opt")
+    out = tmp_path / "saved"
+    adapter.save(out)
+    (out / "lavis_checkpoint.pth").unlink()
+    spec = resolve_model(REGISTRIES, str(out))
+    with pytest.raises(EcoflapError, match="has no lavis_checkpoint.pth"):
+        spec.load(LoadOptions(str(out)))

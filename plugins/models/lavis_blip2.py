@@ -87,17 +87,16 @@ class LavisBlip2Adapter(Blip2Adapter):
 
     @torch.no_grad()
     def _generate(self, images: Sequence[Any], prompts: Sequence[str], max_new_tokens: int) -> list[str]:
-        """LAVIS's own ``generate``, greedy (its beam search breaks on transformers >= 4.49)."""
+        """LAVIS's own ``generate``, greedy (its beam search breaks on transformers >= 4.49), one image at
+        a time: ``Blip2OPT.generate`` takes one prompt string for its whole batch and pads on the right."""
         s = self.settings
-        samples = {"image": self.pixel_values(images), "prompt": list(prompts)}
-        return self.model.generate(
-            samples,
-            num_beams=1,
-            max_length=max_new_tokens,
-            min_length=1,
-            length_penalty=s.length_penalty,
-            repetition_penalty=s.repetition_penalty,
-        )
+        settings = {"num_beams": 1, "max_length": max_new_tokens, "min_length": 1}
+        settings |= {"length_penalty": s.length_penalty, "repetition_penalty": s.repetition_penalty}
+        pixels = self.pixel_values(images)
+        return [
+            self.model.generate({"image": pixels[i : i + 1], "prompt": prompt}, **settings)[0]
+            for i, prompt in enumerate(prompts)
+        ]
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
