@@ -67,6 +67,8 @@ class ModelAdapter(ABC):
     """Describes one loaded model to the method."""
 
     kind: ClassVar[str] = "model"
+    #: what ``calibration_batch`` takes: "text" (a list of documents) or "image-text" ((image, caption) pairs)
+    calibration_data: ClassVar[str] = "text"
 
     def __init__(
         self,
@@ -127,8 +129,8 @@ class ModelAdapter(ABC):
 
     # ---- data and persistence ----------------------------------------------------------------
     @abstractmethod
-    def calibration_batch(self, texts: Sequence[str], nsamples: int, seqlen: int, seed: int) -> Batch:
-        """``nsamples`` seeded calibration samples as one batch."""
+    def calibration_batch(self, texts: Sequence[Any], nsamples: int, seqlen: int, seed: int) -> Batch:
+        """``nsamples`` seeded calibration samples as one batch, from data of kind ``calibration_data``."""
 
     @abstractmethod
     def save(self, path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from ecoflap_core.adapters import Batch, ModelAdapter, Tower
@@ -31,6 +32,7 @@ class PruneResult:
     measured: LayerSparsity
     scores: dict[str, float] | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    layers: list[LayerInfo] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -38,8 +40,20 @@ class PruneResult:
             "max_sparsity": self.allocation.cap,
             "measured_sparsity": self.measured.overall(),
             "measured_per_layer": self.measured.per_layer(),
+            "per_tower": self.grouped(lambda info: info.tower),
+            "per_block": self.grouped(lambda info: info.block),
             "timings_s": self.timings,
         }
+
+    def grouped(self, key: Callable[[LayerInfo], str]) -> dict[str, dict[str, float]]:
+        """Allocated and measured sparsity of each tower (or block), weighted by parameters."""
+        sums: dict[str, list[float]] = {}
+        for info in self.layers:
+            acc = sums.setdefault(key(info), [0.0, 0.0, 0.0])
+            acc[0] += self.allocation.sparsity[info.name] * info.size
+            acc[1] += self.measured.zeros.get(info.name, 0)
+            acc[2] += info.size
+        return {name: {"allocated": a / n, "measured": m / n, "params": n} for name, (a, m, n) in sums.items()}
 
 
 def layer_infos(towers: list[Tower]) -> list[LayerInfo]:
@@ -88,7 +102,7 @@ def compress(
     start = time.perf_counter()
     measured = prune_fine(adapter, towers, config, methods.pruner, fine_batch, allocation.sparsity, progress)
     timings["fine"] = time.perf_counter() - start
-    return PruneResult(allocation, measured, scores, timings)
+    return PruneResult(allocation, measured, scores, timings, layer_infos(towers))
 
 
 def allocate(

@@ -86,12 +86,31 @@ def calibration_texts(corpus: str) -> tuple[list[str], list[str]]:
     return split_corpus(load_corpus(corpus))
 
 
+IMAGE_TEXT_SOURCES = ("easy-vqa",)
+
+
+def calibration_data(adapter: ModelAdapter, corpus: str) -> tuple[list[Any], list[str] | None]:
+    """(calibration data, held-out texts): texts for language models; (image, caption) pairs for
+    image-text models (easy-vqa's training images with their captions; no held-out text)."""
+    if getattr(adapter, "calibration_data", "text") == "text":
+        return calibration_texts(corpus)
+    source = "easy-vqa" if corpus == "wikipedia" else corpus
+    if source not in IMAGE_TEXT_SOURCES:
+        raise EcoflapError(
+            f"{adapter.model_id} calibrates on image-caption pairs: --corpus must be one of {', '.join(IMAGE_TEXT_SOURCES)}"
+        )
+    from evaluation.easy_vqa import image_caption_pairs
+
+    return image_caption_pairs("train"), None
+
+
 def evaluate_perplexity(adapter: ModelAdapter, texts: list[str], options: EvalOptions) -> dict[str, Any]:
     from evaluation.perplexity import perplexity
 
+    model, tokenizer = adapter.language_model() if hasattr(adapter, "language_model") else (adapter.model, adapter.tokenizer)
     return perplexity(
-        adapter.model,
-        adapter.tokenizer,
+        model,
+        tokenizer,
         texts,
         max_length=options.ppl_seqlen,
         limit_tokens=options.ppl_tokens,
@@ -120,13 +139,15 @@ def run_prune(
     """The whole job; returns the report that is also written to ``output/report.json``."""
     torch.manual_seed(config.seed)
     methods = resolve_methods(registries, config)
-    calib_texts, heldout = calibration_texts(config.corpus)
     t0 = time.perf_counter()
     adapter = load_model(registries, config)
     log(
         f"loaded {adapter.model_id}: {adapter.describe()['prunable_parameters']:,} prunable weights "
         f"in {time.perf_counter() - t0:.1f} s"
     )
+    calib_texts, heldout = calibration_data(adapter, config.corpus)
+    if heldout is None or not hasattr(adapter, "tokenizer"):
+        evaluation = EvalOptions(False, False, evaluation.ppl_tokens, evaluation.ppl_seqlen)
     fine_batch = adapter.calibration_batch(calib_texts, config.nsamples, config.seqlen, config.seed)
     score_batch = _score_batch(adapter, config, calib_texts, fine_batch) if methods.scorer else None
     report: dict[str, Any] = {"config": config.model_dump(), "model": adapter.describe(), "versions": versions()}

@@ -1,0 +1,237 @@
+"""``ecoflap zoo train mini-blip2``: train the bridge of mini-blip2 on easy-vqa's training split.
+
+Only the bridge learns (2.5 M parameters); DINOv2-S and SmolLM2 stay frozen, as in BLIP-2. The frozen
+image features are computed once and cached; the language model sees short sequences (8 soft
+tokens + "Question: ... Short answer:" + the answer). Training data: every training question with
+its answer, and one caption per training image ("a red circle", from the image's colour and shape).
+Seeded and resumable: a checkpoint (bridge, optimiser, schedule, step) is written atomically every
+``checkpoint_every`` steps and picked up by the same command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ecoflap_core.cache import cache_dir
+from ecoflap_core.errors import EcoflapError
+from plugins.models.mini_blip2 import (
+    BRIDGE_FILE,
+    WEIGHTS,
+    BridgeConfig,
+    GenerationConfig,
+    MiniBlip2,
+    QFormerBridge,
+    bridge_state,
+    pixel_values,
+    text_batch,
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 24
+    lr: float = 5e-4
+    weight_decay: float = 0.01
+    warmup: int = 20
+    min_lr_ratio: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 25
+    caption_share: float = 0.15  # of each batch, drawn from the caption examples
+
+
+@dataclass(frozen=True)
+class Example:
+    image_id: int
+    instruction: str
+    prompt: str
+    target: str
+
+
+def feature_cache(split: str, size: int) -> Path:
+    return cache_dir() / "features" / f"dinov2s-{size}-easyvqa-{split}.pt"
+
+
+@torch.no_grad()
+def image_features(vision: torch.nn.Module, split: str, size: int, log: Any = print) -> dict[int, torch.Tensor]:
+    """Frozen DINOv2 features of every image of ``split``, computed once (fp16 on disk)."""
+    from evaluation import easy_vqa
+
+    path = feature_cache(split, size)
+    if path.is_file():
+        return torch.load(path)
+    paths = easy_vqa.image_paths(split)
+    ids = sorted(paths)
+    chunks = []
+    start = time.perf_counter()
+    for i in range(0, len(ids), 64):
+        chunks.append(vision(pixel_values=pixel_values([paths[j] for j in ids[i : i + 64]], size)).last_hidden_state)
+        log(f"features {split}: {min(i + 64, len(ids))}/{len(ids)} images, {time.perf_counter() - start:.0f} s")
+    features = dict(zip(ids, torch.cat(chunks).half(), strict=True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(features, path.with_suffix(".partial"))
+    path.with_suffix(".partial").rename(path)
+    return features
+
+
+def examples(split: str, generation: GenerationConfig) -> tuple[list[Example], list[Example]]:
+    """(VQA examples, caption examples) of ``split``."""
+    from evaluation import easy_vqa
+
+    end = generation.answer_end
+    vqa = [
+        Example(q.image_id, q.question, generation.vqa_prompt.format(q.question), f" {q.answer}{end}")
+        for q in easy_vqa.questions(split)
+    ]
+    captions = [
+        Example(i, generation.caption_prompt, generation.caption_prompt, f" {easy_vqa.caption(*label)}{end}")
+        for i, label in easy_vqa.image_labels(split).items()
+    ]
+    return vqa, captions
+
+
+def step_batch(config: TrainConfig, step: int, vqa: list[Example], captions: list[Example]) -> list[Example]:
+    """The examples of one step: a function of (seed, step) only, so a resumed run sees the same data."""
+    rng = random.Random(f"{config.seed}/{step}")
+    n_caption = round(config.batch_size * config.caption_share)
+    return rng.sample(vqa, config.batch_size - n_caption) + rng.sample(captions, n_caption)
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(config.steps - config.warmup, 1)
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def _checkpoint_path() -> Path:
+    return cache_dir() / "zoo" / "mini-blip2" / "checkpoint.pt"
+
+
+def _save_checkpoint(bridge: QFormerBridge, optimizer: Any, step: int, config: TrainConfig, losses: list) -> None:
+    path = _checkpoint_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"bridge": bridge.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+    torch.save(state | {"config": asdict(config), "losses": losses}, path.with_suffix(".partial"))
+    path.with_suffix(".partial").rename(path)
+
+
+def _resume(bridge: QFormerBridge, optimizer: Any, config: TrainConfig, log: Any) -> tuple[int, list]:
+    path = _checkpoint_path()
+    if not path.is_file():
+        return 0, []
+    state = torch.load(path)
+    if state["config"] != asdict(config):
+        log(f"ignoring checkpoint {path}: it was made with other settings ({state['config']})")
+        return 0, []
+    bridge.load_state_dict(state["bridge"])
+    optimizer.load_state_dict(state["optimizer"])
+    log(f"resuming from step {state['step']} ({path})")
+    return state["step"], state["losses"]
+
+
+def train_bridge(
+    model: MiniBlip2,
+    tokenizer: Any,
+    config: TrainConfig,
+    generation: GenerationConfig,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Train ``model.bridge`` in place; returns the training record."""
+    torch.manual_seed(config.seed)
+    features = image_features(model.vision, "train", generation.image_size, log)
+    vqa, captions = examples("train", generation)
+    bridge = model.bridge.train().requires_grad_(True)
+    optimizer = torch.optim.AdamW(bridge.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step, losses = _resume(bridge, optimizer, config, log)
+    start = time.perf_counter()
+    first = step
+    while step < config.steps:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        chosen = step_batch(config, step, vqa, captions)
+        batch = text_batch(
+            tokenizer,
+            [e.instruction for e in chosen],
+            [e.prompt for e in chosen],
+            [e.target for e in chosen],
+            bridge.config.max_instruction_tokens,
+        )
+        feats = torch.stack([features[e.image_id] for e in chosen]).float()
+        loss = model.target_loss(batch, feats).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(bridge.parameters(), 1.0)
+        optimizer.step()
+        step += 1
+        losses.append(round(loss.item(), 4))
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            _save_checkpoint(bridge, optimizer, step, config, losses)
+        elapsed = time.perf_counter() - start
+        eta = elapsed / (step - first) * (config.steps - step)
+        recent = sum(losses[-25:]) / len(losses[-25:])
+        log(f"step {step}/{config.steps} loss {recent:.4f} lr {learning_rate(config, step - 1):.2e} eta {eta:.0f} s")
+    bridge.eval().requires_grad_(False)
+    return {"steps": step, "final_loss_25": sum(losses[-25:]) / max(len(losses[-25:]), 1), "losses": losses,
+            "seconds_this_run": round(time.perf_counter() - start, 1)}
+
+
+def git_hash() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def write_weights(bridge: QFormerBridge, record: dict[str, Any], config: TrainConfig, out: Path) -> Path:
+    """The bridge in fp16 safetensors + its settings and training record, side by side."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.half() for k, v in bridge_state(bridge).items()}, out / BRIDGE_FILE)
+    meta = {
+        "bridge": asdict(bridge.config),
+        "train": asdict(config),
+        "record": record,
+        "data": "easy-vqa==1.0 train split: questions + one caption per image",
+        "command": f"ecoflap zoo train mini-blip2 --steps {config.steps} --seed {config.seed}",
+        "git_hash": git_hash(),
+        "parameters": sum(p.numel() for p in bridge.parameters()),
+    }
+    (out / "mini_blip2_bridge.json").write_text(json.dumps(meta, indent=1))
+    return out / BRIDGE_FILE
+
+
+def build_untrained(bridge_config: BridgeConfig, seed: int) -> tuple[MiniBlip2, Any]:
+    """DINOv2-S + a freshly initialised bridge + SmolLM2, frozen towers."""
+    from transformers import AutoTokenizer, Dinov2Model, LlamaForCausalLM
+
+    from plugins.models.dinov2_onnx import dinov2_small_folder
+    from plugins.models.hf_causal_lm import smollm2_folder
+
+    torch.manual_seed(seed)
+    bridge = QFormerBridge(bridge_config)
+    vision = Dinov2Model.from_pretrained(dinov2_small_folder(), dtype=torch.float32).eval()
+    language = LlamaForCausalLM.from_pretrained(smollm2_folder(), dtype=torch.float32).eval()
+    model = MiniBlip2(vision, bridge, language)
+    model.vision.requires_grad_(False)
+    model.language.requires_grad_(False)
+    return model, AutoTokenizer.from_pretrained(smollm2_folder())
+
+
+def train(config: TrainConfig, out: Path = WEIGHTS, log: Any = print) -> Path:
+    if config.steps < 1 or config.batch_size < 2:
+        raise EcoflapError("--steps must be >= 1 and --batch-size >= 2")
+    model, tokenizer = build_untrained(BridgeConfig(), config.seed)
+    record = train_bridge(model, tokenizer, config, GenerationConfig(), log)
+    return write_weights(model.bridge, record, config, out)
