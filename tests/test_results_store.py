@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import secrets
 import socket
 import subprocess
@@ -25,7 +26,8 @@ from evaluation.results.models import Base, LayerAllocation, Run, TaskMetric
 from evaluation.results.store import ResultsStore, StoreUnavailable, create_store_engine, default_url, resolve_url
 
 ROOT = Path(__file__).resolve().parents[1]
-PG_SERVER = "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+# libpq connection string of the server's maintenance database (override: $ECOFLAP_TEST_POSTGRES)
+PG_SERVER = os.environ.get("ECOFLAP_TEST_POSTGRES", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 
 
 @pytest.fixture(scope="session")
@@ -37,13 +39,14 @@ def postgres_databases():
         admin = psycopg.connect(PG_SERVER, autocommit=True, connect_timeout=5)
     except psycopg.OperationalError as exc:
         reason = str(exc).strip().splitlines()[0]
-        pytest.fail(f"the PostgreSQL tests need the server at 127.0.0.1:5432 (user postgres): {reason}", pytrace=False)
+        pytest.fail(f"the PostgreSQL tests need the server of {PG_SERVER!r}: {reason}", pytrace=False)
     prefix, names = f"ecoflap_test_{secrets.token_hex(4)}", []
 
     def make() -> str:
         names.append(f"{prefix}_{len(names)}")
         admin.execute(f'CREATE DATABASE "{names[-1]}"')
-        return f"postgresql://postgres@127.0.0.1:5432/{names[-1]}"
+        info = admin.info
+        return f"postgresql://{info.user}@{info.host}:{info.port}/{names[-1]}"
 
     yield make
     for name in names:
