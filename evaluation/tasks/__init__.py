@@ -1,0 +1,15 @@
+"""The evaluation tasks of the ECoFLaP paper as a task plugin (entry point ``tasks = "evaluation.tasks"``)."""
+
+from __future__ import annotations
+
+from ecoflap_core.hookspecs import hookimpl
+from evaluation.tasks.language import MmluTask, WikitextTask
+from evaluation.tasks.vision import CaptioningTask, ImageNetTask, RetrievalTask, VqaTask
+
+TASKS = (VqaTask, CaptioningTask, RetrievalTask, ImageNetTask, MmluTask, WikitextTask)
+
+
+@hookimpl
+def register_tasks(register) -> None:
+    for task in TASKS:
+        register(task)

@@ -1,0 +1,204 @@
+"""``ecoflap eval`` (tasks on a dense or pruned model -> results.json in lm-eval's shape) and ``ecoflap validate``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ecoflap_core.errors import EcoflapError
+
+EVAL_EXAMPLES = """
+\b
+Examples:
+  ecoflap eval --model smollm2-135m --tasks wikitext,mmlu --limit 20 -o out/dense
+  ecoflap eval --model smollm2-135m --checkpoint runs/x --tasks wikitext -o out/x
+  ecoflap eval --model mini-blip2 --tasks vqa,captioning,retrieval --task-arg vqa.mode=rank
+  ecoflap eval --tasks vqa --data-dir data/ --task-arg vqa.questions=data/vqa/q.json
+  ecoflap ls tasks                                # what each task measures and its default data
+"""
+
+
+class EvalConfig(BaseModel):
+    """What ``ecoflap eval`` and ``ecoflap validate`` read from ``-C FILE`` and flags."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str = "smollm2-135m"
+    checkpoint: str | None = None
+    tasks: list[str] = Field(default_factory=lambda: ["wikitext"], min_length=1)
+    data_dir: str | None = None
+    limit: int | None = Field(None, ge=1)
+    seed: int = 1234
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    output: str | None = None
+
+    @classmethod
+    def build(cls, values: dict[str, Any]) -> EvalConfig:
+        from ecoflap_core.config import describe_validation_error
+
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise EcoflapError(describe_validation_error(exc)) from None
+
+    def options(self, progress: Any = None) -> Any:
+        from ecoflap_core.progress import no_progress
+        from ecoflap_core.tasks import TaskOptions
+
+        data_dir = Path(self.data_dir).expanduser() if self.data_dir else None
+        return TaskOptions(data_dir, self.limit, self.seed, dict(self.task_args), progress or no_progress)
+
+
+def _values(config_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
+    """The config file's values overridden by the flags given; ``--tasks a,b`` and ``--task-arg k=v`` parsed."""
+    from pipelines.cli import _merge, _read_yaml
+
+    values = _merge(_read_yaml(config_file), {k: v for k, v in flags.items() if k not in ("tasks", "task_arg")})
+    if flags.get("tasks"):
+        values["tasks"] = [t.strip() for t in flags["tasks"].split(",") if t.strip()]
+    if isinstance(values.get("tasks"), str):
+        values["tasks"] = [t.strip() for t in values["tasks"].split(",") if t.strip()]
+    for item in flags.get("task_arg") or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise EcoflapError(f"--task-arg takes key=value (or task.key=value), not {item!r}")
+        values.setdefault("task_args", {})
+        values["task_args"] = dict(values["task_args"]) | {key.strip(): value}
+    return values
+
+
+def check_tasks(config: EvalConfig, registries: Any) -> list[str]:
+    """The task names, each registered (``all`` = every registered task); unknown -> one error line."""
+    names = list(registries.tasks.names()) if config.tasks == ["all"] else list(dict.fromkeys(config.tasks))
+    for name in names:
+        registries.tasks.entry(name)  # UnknownNameError with "Did you mean ..."
+    return names
+
+
+def check_data(config: EvalConfig, registries: Any, names: list[str], given_only: bool) -> list[str]:
+    """Read each task's data without a model; one line per task (errors stop at the first bad file)."""
+    from evaluation.runner import task_options
+
+    lines = []
+    for name in names:
+        task_cls = registries.tasks.get(name)
+        options = task_options(config.options(), name)
+        given = options.data_dir is not None or options.extra.get("data")
+        describe = getattr(task_cls, "describe_data", None)
+        if describe is not None and (given or not given_only):
+            lines.append(f"{name}: {describe(options)}")
+    return lines
+
+
+def _checkpoint_block(config: EvalConfig, adapter: Any) -> dict[str, Any]:
+    """The ``ecoflap`` block from a checkpoint's report.json and allocation.json (a dense block otherwise)."""
+    from ecoflap_core.compress import layer_infos
+    from pipelines.prune import versions
+
+    block: dict[str, Any] = {"model": config.model, "checkpoint": config.checkpoint, "versions": versions()}
+    folder = Path(config.checkpoint) if config.checkpoint else None
+    report_path = folder / "report.json" if folder else None
+    if report_path is None or not report_path.is_file():
+        return block
+    try:
+        report = json.loads(report_path.read_text())
+        targets = json.loads((folder / "allocation.json").read_text()).get("sparsity", {})
+    except (OSError, ValueError) as exc:
+        raise EcoflapError(f"cannot read the checkpoint's report: {exc}") from None
+    methods, settings = report.get("methods", {}), report.get("config", {})
+    measured = report.get("measured_per_layer", {})
+    allocation = [
+        {"layer": i.name, "tower": i.tower, "block": i.block, "target": targets.get(i.name),
+         "measured": measured.get(i.name), "params": i.size}
+        for i in layer_infos(adapter.towers()) if i.name in targets
+    ]  # fmt: skip
+    return block | {
+        "dense": False,
+        "pruner": methods.get("pruner"),
+        "scorer": methods.get("scorer"),
+        "allocator": methods.get("allocator"),
+        "target_sparsity": report.get("target_sparsity"),
+        "measured_sparsity": report.get("measured_sparsity"),
+        "allocation": allocation,
+        "calibration": {k: settings.get(k) for k in ("corpus", "nsamples", "seqlen")},
+        "seeds": {"calibration": settings.get("seed"), "perturbation": settings.get("seed"), "eval": config.seed},
+    }
+
+
+_COMMON = [
+    click.option("-C", "--config", "config_file", type=click.Path(path_type=Path), help="YAML eval config"),
+    click.option("--model", help="registered model name or a local folder [smollm2-135m]"),
+    click.option("--checkpoint", help="a pruned model folder (from ecoflap prune / run) to evaluate"),
+    click.option("--tasks", help="comma-separated task names, or 'all' [wikitext]"),
+    click.option("--data-dir", help="task data in its standard format (DIR/<task>/ if present, else DIR)"),
+    click.option("--task-arg", multiple=True, help="task setting key=value or task.key=value (repeatable)"),
+    click.option("--limit", type=int, help="at most N examples per task"),
+]
+
+
+def _common(fn: Any) -> Any:
+    for option in reversed(_COMMON):
+        fn = option(fn)
+    return fn
+
+
+@click.command("eval", epilog=EVAL_EXAMPLES)
+@_common
+@click.option("--seed", type=int, help="evaluation seed [1234]")
+@click.option("-o", "--output", help="folder for results.json [the checkpoint, else runs/<model>_dense]")
+@click.option("--cache/--no-cache", default=True, help="reuse task results computed for the same model and settings")
+@click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
+def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: Any) -> None:
+    """Evaluate a dense or pruned model on tasks; write results.json (lm-eval's shape) and print the table."""
+    from ecoflap_core.cache import cache_dir
+    from ecoflap_core.config import PruneConfig
+    from evaluation.runner import evaluate, write_results
+    from pipelines.cli import _registries, _threads
+    from pipelines.prune import load_model, tqdm_progress
+
+    config = EvalConfig.build(_values(config_file, flags))
+    registries = _registries(strict)
+    names = check_tasks(config, registries)
+    for line in check_data(config, registries, names, given_only=True):
+        click.echo(f"data ok: {line}", err=True)
+    source = config.checkpoint or config.model
+    if config.checkpoint and not Path(config.checkpoint).is_dir():
+        raise EcoflapError(f"checkpoint folder not found: {config.checkpoint}")
+    output = (
+        Path(config.output) if config.output else Path(config.checkpoint or f"runs/{Path(config.model).name}_dense")
+    )
+    _threads()
+    adapter = load_model(registries, PruneConfig.build(model=source, seed=config.seed))
+    block = _checkpoint_block(config, adapter)
+    folder = cache_dir() / "eval-results" if cache else None
+    document = evaluate(adapter, names, config.options(tqdm_progress), registries, block, folder, log=click.echo)
+    path = write_results(document, output, echo=click.echo)
+    click.echo(f"wrote {path}")
+
+
+@click.command("validate")
+@_common
+def validate_command(config_file: Path | None, **flags: Any) -> None:
+    """Check a config, the model name, the task list and each task's data, without loading any model."""
+    from pipelines.cli import _registries
+    from pipelines.prune import resolve_model
+
+    config = EvalConfig.build(_values(config_file, flags))
+    registries = _registries(False)
+    resolve_model(registries, config.model)
+    if config.checkpoint and not (Path(config.checkpoint) / "config.json").is_file():
+        raise EcoflapError(f"checkpoint {config.checkpoint} is not a model folder (no config.json)")
+    names = check_tasks(config, registries)
+    for line in check_data(config, registries, names, given_only=False):
+        click.echo(f"ok  {line}")
+    click.echo(f"valid: model {config.model}, tasks {', '.join(names)}")
+
+
+def register(group: click.Group) -> None:
+    """Add ``eval`` and ``validate`` to the ``ecoflap`` group."""
+    group.add_command(eval_command)
+    group.add_command(validate_command)
