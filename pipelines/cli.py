@@ -85,6 +85,7 @@ def _merge(file_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
 @click.option("--model", help="registered model name or a local Hugging Face folder [smollm2-135m]")
 @click.option("--targets", multiple=True, help="regex of layers to prune (repeatable)")
 @click.option("--ignore", multiple=True, help="regex of layers to keep dense (repeatable)")
+@click.option("--towers", multiple=True, help="prune only this tower, e.g. vision or language (repeatable)")
 @click.option("--corpus", help="calibration/perplexity text: 'wikipedia' or a path [wikipedia]")
 @click.option("--scorer", help="coarse scorer [zeroth-order]")
 @click.option("--allocator", help="sparsity allocator: ecoflap, uniform, from-file [ecoflap]")
@@ -207,6 +208,7 @@ def _plugin_commands() -> None:
 
 __import__("pipelines.run_cli").run_cli.register(cli)  # ecoflap run / serve (Prefect flows)
 __import__("pipelines.results_cli").results_cli.register(cli)  # ecoflap results / regress
+__import__("pipelines.eval_cli").eval_cli.register(cli)  # ecoflap eval / validate
 
 
 def main() -> None:

@@ -35,6 +35,10 @@ class CausalLMAdapter(ModelAdapter):
         super().__init__(model.eval(), model_id, **patterns)
         self.tokenizer = tokenizer
 
+    def language_model(self) -> tuple[nn.Module, Any]:
+        """The (possibly pruned) model and its tokenizer, for lm-eval (the language-model capability)."""
+        return self.model, self.tokenizer
+
     def tower_modules(self) -> list[tuple[str, Sequence[nn.Module], str]]:
         prefix, layers = _decoder_layers(self.model)
         return [("language", list(layers), prefix)]
