@@ -88,7 +88,13 @@ def run_command(config_file: Path | None, grid: tuple[str, ...], strict: bool, *
     from pipelines.flows import run_flow
 
     result = run_flow(target)
-    for summary in result if isinstance(result, list) else [result]:
+    summaries = result if isinstance(result, list) else [result]
+    if len(summaries) == 1:
+        from evaluation.runner import format_table
+        from pipelines.steps import read_json
+
+        click.echo(format_table(read_json(summaries[0]["results"])))
+    for summary in summaries:
         click.echo(_summary_line(summary))
 
 

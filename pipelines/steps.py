@@ -11,7 +11,6 @@ killed step leaves no half-written result under its key.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -31,7 +30,7 @@ from ecoflap_core.cache import cache_dir
 from ecoflap_core.compress import PruneResult, allocate, layer_infos, prune_fine
 from ecoflap_core.plugins import Registries
 from ecoflap_core.progress import ProgressFactory, no_progress
-from pipelines.prune import calibration_texts, load_model, resolve_methods, save_outputs, versions
+from pipelines.prune import calibration_data, load_model, resolve_methods, save_outputs, versions
 from pipelines.run_config import RunConfig
 
 Log = Callable[[str], Any]
@@ -103,12 +102,6 @@ def weights_hash(model: torch.nn.Module) -> str:
         digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(memoryview(flat.view(torch.uint8).numpy()))
     return digest.hexdigest()
-
-
-@functools.lru_cache(maxsize=4)
-def texts(corpus: str) -> tuple[list[str], list[str]]:
-    """The calibration and held-out texts of a corpus, read once per process."""
-    return calibration_texts(corpus)
 
 
 def corpus_fingerprint(corpus: str) -> str:
@@ -192,7 +185,7 @@ def coarse_scores(
         return _reused("coarse scores", key, path, log)
     log(f"coarse scores: computing {key[:12]} ({config.scorer}, {config.score_nsamples} x {config.score_seqlen})")
     adapter = load(registries, config)
-    calibration, _ = texts(config.corpus)
+    calibration, _ = calibration_data(adapter, config.corpus)
     batch = adapter.calibration_batch(calibration, config.score_nsamples, config.score_seqlen, config.seed)
     start = time.perf_counter()
     scores = scorer.score(adapter, adapter.towers(), batch, progress)
@@ -234,7 +227,7 @@ def fine_step(
     pruner = resolve_methods(registries, config).pruner
     sparsity = Allocation(**read_json(allocation["path"]))
     adapter = load(registries, config)
-    calibration, _ = texts(config.corpus)
+    calibration, _ = calibration_data(adapter, config.corpus)
     batch = adapter.calibration_batch(calibration, config.nsamples, config.seqlen, config.seed)
     start = time.perf_counter()
     measured = prune_fine(adapter, adapter.towers(), config, pruner, batch, sparsity.sparsity, progress)
@@ -305,7 +298,7 @@ def assemble(
     timings = {"coarse": scores.get("seconds"), "fine": report.get("timings_s", {}).get("fine")}
     timings = {k: v for k, v in timings.items() if v is not None} | {"eval": sum(s["seconds"] for s in saved)}
     peaks = [s.get("peak_memory_mb") for s in [scores, report, *saved]]
-    document["config"] = {
+    document["config"] = document.get("config", {}) | {
         "model": config.model,
         "checkpoint": checkpoint["path"] if checkpoint else None,
         "limit": config.limit,

@@ -24,66 +24,13 @@ from pipelines.run_config import RunConfig  # noqa: E402
 TASK = "wikitext"
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def prefect_api():
     """One temporary Prefect API (SQLite) for every flow of the session."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
-
-
-@pytest.fixture(scope="module", autouse=True)
-def evaluation_runner():
-    """The evaluation runner (helper B's ``evaluation.runner``); a small stand-in until it is merged."""
-    try:
-        import evaluation.runner  # noqa: F401
-    except ImportError:
-        yield from _stand_in_runner()
-    else:
-        yield
-
-
-def _stand_in_runner():
-    import sys
-    import types
-
-    import torch
-
-    from ecoflap_core.tasks import Task, TaskResult
-
-    class HeldOutLoss(Task):
-        name, capability = TASK, "language-model"
-
-        def run(self, adapter: Any, options: Any) -> TaskResult:
-            ids = torch.arange(3, 3 + 64).reshape(2, 32) % 250
-            with torch.no_grad():
-                loss = float(adapter.loss({"input_ids": ids}).mean())
-            return TaskResult(TASK, "1.0", {"perplexity": float(torch.tensor(loss).exp())}, {"perplexity": None}, 2)
-
-    def evaluate(adapter, names, options, registries, block, cache_dir) -> dict[str, Any]:
-        results = {n: HeldOutLoss().run(adapter, options) for n in names}
-        return {
-            "results": {
-                n: {"alias": n, "perplexity,none": r.metrics["perplexity"], "perplexity_stderr,none": "N/A"}
-                for n, r in results.items()
-            },
-            "versions": {n: "1.0" for n in names},
-            "n-samples": {n: {"original": 2, "effective": 2} for n in names},
-            "higher_is_better": {n: {"perplexity": False} for n in names},
-        }
-
-    def write_results(document: dict[str, Any], output: Path) -> None:
-        (Path(output) / "results.json").write_text(json.dumps(document))
-
-    module = types.ModuleType("evaluation.runner")
-    module.evaluate, module.write_results = evaluate, write_results
-    registries = steps.default_registries()
-    sys.modules["evaluation.runner"] = module
-    registries.tasks.add(TASK, HeldOutLoss, "tests")
-    yield
-    del sys.modules["evaluation.runner"]
-    registries.tasks._entries.pop(TASK)
 
 
 @pytest.fixture
@@ -131,7 +78,7 @@ def run_cli(root: Path, settings: dict[str, Any], *args: str) -> Any:
     return CliRunner().invoke(cli, ["run", "-C", str(config), *args])
 
 
-def test_run_records_one_complete_run_and_a_second_run_reuses_every_step(workspace, score_calls) -> None:
+def test_run_records_one_complete_run_and_a_second_run_reuses_every_step(prefect_api, workspace, score_calls) -> None:
     root, settings = workspace["root"], workspace["settings"]
     first = run_cli(root, settings, "-o", "out")
     assert first.exit_code == 0, first.output
@@ -184,7 +131,8 @@ def test_step_keys_follow_what_each_step_depends_on(workspace, score_calls) -> N
     assert score_calls == ["zeroth-order"] * 2
 
 
-def test_sweep_runs_the_grid_and_one_dense_baseline(workspace) -> None:
+@pytest.mark.slow  # five flow runs, each evaluated through lm-eval: about a minute on two busy cores
+def test_sweep_runs_the_grid_and_one_dense_baseline(prefect_api, workspace) -> None:
     from prefect.artifacts import Artifact
 
     settings = workspace["settings"] | {"allocator": "uniform", "parallel": 2}
@@ -231,7 +179,7 @@ def test_bad_configuration_is_one_line_and_exit_1_before_any_model_loads(
     assert len(lines) == 1 and lines[0].startswith(message), result.output
 
 
-def test_an_unreachable_database_is_one_line_exit_1_and_the_results_are_kept(workspace) -> None:
+def test_an_unreachable_database_is_one_line_exit_1_and_the_results_are_kept(prefect_api, workspace) -> None:
     nobody = "postgresql+psycopg://ecoflap:secret@127.0.0.1:9/results"  # the discard port: refused
     result = run_cli(workspace["root"], workspace["settings"] | {"database_url": nobody}, "-o", "kept")
     assert result.exit_code == 1
@@ -255,11 +203,14 @@ def test_the_deployments_file_serves_one_deployment_per_suite() -> None:
     from pipelines.run_config import SweepConfig
 
     entries = read_deployments()
-    assert len({e["name"] for e in entries}) == len(entries) >= 2
+    suites = [e for e in entries if e["entrypoint"].endswith(":sweep")]
+    assert len({e["name"] for e in entries}) == len(entries) and len(suites) >= 2
     assert len({e["work_pool"]["name"] for e in entries}) == 1
-    for entry in entries:
-        SweepConfig.model_validate(entry["parameters"]["config"])
+    runs = [e for e in entries if e["entrypoint"].endswith(":prune_and_evaluate")]
+    for entry in suites:
+        sweep = SweepConfig.model_validate(entry["parameters"]["config"])
+        assert sweep.deployment == f"prune-and-evaluate/{runs[0]['name']}" and len(sweep.runs()) > 2
         assert entry["schedules"][0]["cron"] == "0 2 * * *"
     served = file_deployments()
     assert [d.name for d in served] == [e["name"] for e in entries]
-    assert all(d.schedules and d.schedules[0].schedule.cron == "0 2 * * *" for d in served)
+    assert all(d.schedules[0].schedule.cron == "0 2 * * *" for d in served if d.name in {s["name"] for s in suites})
