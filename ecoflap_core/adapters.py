@@ -69,6 +69,9 @@ class ModelAdapter(ABC):
     kind: ClassVar[str] = "model"
     #: what ``calibration_batch`` takes: "text" (a list of documents) or "image-text" ((image, caption) pairs)
     calibration_data: ClassVar[str] = "text"
+    #: True when a sample's loss depends on the other samples of its batch (contrastive losses):
+    #: scorers then perturb / differentiate whole micro-batches together
+    couples_samples: ClassVar[bool] = False
 
     def __init__(
         self,

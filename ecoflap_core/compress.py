@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ecoflap_core.adapters import Batch, ModelAdapter, Tower
@@ -89,7 +89,7 @@ def compress(
     progress: ProgressFactory = no_progress,
 ) -> PruneResult:
     """Score, allocate and prune ``adapter.model`` in place; return what was measured."""
-    towers = adapter.towers()
+    towers = select_towers(adapter.towers(), config.towers)
     timings: dict[str, float] = {}
     scores = None
     if methods.allocator.needs_scores:
@@ -103,6 +103,15 @@ def compress(
     measured = prune_fine(adapter, towers, config, methods.pruner, fine_batch, allocation.sparsity, progress)
     timings["fine"] = time.perf_counter() - start
     return PruneResult(allocation, measured, scores, timings, layer_infos(towers))
+
+
+def select_towers(towers: list[Tower], names: Sequence[str]) -> list[Tower]:
+    """The towers named in ``names`` (all when empty), in forward order; an unknown name is an error."""
+    known = [t.name for t in towers]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise EcoflapError(f"unknown tower {unknown[0]!r}: this model's towers are {', '.join(known)}")
+    return [t for t in towers if not names or t.name in names]
 
 
 def allocate(

@@ -18,6 +18,7 @@ class PruneConfig(BaseModel):
     model: str = "smollm2-135m"
     targets: list[str] = Field(default_factory=list, description="regexes of layers to prune")
     ignore: list[str] = Field(default_factory=list, description="regexes of layers to leave dense")
+    towers: list[str] = Field(default_factory=list, description="prune only these towers (default: all)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     corpus: str = "wikipedia"
 

@@ -206,9 +206,10 @@ def _plugin_commands() -> None:
         registries.manager.hook.register_commands(cli=cli)
 
 
-__import__("pipelines.run_cli").run_cli.register(cli)  # ecoflap run / serve (Prefect flows)
-__import__("pipelines.results_cli").results_cli.register(cli)  # ecoflap results / regress
-__import__("pipelines.eval_cli").eval_cli.register(cli)  # ecoflap eval / validate
+if __name__ != "__main__":
+    __import__("pipelines.run_cli").run_cli.register(cli)  # ecoflap run / serve (Prefect flows)
+    __import__("pipelines.results_cli").results_cli.register(cli)  # ecoflap results / regress
+    __import__("pipelines.eval_cli").eval_cli.register(cli)  # ecoflap eval / validate
 
 
 def main() -> None:
@@ -217,4 +218,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m pipelines.cli`: run the importable module, not this __main__ copy, so that the
+    # command modules above (which import pipelines.cli) see one fully initialised module
+    from pipelines.cli import main as module_main
+
+    sys.exit(module_main())

@@ -8,6 +8,12 @@ from ecoflap_core.progress import ProgressFactory, no_progress
 from ecoflap_core.scoring import Scorer, first_order_scores, zeroth_order_scores
 
 
+def group_size(adapter: ModelAdapter, asked: int, micro_batch: int) -> int:
+    """Samples that must share one perturbation (or one backward pass). A contrastive loss couples
+    the samples of a batch (each is the others' negative), so they go together: the micro-batch."""
+    return micro_batch if adapter.couples_samples else asked
+
+
 class ZerothOrderScorer(Scorer):
     """MEZO-GradOnly: |L(W + eps z) - L(W - eps z)| / (2 eps), summed, one scalar per tensor."""
 
@@ -29,7 +35,7 @@ class ZerothOrderScorer(Scorer):
             num_noise=o.get("num_noise", 1),
             seed=o.get("seed", 42),
             micro_batch=o.get("micro_batch", 4),
-            group_size=o.get("group_size", 1),
+            group_size=group_size(adapter, o.get("group_size", 1), o.get("micro_batch", 4)),
             level=o.get("level", "tensor"),
             progress=progress,
         )
@@ -52,7 +58,7 @@ class FirstOrderScorer(Scorer):
             adapter,
             towers,
             batch,
-            micro_batch=o.get("fo_micro_batch", 1),
+            micro_batch=group_size(adapter, o.get("fo_micro_batch", 1), o.get("micro_batch", 4)),
             variant=o.get("variant", "grad-mag-abs"),
             progress=progress,
         )
