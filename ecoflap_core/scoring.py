@@ -260,18 +260,20 @@ def first_order_scores(
     layers = linears(towers)
     acc = {n: torch.zeros_like(lin.weight, dtype=torch.float32) for n, lin in layers.items()}
     power = 2 if variant == "grad-mag-square" else 1
-    handles = [lin.weight.register_post_accumulate_grad_hook(_accumulator(acc[n], power)) for n, lin in layers.items()]
     micros = split_batch(batch, micro_batch)
     bar = progress(total=len(micros), desc="first-order scores")
-    try:
-        with only_requires_grad(adapter.model, [lin.weight for lin in layers.values()]):
+    # frozen models (mini-blip2, BLIP-2) turn gradients on only here, before the hooks that need them
+    with only_requires_grad(adapter.model, [lin.weight for lin in layers.values()]):
+        hook = lambda n, lin: lin.weight.register_post_accumulate_grad_hook(_accumulator(acc[n], power))  # noqa: E731
+        handles = [hook(n, lin) for n, lin in layers.items()]
+        try:
             for micro in micros:
                 adapter.loss(micro).mean().backward()
                 bar.update(1)
-    finally:
-        for h in handles:
-            h.remove()
-        bar.close()
+        finally:
+            for h in handles:
+                h.remove()
+            bar.close()
     return {n: _first_order_total(layers[n].weight, acc[n] / len(micros), variant) for n in layers}
 
 

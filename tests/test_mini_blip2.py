@@ -68,7 +68,7 @@ def test_rank_scores_equal_the_loss_of_each_candidate(adapter, pairs) -> None:
     questions = ["what color is the shape?", "is there a triangle in the image?", "what shape is it?"]
     end = len(adapter.tokenizer(adapter.generation.answer_end, add_special_tokens=False)["input_ids"])
     with torch.no_grad():
-        ranked = adapter._candidate_logprobs(adapter.vqa_batch(images, questions, None), ["teal", "no"])
+        ranked = adapter._candidate_logprobs(["teal", "no"], *adapter._prompt_pass(adapter.vqa_batch(images, questions, None)))
         for j, candidate in enumerate(["teal", "no"]):
             batch = adapter.vqa_batch(images, questions, [candidate] * 3)
             batch["labels"][:, -end:] = -100  # rank scores the answer tokens, not the end marker
@@ -84,6 +84,10 @@ def test_batched_answers_equal_one_at_a_time(adapter, pairs) -> None:
     alone = [adapter.answer_questions([i], [q])[0] for i, q in zip(images, questions, strict=True)]
     assert together == alone
     candidates = easy_vqa.answers()
+    assert adapter.answer_and_rank(images, questions, candidates) == (
+        together,
+        adapter.rank_answers(images, questions, candidates),
+    )
     assert adapter.rank_answers(images, questions, candidates) == [
         adapter.rank_answers([i], [q], candidates)[0] for i, q in zip(images, questions, strict=True)
     ]

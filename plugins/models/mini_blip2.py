@@ -214,6 +214,8 @@ class MiniBlip2Adapter(ModelAdapter):
 
     kind = "vision-language"
     calibration_data = "image-text"
+    #: Wanda's comparison group per tower, as the reference prunes BLIP-2 (ViT: whole matrix; LM: per row)
+    comparison = {"vision": "matrix", "language": "row"}
 
     def __init__(self, model: MiniBlip2, tokenizer: Any, model_id: str, generation: GenerationConfig, **patterns):
         super().__init__(model.eval(), model_id, **patterns)
@@ -263,19 +265,38 @@ class MiniBlip2Adapter(ModelAdapter):
 
     @torch.no_grad()
     def answer_questions(self, images: Sequence[Any], questions: Sequence[str]) -> list[str]:
-        return self._chunked(images, questions, lambda i, q: self._generate(self.vqa_batch(i, q, None)))
+        return self._chunked(images, questions, lambda i, q: self._generate(*self._prompt_pass(self.vqa_batch(i, q, None))))
 
     @torch.no_grad()
     def generate_captions(self, images: Sequence[Any]) -> list[str]:
-        return self._chunked(images, [""] * len(images), lambda i, _: self._generate(self.caption_batch(i, None)))
+        caption = lambda i, _: self._generate(*self._prompt_pass(self.caption_batch(i, None)))  # noqa: E731
+        return self._chunked(images, [""] * len(images), caption)
 
     @torch.no_grad()
     def rank_answers(self, images: Sequence[Any], questions: Sequence[str], candidates: Sequence[str]) -> list[str]:
         def rank(imgs: Sequence[Any], qs: Sequence[str]) -> list[str]:
-            scores = self._candidate_logprobs(self.vqa_batch(imgs, qs, None), candidates)
+            scores = self._candidate_logprobs(candidates, *self._prompt_pass(self.vqa_batch(imgs, qs, None)))
             return [candidates[i] for i in scores.argmax(1).tolist()]
 
         return self._chunked(images, questions, rank)
+
+    @torch.no_grad()
+    def answer_and_rank(
+        self, images: Sequence[Any], questions: Sequence[str], candidates: Sequence[str]
+    ) -> tuple[list[str], list[str]]:
+        """Open-generation answers and ranked answers from one shared prompt pass per micro-batch."""
+        generated: list[str] = []
+        ranked: list[str] = []
+
+        def both(imgs: Sequence[Any], qs: Sequence[str]) -> list[str]:
+            first, cache, mask = self._prompt_pass(self.vqa_batch(imgs, qs, None))
+            scores = self._candidate_logprobs(candidates, first, cache, mask)
+            ranked.extend(candidates[i] for i in scores.argmax(1).tolist())
+            generated.extend(self._generate(first, cache, mask))
+            return []
+
+        self._chunked(images, questions, both)
+        return generated, ranked
 
     def _chunked(self, images: Sequence[Any], texts: Sequence[str], fn: Any) -> list[str]:
         size = self.generation.micro_batch
@@ -300,9 +321,8 @@ class MiniBlip2Adapter(ModelAdapter):
         )
         return out.logits.float().log_softmax(-1), mask
 
-    def _generate(self, batch: Batch) -> list[str]:
-        """Greedy decoding until ``answer_end`` (or ``max_new_tokens``)."""
-        logprobs, cache, mask = self._prompt_pass(batch)
+    def _generate(self, logprobs: torch.Tensor, cache: Any, mask: torch.Tensor) -> list[str]:
+        """Greedy decoding after the prompt pass until ``answer_end`` (or ``max_new_tokens``); grows ``cache``."""
         tokens: list[torch.Tensor] = []
         for _ in range(self.generation.max_new_tokens):
             tokens.append(logprobs.argmax(-1, keepdim=True))
@@ -314,9 +334,11 @@ class MiniBlip2Adapter(ModelAdapter):
         text = self.tokenizer.batch_decode(torch.cat(tokens, 1), skip_special_tokens=True)
         return [t.split(self.generation.answer_end)[0].strip() for t in text]
 
-    def _candidate_logprobs(self, batch: Batch, candidates: Sequence[str]) -> torch.Tensor:
-        """``[B, len(candidates)]`` sums of the candidates' token log-probabilities after the prompt."""
-        first, cache, mask = self._prompt_pass(batch)
+    def _candidate_logprobs(
+        self, candidates: Sequence[str], first: torch.Tensor, cache: Any, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """``[B, len(candidates)]`` sums of the candidates' token log-probabilities after the prompt pass
+        (``cache`` is copied, never grown)."""
         scores = torch.empty(first.shape[0], len(candidates))
         for j, candidate in enumerate(candidates):
             ids = self.tokenizer(f" {candidate}", add_special_tokens=False)["input_ids"]

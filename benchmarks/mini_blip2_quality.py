@@ -1,0 +1,124 @@
+"""mini-blip2 on easy-vqa: dense vs uniform magnitude / Wanda / SparseGPT vs ECoFLaP (zeroth- and
+first-order scores + Wanda) at several sparsities, one budget shared by the vision and language towers.
+
+VQA is measured two ways on the same seeded sample of easy-vqa test questions: open generation (the
+paper's protocol; official VQA accuracy with the official answer normalisation, the single easy-vqa
+answer standing for all ten human answers) and ranking the 13 candidate answers (LAVIS's ``rank``),
+plus the share of generated answers that are none of the 13. Rows are appended to the JSON file as
+they finish, and a rerun skips the rows already there.
+
+    python benchmarks/mini_blip2_quality.py [--questions 400] [--sparsities 0.3 0.4 0.5 0.6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ecoflap_core.compress import compress
+from ecoflap_core.config import PruneConfig
+from ecoflap_core.plugins import load_plugins
+from evaluation import easy_vqa
+from evaluation.metrics.vqa import is_valid, normalize_answer, vqa_accuracy
+from pipelines.prune import calibration_data, load_model, resolve_methods
+
+METHODS = {
+    "magnitude": {"allocator": "uniform", "pruner": "magnitude"},
+    "wanda": {"allocator": "uniform", "pruner": "wanda"},
+    "sparsegpt": {"allocator": "uniform", "pruner": "sparsegpt"},
+    "ecoflap-zo+wanda": {"allocator": "ecoflap", "scorer": "zeroth-order", "pruner": "wanda"},
+    "ecoflap-fo+wanda": {"allocator": "ecoflap", "scorer": "first-order", "pruner": "wanda"},
+}
+
+
+def question_sample(n: int, seed: int = 0) -> list[easy_vqa.Question]:
+    return random.Random(seed).sample(list(easy_vqa.questions("test")), n)
+
+
+def evaluate_vqa(adapter: Any, questions: list[easy_vqa.Question]) -> dict[str, float]:
+    paths = easy_vqa.image_paths("test")
+    candidates = easy_vqa.answers()
+    vocabulary = {normalize_answer(c) for c in candidates}
+    generated, ranked = adapter.answer_and_rank(
+        [paths[q.image_id] for q in questions], [q.question for q in questions], candidates
+    )
+    n = len(questions)
+    yes_no = [i for i, q in enumerate(questions) if q.answer in ("yes", "no")]
+    acc = [vqa_accuracy(a, [q.answer] * 10) for a, q in zip(generated, questions, strict=True)]
+    return {
+        "vqa_generate": sum(acc) / n,
+        "vqa_generate_yes_no": sum(acc[i] for i in yes_no) / len(yes_no),
+        "vqa_generate_other": (sum(acc) - sum(acc[i] for i in yes_no)) / (n - len(yes_no)),
+        "vqa_rank": sum(a == q.answer for a, q in zip(ranked, questions, strict=True)) / n,
+        "invalid_rate": sum(not is_valid(a, vocabulary) for a in generated) / n,
+        "n_questions": n,
+        "examples": [f"{q.question} -> {a!r} (truth {q.answer})" for q, a in zip(questions[:3], generated, strict=False)],
+    }
+
+
+def prune_row(registries: Any, adapter: Any, dense: dict, method: str, sparsity: float, args: Any) -> dict[str, Any]:
+    adapter.model.load_state_dict(dense)
+    config = PruneConfig.build(
+        model="mini-blip2", sparsity=sparsity, nsamples=args.nsamples, score_nsamples=args.score_nsamples,
+        seed=args.seed, **METHODS[method],
+    )  # fmt: skip
+    methods = resolve_methods(registries, config)
+    pairs, _ = calibration_data(adapter, config.corpus)
+    fine = adapter.calibration_batch(pairs, config.nsamples, config.seqlen, config.seed)
+    score = adapter.calibration_batch(pairs, config.score_nsamples, config.score_seqlen, config.seed)
+    result = compress(adapter, config, methods, fine, score if methods.scorer else None)
+    summary = result.summary()
+    return {
+        "measured_sparsity": summary["measured_sparsity"],
+        "per_tower": summary["per_tower"],
+        "per_block": summary["per_block"],
+        "timings_s": summary["timings_s"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--questions", type=int, default=400)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--score-nsamples", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--model", default="mini-blip2")
+    parser.add_argument("-o", "--output", type=Path, default=Path(__file__).parent / "results" / "mini_blip2_quality.json")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("ECOFLAP_THREADS", len(os.sched_getaffinity(0)))))
+    rows: list[dict[str, Any]] = json.loads(args.output.read_text())["rows"] if args.output.is_file() else []
+    done = {(r["method"], r["sparsity"]) for r in rows}
+    registries = load_plugins()
+    adapter = load_model(registries, PruneConfig.build(model=args.model))
+    dense = {k: v.clone() for k, v in adapter.model.state_dict().items()}
+    questions = question_sample(args.questions)
+    plan = [("dense", 0.0)] + [(m, s) for s in args.sparsities for m in args.methods]
+    for method, sparsity in plan:
+        if (method, sparsity) in done:
+            continue
+        start = time.perf_counter()
+        row: dict[str, Any] = {"method": method, "sparsity": sparsity}
+        if method != "dense":
+            row |= prune_row(registries, adapter, dense, method, sparsity, args)
+        with torch.no_grad():
+            row |= evaluate_vqa(adapter, questions)
+        row["seconds"] = round(time.perf_counter() - start, 1)
+        rows.append(row)
+        print(json.dumps({k: v for k, v in row.items() if k not in ("per_block", "examples")}), flush=True)
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = args.output.with_suffix(".partial")
+        tmp.write_text(json.dumps({"settings": vars(args) | {"output": str(args.output)}, "rows": rows}, indent=1))
+        tmp.rename(args.output)
+
+
+if __name__ == "__main__":
+    main()
