@@ -111,8 +111,15 @@ def _merge(file_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
 @click.option("--fo-variant", type=click.Choice(["grad-mag-abs", "grad-only", "grad-mag-square"]))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="folder for the pruned model [runs/NAME]")
 @click.option("--save/--no-save", default=True, help="save the pruned model [save]")
-@click.option("--perplexity/--no-perplexity", "ppl", default=True, help="held-out perplexity after pruning")
-@click.option("--dense-perplexity", is_flag=True, help="also measure the dense model first")
+@click.option(
+    "--perplexity/--no-perplexity",
+    "--eval/--no-eval",
+    "ppl",
+    default=True,
+    help="measure after pruning: held-out perplexity (LMs) or easy-vqa accuracy (VQA models)",
+)
+@click.option("--dense-perplexity", "--dense-eval", "dense_perplexity", is_flag=True, help="also measure the dense model")
+@click.option("--vqa-questions", type=int, default=300, show_default=True, help="easy-vqa test questions to answer")
 @click.option("--ppl-tokens", type=int, default=16384, show_default=True, help="held-out tokens to evaluate")
 @click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
 def prune(
@@ -122,6 +129,7 @@ def prune(
     ppl: bool,
     dense_perplexity: bool,
     ppl_tokens: int,
+    vqa_questions: int,
     strict: bool,
     **flags: Any,
 ) -> None:
@@ -132,13 +140,15 @@ def prune(
     config = PruneConfig.build(**_merge(_read_yaml(config_file), flags))
     if ppl_tokens < 1:
         raise EcoflapError("--ppl-tokens must be at least 1")
+    if vqa_questions < 0:
+        raise EcoflapError("--vqa-questions must be 0 or more")
     _threads()
     target = (output or Path("runs") / default_run_name(config)) if save else None
     report = run_prune(
         _registries(strict),
         config,
         target,
-        EvalOptions(ppl, dense_perplexity, ppl_tokens, min(config.seqlen, 2048)),
+        EvalOptions(ppl, dense_perplexity, ppl_tokens, min(config.seqlen, 2048), vqa_questions),
         log=click.echo,
     )
     click.echo(json.dumps({k: report[k] for k in ("measured_sparsity", "timings_s") if k in report}))
@@ -210,6 +220,7 @@ if __name__ != "__main__":
     __import__("pipelines.run_cli").run_cli.register(cli)  # ecoflap run / serve (Prefect flows)
     __import__("pipelines.results_cli").results_cli.register(cli)  # ecoflap results / regress
     __import__("pipelines.eval_cli").eval_cli.register(cli)  # ecoflap eval / validate
+    __import__("pipelines.dashboard_cli").dashboard_cli.register(cli)  # ecoflap dashboard
 
 
 def main() -> None:
