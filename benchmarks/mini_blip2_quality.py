@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +24,7 @@ import torch
 from ecoflap_core.compress import compress
 from ecoflap_core.config import PruneConfig
 from ecoflap_core.plugins import load_plugins
-from evaluation import easy_vqa
-from evaluation.metrics.vqa import is_valid, normalize_answer, vqa_accuracy
+from evaluation.easy_vqa import question_sample, vqa_scores
 from pipelines.prune import calibration_data, load_model, resolve_methods
 
 METHODS = {
@@ -36,31 +34,6 @@ METHODS = {
     "ecoflap-zo+wanda": {"allocator": "ecoflap", "scorer": "zeroth-order", "pruner": "wanda"},
     "ecoflap-fo+wanda": {"allocator": "ecoflap", "scorer": "first-order", "pruner": "wanda"},
 }
-
-
-def question_sample(n: int, seed: int = 0) -> list[easy_vqa.Question]:
-    return random.Random(seed).sample(list(easy_vqa.questions("test")), n)
-
-
-def evaluate_vqa(adapter: Any, questions: list[easy_vqa.Question]) -> dict[str, float]:
-    paths = easy_vqa.image_paths("test")
-    candidates = easy_vqa.answers()
-    vocabulary = {normalize_answer(c) for c in candidates}
-    generated, ranked = adapter.answer_and_rank(
-        [paths[q.image_id] for q in questions], [q.question for q in questions], candidates
-    )
-    n = len(questions)
-    yes_no = [i for i, q in enumerate(questions) if q.answer in ("yes", "no")]
-    acc = [vqa_accuracy(a, [q.answer] * 10) for a, q in zip(generated, questions, strict=True)]
-    return {
-        "vqa_generate": sum(acc) / n,
-        "vqa_generate_yes_no": sum(acc[i] for i in yes_no) / len(yes_no),
-        "vqa_generate_other": (sum(acc) - sum(acc[i] for i in yes_no)) / (n - len(yes_no)),
-        "vqa_rank": sum(a == q.answer for a, q in zip(ranked, questions, strict=True)) / n,
-        "invalid_rate": sum(not is_valid(a, vocabulary) for a in generated) / n,
-        "n_questions": n,
-        "examples": [f"{q.question} -> {a!r} (truth {q.answer})" for q, a in zip(questions[:3], generated, strict=False)],
-    }
 
 
 def prune_row(registries: Any, adapter: Any, dense: dict, method: str, sparsity: float, args: Any) -> dict[str, Any]:
@@ -92,7 +65,9 @@ def main() -> None:
     parser.add_argument("--score-nsamples", type=int, default=8)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--model", default="mini-blip2")
-    parser.add_argument("-o", "--output", type=Path, default=Path(__file__).parent / "results" / "mini_blip2_quality.json")
+    parser.add_argument(
+        "-o", "--output", type=Path, default=Path(__file__).parent / "results" / "mini_blip2_quality.json"
+    )
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("ECOFLAP_THREADS", len(os.sched_getaffinity(0)))))
     rows: list[dict[str, Any]] = json.loads(args.output.read_text())["rows"] if args.output.is_file() else []
@@ -110,7 +85,7 @@ def main() -> None:
         if method != "dense":
             row |= prune_row(registries, adapter, dense, method, sparsity, args)
         with torch.no_grad():
-            row |= evaluate_vqa(adapter, questions)
+            row |= vqa_scores(adapter, questions)
         row["seconds"] = round(time.perf_counter() - start, 1)
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k not in ("per_block", "examples")}), flush=True)

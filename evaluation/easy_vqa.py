@@ -9,7 +9,9 @@ bridge training of mini-blip2.
 from __future__ import annotations
 
 import functools
+import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -140,3 +142,38 @@ def image_caption_pairs(split: Split) -> list[tuple[Path, str]]:
     """(image path, caption) for every image of ``split``, in image-id order."""
     paths = image_paths(split)
     return [(paths[i], caption(*label)) for i, label in image_labels(split).items()]
+
+
+def question_sample(n: int, seed: int = 0, split: Split = "test") -> list[Question]:
+    """``n`` questions of ``split`` drawn with a seeded generator (all of them when ``n`` exceeds the split)."""
+    pool = list(questions(split))
+    return pool if n >= len(pool) else random.Random(seed).sample(pool, n)
+
+
+def vqa_scores(adapter: Any, sample: Sequence[Question], split: Split = "test") -> dict[str, Any]:
+    """VQA accuracy of ``adapter`` on ``sample`` by open generation (the official VQA accuracy with its
+    answer normalisation; easy-vqa's one answer stands for all ten human answers) and by ranking the 13
+    candidate answers, the yes/no and other-question accuracies, and the share of invalid answers."""
+    from evaluation.metrics.vqa import is_valid, normalize_answer, vqa_accuracy
+
+    paths = image_paths(split)
+    candidates = answers()
+    vocabulary = {normalize_answer(c) for c in candidates}
+    images, texts = [paths[q.image_id] for q in sample], [q.question for q in sample]
+    if hasattr(adapter, "answer_and_rank"):
+        generated, ranked = adapter.answer_and_rank(images, texts, candidates)
+    else:
+        generated, ranked = adapter.answer_questions(images, texts), adapter.rank_answers(images, texts, candidates)
+    acc = [vqa_accuracy(a, [q.answer] * 10) for a, q in zip(generated, sample, strict=True)]
+    yes_no = [i for i, q in enumerate(sample) if q.answer in ("yes", "no")]
+    other = [i for i in range(len(sample)) if i not in set(yes_no)]
+    mean = lambda idx: sum(acc[i] for i in idx) / len(idx) if idx else float("nan")  # noqa: E731
+    return {
+        "vqa_generate": mean(range(len(sample))),
+        "vqa_generate_yes_no": mean(yes_no),
+        "vqa_generate_other": mean(other),
+        "vqa_rank": sum(a == q.answer for a, q in zip(ranked, sample, strict=True)) / len(sample),
+        "invalid_rate": sum(not is_valid(a, vocabulary) for a in generated) / len(sample),
+        "n_questions": len(sample),
+        "examples": [f"{q.question} -> {a!r} (truth {q.answer})" for q, a in zip(sample[:3], generated, strict=False)],
+    }

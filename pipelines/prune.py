@@ -28,10 +28,14 @@ from ecoflap_core.progress import ProgressFactory
 
 @dataclass(frozen=True)
 class EvalOptions:
+    """What ``ecoflap prune`` measures: held-out perplexity for language models, easy-vqa accuracy
+    for visual question answerers (``dense_perplexity``: the dense model too, before pruning)."""
+
     perplexity: bool = True
     dense_perplexity: bool = False
     ppl_tokens: int = 16384
     ppl_seqlen: int = 512
+    vqa_questions: int = 300
 
 
 def tqdm_progress(*, total: int, desc: str) -> Any:
@@ -146,24 +150,57 @@ def run_prune(
         f"in {time.perf_counter() - t0:.1f} s"
     )
     calib_texts, heldout = calibration_data(adapter, config.corpus)
-    if heldout is None or not hasattr(adapter, "tokenizer"):
-        evaluation = EvalOptions(False, False, evaluation.ppl_tokens, evaluation.ppl_seqlen)
+    measure = _measurement(adapter, heldout, evaluation)
     fine_batch = adapter.calibration_batch(calib_texts, config.nsamples, config.seqlen, config.seed)
     score_batch = _score_batch(adapter, config, calib_texts, fine_batch) if methods.scorer else None
     report: dict[str, Any] = {"config": config.model_dump(), "model": adapter.describe(), "versions": versions()}
-    if evaluation.perplexity and evaluation.dense_perplexity:
-        report["dense_perplexity"] = evaluate_perplexity(adapter, heldout, evaluation)
-        log(f"dense perplexity: {_ppl_line(report['dense_perplexity'])}")
+    if measure and evaluation.dense_perplexity:
+        report |= measure("dense", log)
     result = compress(adapter, config, methods, fine_batch, score_batch, progress)
     report |= _result_report(result, methods)
     log(f"measured sparsity {result.measured.overall():.4f} (target {config.target})")
-    if evaluation.perplexity:
-        report["perplexity"] = evaluate_perplexity(adapter, heldout, evaluation)
-        log(f"pruned perplexity: {_ppl_line(report['perplexity'])}")
+    if measure:
+        report |= measure("pruned", log)
     if output is not None:
         save_outputs(adapter, result, report, output)
         log(f"saved the pruned model, allocation.json and report.json to {output}")
     return report
+
+
+def _measurement(adapter: ModelAdapter, heldout: list[str] | None, evaluation: EvalOptions) -> Any:
+    """The quality measure of this kind of model (None when there is none or it is switched off)."""
+    from ecoflap_core.capabilities import VisualQuestionAnswerer
+
+    if not evaluation.perplexity:
+        return None
+    if isinstance(adapter, VisualQuestionAnswerer) and evaluation.vqa_questions > 0:
+        from evaluation.easy_vqa import question_sample, vqa_scores
+
+        sample = question_sample(evaluation.vqa_questions, seed=0)
+
+        def vqa(stage: str, log: Any) -> dict[str, Any]:
+            scores = vqa_scores(adapter, sample)
+            log(f"{stage} easy-vqa accuracy: {_vqa_line(scores)}")
+            return {"dense_vqa" if stage == "dense" else "vqa": scores}
+
+        return vqa
+    if heldout is not None and hasattr(adapter, "tokenizer"):
+
+        def ppl(stage: str, log: Any) -> dict[str, Any]:
+            scores = evaluate_perplexity(adapter, heldout, evaluation)
+            log(f"{stage} perplexity: {_ppl_line(scores)}")
+            return {"dense_perplexity" if stage == "dense" else "perplexity": scores}
+
+        return ppl
+    return None
+
+
+def _vqa_line(scores: dict[str, Any]) -> str:
+    return (
+        f"generate {scores['vqa_generate']:.3f} (yes/no {scores['vqa_generate_yes_no']:.3f}, other "
+        f"{scores['vqa_generate_other']:.3f}), rank {scores['vqa_rank']:.3f}, invalid {scores['invalid_rate']:.3f} "
+        f"({scores['n_questions']} questions)"
+    )
 
 
 def _score_batch(adapter: ModelAdapter, config: PruneConfig, texts: list[str], fine: Any) -> Any:

@@ -68,7 +68,9 @@ def test_rank_scores_equal_the_loss_of_each_candidate(adapter, pairs) -> None:
     questions = ["what color is the shape?", "is there a triangle in the image?", "what shape is it?"]
     end = len(adapter.tokenizer(adapter.generation.answer_end, add_special_tokens=False)["input_ids"])
     with torch.no_grad():
-        ranked = adapter._candidate_logprobs(["teal", "no"], *adapter._prompt_pass(adapter.vqa_batch(images, questions, None)))
+        ranked = adapter._candidate_logprobs(
+            ["teal", "no"], *adapter._prompt_pass(adapter.vqa_batch(images, questions, None))
+        )
         for j, candidate in enumerate(["teal", "no"]):
             batch = adapter.vqa_batch(images, questions, [candidate] * 3)
             batch["labels"][:, -end:] = -100  # rank scores the answer tokens, not the end marker
@@ -164,6 +166,9 @@ def test_cli_prunes_both_towers_and_reports_them(tmp_path: Path) -> None:
     (out / "mini_blip2_bridge.safetensors").unlink()
     gone = run_cli("prune", "--model", str(out), "--no-save", cwd=root)
     assert gone.returncode == 1
-    assert gone.stderr.strip().splitlines()[-1] == f"Error: mini-blip2 folder {out} is missing mini_blip2_bridge.safetensors"
+    assert (
+        gone.stderr.strip().splitlines()[-1]
+        == f"Error: mini-blip2 folder {out} is missing mini_blip2_bridge.safetensors"
+    )
     tower = run_cli("prune", "--model", "tiny-mini-blip2", "--towers", "text", "--no-save", cwd=root)
     assert tower.returncode == 1 and "unknown tower 'text'" in tower.stderr

@@ -74,7 +74,13 @@ class QFormerBridge(nn.Module):
         self.queries = nn.Parameter(torch.randn(config.queries, config.d_model) * 0.02)
         self.layers = nn.ModuleList(
             nn.TransformerDecoderLayer(
-                config.d_model, config.heads, config.ffn, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+                config.d_model,
+                config.heads,
+                config.ffn,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
             )
             for _ in range(config.layers)
         )
@@ -265,7 +271,9 @@ class MiniBlip2Adapter(ModelAdapter):
 
     @torch.no_grad()
     def answer_questions(self, images: Sequence[Any], questions: Sequence[str]) -> list[str]:
-        return self._chunked(images, questions, lambda i, q: self._generate(*self._prompt_pass(self.vqa_batch(i, q, None))))
+        return self._chunked(
+            images, questions, lambda i, q: self._generate(*self._prompt_pass(self.vqa_batch(i, q, None)))
+        )
 
     @torch.no_grad()
     def generate_captions(self, images: Sequence[Any]) -> list[str]:
@@ -358,7 +366,11 @@ class MiniBlip2Adapter(ModelAdapter):
         self.model.language.save_pretrained(path / "language", safe_serialization=True)
         self.tokenizer.save_pretrained(path / "language")
         save_file(bridge_state(self.model.bridge), path / BRIDGE_FILE)
-        meta = {"model": self.model_id, "bridge": asdict(self.model.bridge.config), "generation": asdict(self.generation)}
+        meta = {
+            "model": self.model_id,
+            "bridge": asdict(self.model.bridge.config),
+            "generation": asdict(self.generation),
+        }
         (path / MODEL_FILE).write_text(json.dumps(meta, indent=2))
 
 
@@ -375,7 +387,9 @@ def load_bridge(file: Path, config: BridgeConfig) -> QFormerBridge:
     from safetensors.torch import load_file
 
     if not file.is_file():
-        raise EcoflapError(f"mini-blip2 bridge weights {file} are missing: make them with `ecoflap zoo train mini-blip2`")
+        raise EcoflapError(
+            f"mini-blip2 bridge weights {file} are missing: make them with `ecoflap zoo train mini-blip2`"
+        )
     bridge = QFormerBridge(config)
     bridge.load_state_dict({k: v.float() for k, v in load_file(file).items()})
     return bridge.eval()
@@ -422,7 +436,9 @@ def load_folder(options: LoadOptions) -> MiniBlip2Adapter:
         raise EcoflapError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
     bridge = load_bridge(path / BRIDGE_FILE, BridgeConfig(**meta["bridge"]))
     model = _frozen(MiniBlip2(vision, bridge, language))
-    return MiniBlip2Adapter(model, tokenizer, meta["model"], GenerationConfig(**meta["generation"]), **_patterns(options))
+    return MiniBlip2Adapter(
+        model, tokenizer, meta["model"], GenerationConfig(**meta["generation"]), **_patterns(options)
+    )
 
 
 def _frozen(model: MiniBlip2) -> MiniBlip2:
@@ -442,8 +458,14 @@ def tiny_mini_blip2(options: LoadOptions) -> MiniBlip2Adapter:
 
     torch.manual_seed(int(options.extra.get("seed", 0)))
     vision = Dinov2Model(
-        Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8,
-                     image_size=32)
+        Dinov2Config(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            patch_size=8,
+            image_size=32,
+        )
     )
     language = LlamaForCausalLM(tiny_llama_config())
     bridge = QFormerBridge(BridgeConfig(d_model=32, layers=1, heads=2, queries=4, ffn=64, vision_dim=32, lm_dim=64))
@@ -461,7 +483,9 @@ def register_models(register) -> None:
             "DINOv2-S + trained bridge + SmolLM2-135M, real weights (BLIP-2 recipe, easy-vqa)",
         )
     )
-    register(ModelSpec("mini-blip2-folder", load_folder, "a saved mini-blip2 folder", lambda p: (p / MODEL_FILE).is_file()))
+    register(
+        ModelSpec("mini-blip2-folder", load_folder, "a saved mini-blip2 folder", lambda p: (p / MODEL_FILE).is_file())
+    )
     register(ModelSpec("tiny-mini-blip2", tiny_mini_blip2, "random tiny mini-blip2 (tests)"))
 
 

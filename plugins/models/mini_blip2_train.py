@@ -181,14 +181,23 @@ def train_bridge(
         recent = sum(losses[-25:]) / len(losses[-25:])
         log(f"step {step}/{config.steps} loss {recent:.4f} lr {learning_rate(config, step - 1):.2e} eta {eta:.0f} s")
     bridge.eval().requires_grad_(False)
-    return {"steps": step, "final_loss_25": sum(losses[-25:]) / max(len(losses[-25:]), 1), "losses": losses,
-            "seconds_this_run": round(time.perf_counter() - start, 1)}
+    return {
+        "steps": step,
+        "final_loss_25": sum(losses[-25:]) / max(len(losses[-25:]), 1),
+        "losses": losses,
+        "seconds_this_run": round(time.perf_counter() - start, 1),
+    }
 
 
 def git_hash() -> str | None:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
 
