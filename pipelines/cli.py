@@ -221,7 +221,6 @@ if __name__ != "__main__":
     __import__("pipelines.results_cli").results_cli.register(cli)  # ecoflap results / regress
     __import__("pipelines.eval_cli").eval_cli.register(cli)  # ecoflap eval / validate
     __import__("pipelines.dashboard_cli").dashboard_cli.register(cli)  # ecoflap dashboard
-    __import__("pipelines.dashboard_cli").dashboard_cli.register(cli)  # ecoflap dashboard
 
 
 def main() -> None:
