@@ -498,14 +498,23 @@ def register_commands(cli: Any) -> None:
         """Build the embedded models (mini-blip2's bridge)."""
 
     @zoo.command("train")
-    @click.argument("name", type=click.Choice(["mini-blip2"]))
-    @click.option("--steps", type=int, default=300, show_default=True)
-    @click.option("--batch-size", type=int, default=24, show_default=True)
+    @click.argument("name", type=click.Choice(["mini-blip2", "mini-clip"]))
+    @click.option("--steps", type=int, help="optimiser steps [mini-blip2: 300, mini-clip: 300]")
+    @click.option("--batch-size", type=int, help="[mini-blip2: 24, mini-clip: 128]")
     @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("-o", "--output", type=click.Path(path_type=Path), default=WEIGHTS, show_default=True)
-    def train_command(name: str, steps: int, batch_size: int, seed: int, output: Path) -> None:
-        """Train mini-blip2's bridge on easy-vqa train (resumable: rerun the same command after a stop)."""
-        from plugins.models.mini_blip2_train import TrainConfig, train
+    def train_command(name: str, steps: int | None, batch_size: int | None, seed: int) -> None:
+        """Train mini-blip2's bridge or mini-clip's projections on easy-vqa train, into plugins/models/weights/.
 
-        written = train(TrainConfig(steps=steps, batch_size=batch_size, seed=seed), output, log=click.echo)
+        mini-blip2 is resumable: rerun the same command after a stop and it continues from its checkpoint.
+        """
+        if name == "mini-clip":
+            from plugins.models.mini_clip import train_heads
+
+            written = train_heads(steps or 300, batch_size or 128, seed, log=click.echo)
+        else:
+            from plugins.models.mini_blip2_train import TrainConfig, train
+
+            written = train(
+                TrainConfig(steps=steps or 300, batch_size=batch_size or 24, seed=seed), WEIGHTS, click.echo
+            )
         click.echo(f"wrote {written}")
