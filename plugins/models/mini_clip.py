@@ -249,10 +249,15 @@ def train_heads(steps: int = 300, batch_size: int = 128, seed: int = 0, log: Any
             log(f"step {step + 1}/{steps} loss {loss.item():.4f}")
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     save_file(head_state(model), WEIGHTS / HEADS_FILE)
-    meta = {"heads": asdict(model.config), "train": {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": 1e-3},
-            "final_loss": round(loss.item(), 4), "seconds": round(time.perf_counter() - start, 1),
-            "data": "easy-vqa==1.0 train images with their captions", "git_hash": git_hash(),
-            "command": f"ecoflap zoo train mini-clip --steps {steps} --seed {seed}"}  # fmt: skip
+    meta = {
+        "heads": asdict(model.config),
+        "train": {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": 1e-3},
+        "final_loss": round(loss.item(), 4),
+        "seconds": round(time.perf_counter() - start, 1),
+        "data": "easy-vqa==1.0 train images with their captions",
+        "git_hash": git_hash(),
+        "command": f"ecoflap zoo train mini-clip --steps {steps} --seed {seed}",
+    }
     (WEIGHTS / "mini_clip_heads.json").write_text(json.dumps(meta, indent=1))
     return WEIGHTS / HEADS_FILE
 
