@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ecoflap_core.compress import compress
+from ecoflap_core.compress import PruneResult, allocate, layer_infos, prune_fine
 from ecoflap_core.config import PruneConfig
 from ecoflap_core.plugins import load_plugins
 from evaluation.easy_vqa import question_sample, vqa_scores
@@ -37,6 +37,8 @@ METHODS = {
 
 
 def prune_row(registries: Any, adapter: Any, dense: dict, method: str, sparsity: float, args: Any) -> dict[str, Any]:
+    """Reset to the dense weights, then coarse (scores cached per scorer: they do not depend on the
+    sparsity), allocation and fine step, exactly as ``compress`` runs them."""
     adapter.model.load_state_dict(dense)
     config = PruneConfig.build(
         model="mini-blip2", sparsity=sparsity, nsamples=args.nsamples, score_nsamples=args.score_nsamples,
@@ -44,16 +46,24 @@ def prune_row(registries: Any, adapter: Any, dense: dict, method: str, sparsity:
     )  # fmt: skip
     methods = resolve_methods(registries, config)
     pairs, _ = calibration_data(adapter, config.corpus)
+    towers = adapter.towers()
+    scores, coarse = None, 0.0
+    if methods.scorer:
+        if config.scorer not in SCORES:
+            batch = adapter.calibration_batch(pairs, config.score_nsamples, config.score_seqlen, config.seed)
+            start = time.perf_counter()
+            SCORES[config.scorer] = (methods.scorer.score(adapter, towers, batch), time.perf_counter() - start)
+        scores, coarse = SCORES[config.scorer]
+    allocation = allocate(layer_infos(towers), config, methods.allocator, scores)
     fine = adapter.calibration_batch(pairs, config.nsamples, config.seqlen, config.seed)
-    score = adapter.calibration_batch(pairs, config.score_nsamples, config.score_seqlen, config.seed)
-    result = compress(adapter, config, methods, fine, score if methods.scorer else None)
-    summary = result.summary()
-    return {
-        "measured_sparsity": summary["measured_sparsity"],
-        "per_tower": summary["per_tower"],
-        "per_block": summary["per_block"],
-        "timings_s": summary["timings_s"],
-    }
+    start = time.perf_counter()
+    measured = prune_fine(adapter, towers, config, methods.pruner, fine, allocation.sparsity)
+    timings = {"coarse (once per scorer)": coarse, "fine": time.perf_counter() - start}
+    summary = PruneResult(allocation, measured, scores, timings, layer_infos(towers)).summary()
+    return {k: summary[k] for k in ("measured_sparsity", "per_tower", "per_block", "timings_s")}
+
+
+SCORES: dict[str, tuple[dict[str, float], float]] = {}
 
 
 def main() -> None:

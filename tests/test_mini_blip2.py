@@ -47,8 +47,13 @@ def test_dinov2_conversion_matches_the_onnx_model() -> None:
     assert (ours - reference).abs().max().item() < 1e-4  # seen: 1.1e-5 at 224 px, outputs up to ~9
 
 
-def test_easy_vqa_labels_agree_with_every_colour_and_shape_answer() -> None:
+def test_easy_vqa_labels_agree_with_every_colour_and_shape_answer(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ECOFLAP_CACHE", str(tmp_path))  # computed here, not read from an older cache
+    easy_vqa.image_labels.cache_clear()
     labels = easy_vqa.image_labels("test")
+    assert (tmp_path / "easy-vqa" / "labels-test-v1.json").is_file()
+    easy_vqa.image_labels.cache_clear()
+    assert easy_vqa.image_labels("test") == labels  # the cached file reads back the same
     checked = 0
     for q in easy_vqa.questions("test"):
         colour, shape = labels[q.image_id]
