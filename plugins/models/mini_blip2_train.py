@@ -130,11 +130,16 @@ def _resume(bridge: QFormerBridge, optimizer: Any, config: TrainConfig, log: Any
     if not path.is_file():
         return 0, []
     state = torch.load(path)
-    if state["config"] != asdict(config):
+    same = {k: v for k, v in state["config"].items() if k != "steps"} == {
+        k: v for k, v in asdict(config).items() if k != "steps"
+    }
+    if not same or state["step"] > config.steps:
         log(f"ignoring checkpoint {path}: it was made with other settings ({state['config']})")
         return 0, []
     bridge.load_state_dict(state["bridge"])
     optimizer.load_state_dict(state["optimizer"])
+    if state["config"]["steps"] != config.steps:  # a longer run: the cosine schedule restarts from here
+        log(f"extending a {state['config']['steps']}-step run to {config.steps} steps")
     log(f"resuming from step {state['step']} ({path})")
     return state["step"], state["losses"]
 
