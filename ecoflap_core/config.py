@@ -15,7 +15,7 @@ class PruneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = "smollm2-135m"
+    model: str = "mini-blip2"
     targets: list[str] = Field(default_factory=list, description="regexes of layers to prune")
     ignore: list[str] = Field(default_factory=list, description="regexes of layers to leave dense")
     towers: list[str] = Field(default_factory=list, description="prune only these towers (default: all)")

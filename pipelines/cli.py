@@ -17,7 +17,9 @@ from ecoflap_core.errors import EcoflapError
 PRUNE_EXAMPLES = """
 \b
 Examples:
-  ecoflap prune                                   # the embedded default job (SmolLM2-135M)
+  ecoflap prune                                   # the embedded default job (mini-blip2, VQA)
+  ecoflap prune --model smollm2-135m              # a language model (held-out perplexity)
+  ecoflap prune --towers language --pruner magnitude --allocator uniform
   ecoflap prune --pruner sparsegpt --allocator uniform --sparsity 0.6
   ecoflap prune --scorer first-order --sparsity 0.6 --max-sparsity 0.7 -o out/fo60
   ecoflap prune --allocator uniform --nm 2:4
@@ -82,7 +84,7 @@ def _merge(file_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
 
 @cli.command(epilog=PRUNE_EXAMPLES)
 @click.option("-C", "--config", "config_file", type=click.Path(path_type=Path), help="YAML run config")
-@click.option("--model", help="registered model name or a local Hugging Face folder [smollm2-135m]")
+@click.option("--model", help="registered model name or a local model folder [mini-blip2]")
 @click.option("--targets", multiple=True, help="regex of layers to prune (repeatable)")
 @click.option("--ignore", multiple=True, help="regex of layers to keep dense (repeatable)")
 @click.option("--towers", multiple=True, help="prune only this tower, e.g. vision or language (repeatable)")

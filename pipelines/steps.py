@@ -27,7 +27,7 @@ import torch
 from ecoflap_core.adapters import ModelAdapter
 from ecoflap_core.allocation import Allocation, LayerInfo
 from ecoflap_core.cache import cache_dir
-from ecoflap_core.compress import PruneResult, allocate, layer_infos, prune_fine
+from ecoflap_core.compress import PruneResult, allocate, layer_infos, prune_fine, select_towers
 from ecoflap_core.plugins import Registries
 from ecoflap_core.progress import ProgressFactory, no_progress
 from pipelines.prune import calibration_data, load_model, resolve_methods, save_outputs, versions
@@ -121,8 +121,8 @@ def identify(config: RunConfig, registries: Registries, log: Log = print) -> Ste
     start = time.perf_counter()
     adapter = load(registries, config)
     identity = {"model": config.model, "weights_hash": weights_hash(adapter.model)}
-    layers = [vars(info) for info in layer_infos(adapter.towers())]
-    key = cache_key("layers/v1", identity, config.targets, config.ignore)
+    layers = [vars(info) for info in layer_infos(select_towers(adapter.towers(), config.towers))]
+    key = cache_key("layers/v1", identity, config.targets, config.ignore, config.towers)
     path = run_cache() / "layers" / f"{key}.json"
     write_json(path, {"identity": identity, "model": adapter.describe(), "layers": layers})
     log(f"model {config.model}: weights sha256 {identity['weights_hash'][:12]} ({time.perf_counter() - start:.1f} s)")
@@ -140,13 +140,14 @@ def scores_key(config: RunConfig, identity: Step) -> str:
         "zo": [config.zo_eps, config.zo_noise, config.zo_group, config.zo_level],
         "fo_variant": config.fo_variant,
         "micro_batch": config.micro_batch,
-        "layers": [config.targets, config.ignore],
+        "layers": [config.targets, config.ignore, config.towers],
     }
     return cache_key("scores/v1", _identity(identity), calibration, scorer, config.seed)
 
 
 def allocation_key(config: RunConfig, identity: Step, scores: Step | None) -> str:
-    upstream = scores["key"] if scores else cache_key(_identity(identity), config.targets, config.ignore)
+    layers = [config.targets, config.ignore, config.towers]
+    upstream = scores["key"] if scores else cache_key(_identity(identity), *layers)
     source = corpus_fingerprint(config.allocation_file) if config.allocation_file else None
     settings = [config.allocator, source, config.target, config.cap, config.granularity]
     return cache_key("allocation/v1", upstream, settings, config.aggregation, config.per_tower)
@@ -188,7 +189,7 @@ def coarse_scores(
     calibration, _ = calibration_data(adapter, config.corpus)
     batch = adapter.calibration_batch(calibration, config.score_nsamples, config.score_seqlen, config.seed)
     start = time.perf_counter()
-    scores = scorer.score(adapter, adapter.towers(), batch, progress)
+    scores = scorer.score(adapter, select_towers(adapter.towers(), config.towers), batch, progress)
     seconds = time.perf_counter() - start
     write_json(path, {"key": key, "scores": scores, "seconds": seconds, "peak_memory_mb": peak_memory_mb()})
     log(f"coarse scores: {len(scores)} tensors in {seconds:.1f} s -> {path}")
@@ -230,8 +231,9 @@ def fine_step(
     calibration, _ = calibration_data(adapter, config.corpus)
     batch = adapter.calibration_batch(calibration, config.nsamples, config.seqlen, config.seed)
     start = time.perf_counter()
-    measured = prune_fine(adapter, adapter.towers(), config, pruner, batch, sparsity.sparsity, progress)
-    result = PruneResult(sparsity, measured, timings={"fine": time.perf_counter() - start})
+    towers = select_towers(adapter.towers(), config.towers)
+    measured = prune_fine(adapter, towers, config, pruner, batch, sparsity.sparsity, progress)
+    result = PruneResult(sparsity, measured, timings={"fine": time.perf_counter() - start}, layers=layer_infos(towers))
     report = result.summary() | {"config": config.model_dump(), "model": adapter.describe(), "versions": versions()}
     save_outputs(adapter, result, report | {"peak_memory_mb": peak_memory_mb()}, folder)
     log(f"fine step: measured sparsity {measured.overall():.4f} in {result.timings['fine']:.1f} s -> {folder}")
