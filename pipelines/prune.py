@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ecoflap_core.adapters import LoadOptions, ModelAdapter, ModelSpec
-from ecoflap_core.compress import Methods, PruneResult, compress
+from ecoflap_core.compress import Methods, PruneResult, compress, select_towers
 from ecoflap_core.config import PruneConfig
 from ecoflap_core.errors import EcoflapError
 from ecoflap_core.plugins import Registries
@@ -149,6 +149,7 @@ def run_prune(
         f"loaded {adapter.model_id}: {adapter.describe()['prunable_parameters']:,} prunable weights "
         f"in {time.perf_counter() - t0:.1f} s"
     )
+    select_towers(adapter.towers(), config.towers)  # an unknown tower name fails before any work
     calib_texts, heldout = calibration_data(adapter, config.corpus)
     measure = _measurement(adapter, heldout, evaluation)
     fine_batch = adapter.calibration_batch(calib_texts, config.nsamples, config.seqlen, config.seed)
