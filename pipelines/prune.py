@@ -111,7 +111,9 @@ def calibration_data(adapter: ModelAdapter, corpus: str) -> tuple[list[Any], lis
 def evaluate_perplexity(adapter: ModelAdapter, texts: list[str], options: EvalOptions) -> dict[str, Any]:
     from evaluation.perplexity import perplexity
 
-    model, tokenizer = adapter.language_model() if hasattr(adapter, "language_model") else (adapter.model, adapter.tokenizer)
+    model, tokenizer = (
+        adapter.language_model() if hasattr(adapter, "language_model") else (adapter.model, adapter.tokenizer)
+    )
     return perplexity(
         model,
         tokenizer,
