@@ -120,7 +120,9 @@ def _merge(file_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]
     default=True,
     help="measure after pruning: held-out perplexity (LMs) or easy-vqa accuracy (VQA models)",
 )
-@click.option("--dense-perplexity", "--dense-eval", "dense_perplexity", is_flag=True, help="also measure the dense model")
+@click.option(
+    "--dense-perplexity", "--dense-eval", "dense_perplexity", is_flag=True, help="also measure the dense model"
+)
 @click.option("--vqa-questions", type=int, default=300, show_default=True, help="easy-vqa test questions to answer")
 @click.option("--ppl-tokens", type=int, default=16384, show_default=True, help="held-out tokens to evaluate")
 @click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
