@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -23,3 +24,12 @@ def token_windows(tokens: Sequence[int], nsamples: int, seqlen: int, seed: int) 
     ids = torch.as_tensor(tokens, dtype=torch.long)
     starts = [rng.randint(0, len(tokens) - seqlen) for _ in range(nsamples)]
     return torch.stack([ids[s : s + seqlen] for s in starts])
+
+
+def choose_pairs(pairs: Sequence[Any], nsamples: int, seed: int) -> list[Any]:
+    """``nsamples`` distinct (image, caption) pairs drawn with ``seed``."""
+    if nsamples < 1:
+        raise EcoflapError(f"need at least 1 calibration sample (got {nsamples})")
+    if len(pairs) < nsamples:
+        raise EcoflapError(f"only {len(pairs)} image-caption pairs, fewer than the {nsamples} calibration samples")
+    return random.Random(seed).sample(list(pairs), nsamples)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecoflap_core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
+from ecoflap_core.calibration import choose_pairs
 from ecoflap_core.errors import EcoflapError
 from ecoflap_core.hookspecs import hookimpl
 from plugins.models.hf_causal_lm import _torch_dtype, byte_tokenizer, tiny_opt_config
@@ -54,15 +55,6 @@ def load_image(image: Any) -> Any:
             return opened.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise EcoflapError(f"cannot decode the image {image}: {str(exc).splitlines()[0]}") from None
-
-
-def choose_pairs(pairs: Sequence[ImagePair], nsamples: int, seed: int) -> list[ImagePair]:
-    """``nsamples`` distinct (image, caption) pairs drawn with ``seed``."""
-    if nsamples < 1:
-        raise EcoflapError(f"need at least 1 calibration sample (got {nsamples})")
-    if len(pairs) < nsamples:
-        raise EcoflapError(f"only {len(pairs)} image-caption pairs, fewer than the {nsamples} calibration samples")
-    return random.Random(seed).sample(list(pairs), nsamples)
 
 
 class ImageTextAdapter(ModelAdapter):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import random
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecoflap_core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
+from ecoflap_core.calibration import choose_pairs
 from ecoflap_core.errors import EcoflapError
 from ecoflap_core.hookspecs import hookimpl
 
@@ -259,10 +259,7 @@ class MiniBlip2Adapter(ModelAdapter):
 
     def calibration_batch(self, pairs: Sequence[Any], nsamples: int, seqlen: int, seed: int) -> Batch:
         """``nsamples`` (image, caption) pairs drawn with a seeded generator; ``seqlen`` does not apply."""
-        if not pairs:
-            raise EcoflapError("no image-caption pairs to calibrate on")
-        rng = random.Random(seed)
-        chosen = rng.sample(list(pairs), nsamples) if nsamples <= len(pairs) else rng.choices(list(pairs), k=nsamples)
+        chosen = choose_pairs(pairs, nsamples, seed)
         return self.caption_batch([p for p, _ in chosen], [c for _, c in chosen])
 
     # ---- capabilities ------------------------------------------------------------------------

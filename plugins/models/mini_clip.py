@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecoflap_core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
+from ecoflap_core.calibration import choose_pairs
 from ecoflap_core.errors import EcoflapError
 from ecoflap_core.hookspecs import hookimpl
 from plugins.models.mini_blip2 import WEIGHTS, pixel_values
@@ -109,10 +110,7 @@ class MiniClipAdapter(ModelAdapter):
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
     def calibration_batch(self, pairs: Sequence[Any], nsamples: int, seqlen: int, seed: int) -> Batch:
-        if not pairs:
-            raise EcoflapError("no image-caption pairs to calibrate on")
-        rng = random.Random(seed)
-        chosen = rng.sample(list(pairs), nsamples) if nsamples <= len(pairs) else rng.choices(list(pairs), k=nsamples)
+        chosen = choose_pairs(pairs, nsamples, seed)
         captions = [c for _, c in chosen]
         index = {c: i for i, c in enumerate(dict.fromkeys(captions))}
         return self.text_batch(captions) | {
