@@ -66,6 +66,25 @@ def prune_row(registries: Any, adapter: Any, dense: dict, method: str, sparsity:
 SCORES: dict[str, tuple[dict[str, float], float]] = {}
 
 
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The README table: accuracy by open generation and by ranking, invalid answers, tower sparsity."""
+    lines = [
+        "| method | target | measured | vision / language sparsity | VQA generate | yes/no / other | VQA rank | invalid |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in sorted(
+        rows, key=lambda r: (r["sparsity"], list(METHODS).index(r["method"]) if r["method"] in METHODS else -1)
+    ):
+        towers = r.get("per_tower") or {}
+        split = " / ".join(f"{towers[t]['measured']:.3f}" for t in ("vision", "language") if t in towers) or "-"
+        lines.append(
+            f"| {r['method']} | {r['sparsity']:.1f} | {r.get('measured_sparsity', 0):.4f} | {split} | "
+            f"{r['vqa_generate']:.3f} | {r['vqa_generate_yes_no']:.3f} / {r['vqa_generate_other']:.3f} | "
+            f"{r['vqa_rank']:.3f} | {r['invalid_rate']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--questions", type=int, default=400)
@@ -78,7 +97,11 @@ def main() -> None:
     parser.add_argument(
         "-o", "--output", type=Path, default=Path(__file__).parent / "results" / "mini_blip2_quality.json"
     )
+    parser.add_argument("--table", action="store_true", help="print the finished rows as a markdown table and stop")
     args = parser.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.output.read_text())["rows"]))
+        return
     torch.set_num_threads(int(os.environ.get("ECOFLAP_THREADS", len(os.sched_getaffinity(0)))))
     rows: list[dict[str, Any]] = json.loads(args.output.read_text())["rows"] if args.output.is_file() else []
     done = {(r["method"], r["sparsity"]) for r in rows}
