@@ -69,12 +69,11 @@ SCORES: dict[str, tuple[dict[str, float], float]] = {}
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The README table: accuracy by open generation and by ranking, invalid answers, tower sparsity."""
     lines = [
-        "| method | target | measured | vision / language sparsity | VQA generate | yes/no / other | VQA rank | invalid |",
+        "| method | target | measured | vision / language | VQA generate | yes/no / other | VQA rank | invalid |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for r in sorted(
-        rows, key=lambda r: (r["sparsity"], list(METHODS).index(r["method"]) if r["method"] in METHODS else -1)
-    ):
+    order = {name: i for i, name in enumerate(["dense", *METHODS])}
+    for r in sorted(rows, key=lambda r: (r["sparsity"], order[r["method"]])):
         towers = r.get("per_tower") or {}
         split = " / ".join(f"{towers[t]['measured']:.3f}" for t in ("vision", "language") if t in towers) or "-"
         lines.append(
