@@ -19,7 +19,7 @@ evaluate() {  # model tasks limit
 
 evaluate mini-blip2 vqa,captioning "--limit 500"
 evaluate mini-clip retrieval,imagenet ""
-evaluate smollm2-135m wikitext,mmlu "--limit 100"
+evaluate smollm2-135m wikitext,mmlu "--limit 30"
 .venv/bin/python - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
