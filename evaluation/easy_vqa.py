@@ -177,7 +177,7 @@ def vqa_scores(adapter: Any, sample: Sequence[Question], split: Split = "test") 
         generated, ranked = adapter.answer_questions(images, texts), adapter.rank_answers(images, texts, candidates)
     acc = [vqa_accuracy(a, [q.answer] * 10) for a, q in zip(generated, sample, strict=True)]
     yes_no = [i for i, q in enumerate(sample) if q.answer in ("yes", "no")]
-    other = [i for i in range(len(sample)) if i not in set(yes_no)]
+    other = sorted(set(range(len(sample))) - set(yes_no))
     mean = lambda idx: sum(acc[i] for i in idx) / len(idx) if idx else float("nan")  # noqa: E731
     return {
         "vqa_generate": mean(range(len(sample))),

@@ -292,15 +292,13 @@ class MiniBlip2Adapter(ModelAdapter):
         """Open-generation answers and ranked answers from one shared prompt pass per micro-batch."""
         generated: list[str] = []
         ranked: list[str] = []
-
-        def both(imgs: Sequence[Any], qs: Sequence[str]) -> list[str]:
-            first, cache, mask = self._prompt_pass(self.vqa_batch(imgs, qs, None))
-            scores = self._candidate_logprobs(candidates, first, cache, mask)
+        size = self.generation.micro_batch
+        for start in range(0, len(images), size):
+            batch = self.vqa_batch(images[start : start + size], questions[start : start + size], None)
+            first, cache, mask = self._prompt_pass(batch)
+            scores = self._candidate_logprobs(candidates, first, cache, mask)  # copies the cache
             ranked.extend(candidates[i] for i in scores.argmax(1).tolist())
-            generated.extend(self._generate(first, cache, mask))
-            return []
-
-        self._chunked(images, questions, both)
+            generated.extend(self._generate(first, cache, mask))  # grows the cache
         return generated, ranked
 
     def _chunked(self, images: Sequence[Any], texts: Sequence[str], fn: Any) -> list[str]:
@@ -449,21 +447,13 @@ def _patterns(options: LoadOptions) -> dict[str, Sequence[str]]:
 
 def tiny_mini_blip2(options: LoadOptions) -> MiniBlip2Adapter:
     """Random weights, tiny sizes, a byte tokenizer: the same code paths in a second (tests)."""
-    from transformers import Dinov2Config, Dinov2Model, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
+    from plugins.models.dinov2_onnx import tiny_dinov2
     from plugins.models.hf_causal_lm import byte_tokenizer, tiny_llama_config
 
     torch.manual_seed(int(options.extra.get("seed", 0)))
-    vision = Dinov2Model(
-        Dinov2Config(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            patch_size=8,
-            image_size=32,
-        )
-    )
+    vision = tiny_dinov2()
     language = LlamaForCausalLM(tiny_llama_config())
     bridge = QFormerBridge(BridgeConfig(d_model=32, layers=1, heads=2, queries=4, ffn=64, vision_dim=32, lm_dim=64))
     model = _frozen(MiniBlip2(vision, bridge, language))

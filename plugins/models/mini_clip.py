@@ -262,15 +262,13 @@ def train_heads(steps: int = 300, batch_size: int = 128, seed: int = 0, log: Any
 
 def tiny_mini_clip(options: LoadOptions) -> MiniClipAdapter:
     """Random tiny encoders and a byte tokenizer (tests)."""
-    from transformers import BertConfig, BertModel, Dinov2Config, Dinov2Model
+    from transformers import BertConfig, BertModel
 
+    from plugins.models.dinov2_onnx import tiny_dinov2
     from plugins.models.hf_causal_lm import byte_tokenizer
 
     torch.manual_seed(int(options.extra.get("seed", 0)))
-    vision = Dinov2Model(
-        Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8,
-                     image_size=32)
-    )  # fmt: skip
+    vision = tiny_dinov2()
     text = BertModel(
         BertConfig(vocab_size=259, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
         add_pooling_layer=False,
