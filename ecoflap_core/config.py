@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap_core.errors import EcoflapError, describe_validation_error
 from ecoflap_core.pruning import NMPattern
 
 
@@ -81,13 +81,3 @@ class PruneConfig(BaseModel):
             return cls(**values)
         except ValidationError as exc:
             raise EcoflapError(describe_validation_error(exc)) from None
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "config"
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    extra = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-    return f"invalid configuration: {key}: {message}{extra}"

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap_core.errors import EcoflapError, describe_validation_error
 
 
 class AllocationEntry(BaseModel):
@@ -100,13 +100,7 @@ def validate(document: Any) -> ResultsDocument:
     try:
         return ResultsDocument.model_validate(document)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "document"
-        message = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "missing":
-            message = "missing key"
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise EcoflapError(f"invalid results document: {where}: {message}{more}") from None
+        raise EcoflapError(describe_validation_error(exc, "results document", "document")) from None
 
 
 def parse_document(document: Any, artefacts: dict[str, str] | None = None) -> ParsedRun:
