@@ -357,6 +357,28 @@ def test_mmlu_through_lm_eval_per_subject_and_average(make_adapter) -> None:
         MmluTask.describe_data(TaskOptions(extra={"subjects": "anatomyy"}))
 
 
+def test_mmlu_leave_one_out_shots_fit_lm_eval_pool_with_repeated_and_small_subjects(
+    make_adapter, tmp_path: Path
+) -> None:
+    """Dev-only data: lm-eval drops every copy of the evaluated question from the few-shot pool."""
+    from evaluation.tasks.language import MmluTask
+
+    def row(i: int) -> str:
+        return f"question {i}?,w{i},x{i},y{i},z{i},A"
+
+    dev = tmp_path / "mmlu" / "dev"
+    dev.mkdir(parents=True)
+    # physics repeats its first question (as the shipped college_physics does); logic has 3 questions
+    (dev / "physics_dev.csv").write_text("\n".join([row(0), row(0), row(1), row(2), row(3)]) + "\n")
+    (dev / "logic_dev.csv").write_text("\n".join(row(i) for i in range(3)) + "\n")
+    options = TaskOptions(data_dir=tmp_path / "mmlu", limit=1, extra={"num_fewshot": "5"})
+    result = MmluTask().run(make_adapter("tiny-llama"), options)
+    subtasks = result.config["subtasks"]
+    assert subtasks["physics"]["n-shot"] == 3  # 5 rows, the evaluated one twice: 3 others
+    assert subtasks["logic"]["n-shot"] == 2
+    assert result.n_samples == 2
+
+
 def test_mmlu_default_has_the_281_dev_questions() -> None:
     from evaluation.tasks.language import MmluTask
 

@@ -61,8 +61,9 @@ class MmluTask(Task):
 def write_mmlu_tasks(folder: Path, splits: dict[str, list[Any]], eval_split: str, shots: int) -> dict[str, int]:
     """One lm-eval task YAML per subject (its dev and eval questions as JSONL); returns task -> shots used.
 
-    With no test split the dev questions are evaluated leave-one-out (lm-eval drops the evaluated
-    question from its own few-shot examples), so a subject of n dev questions gets min(k, n - 1) shots.
+    With no test split the dev questions are evaluated leave-one-out: lm-eval drops every copy of the
+    evaluated question from its few-shot pool, so a subject gets at most as many shots as its smallest
+    such pool (n - 1, or fewer where the dev split repeats a question, as college_physics does).
     """
     import yaml
 
@@ -75,12 +76,19 @@ def write_mmlu_tasks(folder: Path, splits: dict[str, list[Any]], eval_split: str
             files[split] = folder / f"{subject}_{split}.jsonl"
             rows = [json.dumps(q.record(), ensure_ascii=False) for q in splits[split] if q.subject == subject]
             files[split].write_text("\n".join(rows) + "\n", encoding="utf-8")
-        n_dev = sum(q.subject == subject for q in splits["dev"])
-        used = min(shots, n_dev - 1 if eval_split == "dev" else n_dev)
+        used = min(shots, fewshot_pool(splits, subject, eval_split))
         plan[PREFIX + subject] = used
         config = mmlu_config(subject, {k: str(v) for k, v in files.items()}, eval_split, used, folder / "cache")
         (folder / f"{PREFIX}{subject}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return plan
+
+
+def fewshot_pool(splits: dict[str, list[Any]], subject: str, eval_split: str) -> int:
+    """The fewest few-shot examples lm-eval's ``first_n`` sampler can give any evaluated question of ``subject``."""
+    dev = [q.record() for q in splits["dev"] if q.subject == subject]
+    if eval_split != "dev":  # lm-eval removes the evaluated question only when it samples from its own split
+        return len(dev)
+    return min(sum(other != doc for other in dev) for doc in dev)
 
 
 def mmlu_config(subject: str, files: dict[str, str], eval_split: str, shots: int, cache: Path) -> dict[str, Any]:
@@ -116,10 +124,14 @@ def _simple_evaluate(model: Any, tokenizer: Any, folder: Path, tasks: list[str],
     with _offline(), _quiet_logging(), _eval_mode(model), torch.no_grad():
         lm = _hflm(model, tokenizer, max_length, arg(options, "batch_size", 1, int))
         manager = TaskManager(include_path=str(folder), include_defaults=False)
-        return lm_eval.simple_evaluate(
-            model=lm, tasks=tasks, task_manager=manager, limit=options.limit, random_seed=options.seed,
-            numpy_random_seed=options.seed, torch_random_seed=options.seed, fewshot_random_seed=options.seed,
-        )  # fmt: skip
+        try:
+            return lm_eval.simple_evaluate(
+                model=lm, tasks=tasks, task_manager=manager, limit=options.limit, random_seed=options.seed,
+                numpy_random_seed=options.seed, torch_random_seed=options.seed, fewshot_random_seed=options.seed,
+            )  # fmt: skip
+        except AssertionError as exc:  # lm-eval checks its inputs with asserts ("Error: ...")
+            message = str(exc).removeprefix("Error: ").splitlines()[0] if str(exc) else "an internal check failed"
+            raise EcoflapError(f"lm-eval rejected the task: {message}") from None
 
 
 def _model_max_length(model: Any) -> int:
@@ -135,16 +147,27 @@ def mmlu_result(task: Task, out: dict, plan: dict[str, int], config: dict[str, A
     for name, shots in plan.items():
         values, n = out["results"][name], int(out["n-samples"][name]["effective"])
         accs.append(float(values["acc,none"]))
-        stderrs.append(float(values["acc_stderr,none"]))
+        stderrs.append(_number(values["acc_stderr,none"]))  # lm-eval writes "N/A" for one sample
         sizes.append(n)
         subtasks[name.removeprefix(PREFIX)] = {"acc": accs[-1], "acc_stderr": stderrs[-1], "n": n, "n-shot": shots}
     metrics = {
         "acc": aggregate_subtask_metrics(accs, sizes),
         "acc_macro": aggregate_subtask_metrics(accs, sizes, False),
     }
-    stderr = {"acc": pooled_sample_stderr(stderrs, sizes) if len(sizes) > 1 else stderrs[0], "acc_macro": None}
+    if None in stderrs or sum(sizes) <= len(sizes):  # no spread to pool
+        pooled = stderrs[0] if len(sizes) == 1 else None
+    else:
+        pooled = pooled_sample_stderr(stderrs, sizes)
+    stderr = {"acc": pooled, "acc_macro": None}
     config = config | {"subtasks": subtasks, "n_subjects": len(plan)}
     return TaskResult(task.name, task.version, metrics, stderr, sum(sizes), config)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 class WikitextTask(Task):
