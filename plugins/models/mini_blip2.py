@@ -486,10 +486,11 @@ def register_commands(cli: Any) -> None:
 
     @zoo.command("train")
     @click.argument("name", type=click.Choice(["mini-blip2", "mini-clip"]))
-    @click.option("--steps", type=int, help="optimiser steps [mini-blip2: 300, mini-clip: 300]")
+    @click.option("--steps", type=int, help="optimiser steps [mini-blip2: 600, mini-clip: 300]")
     @click.option("--batch-size", type=int, help="[mini-blip2: 24, mini-clip: 128]")
+    @click.option("--lr", type=float, help="peak learning rate [mini-blip2: 1e-3]")
     @click.option("--seed", type=int, default=0, show_default=True)
-    def train_command(name: str, steps: int | None, batch_size: int | None, seed: int) -> None:
+    def train_command(name: str, steps: int | None, batch_size: int | None, lr: float | None, seed: int) -> None:
         """Train mini-blip2's bridge or mini-clip's projections on easy-vqa train, into plugins/models/weights/.
 
         mini-blip2 is resumable: rerun the same command after a stop and it continues from its checkpoint.
@@ -501,7 +502,7 @@ def register_commands(cli: Any) -> None:
         else:
             from plugins.models.mini_blip2_train import TrainConfig, train
 
-            written = train(
-                TrainConfig(steps=steps or 300, batch_size=batch_size or 24, seed=seed), WEIGHTS, click.echo
-            )
+            given = {"steps": steps, "batch_size": batch_size, "lr": lr}
+            config = TrainConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})
+            written = train(config, WEIGHTS, click.echo)
         click.echo(f"wrote {written}")

@@ -38,11 +38,11 @@ from plugins.models.mini_blip2 import (
 
 @dataclass(frozen=True)
 class TrainConfig:
-    steps: int = 300
+    steps: int = 600
     batch_size: int = 24
-    lr: float = 5e-4
+    lr: float = 1e-3
     weight_decay: float = 0.01
-    warmup: int = 20
+    warmup: int = 30
     min_lr_ratio: float = 0.1
     seed: int = 0
     checkpoint_every: int = 25
@@ -117,31 +117,37 @@ def _checkpoint_path() -> Path:
     return cache_dir() / "zoo" / "mini-blip2" / "checkpoint.pt"
 
 
-def _save_checkpoint(bridge: QFormerBridge, optimizer: Any, step: int, config: TrainConfig, losses: list) -> None:
+def _save_checkpoint(
+    bridge: QFormerBridge, optimizer: Any, step: int, config: TrainConfig, losses: list, schedules: list[int]
+) -> None:
     path = _checkpoint_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {"bridge": bridge.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-    torch.save(state | {"config": asdict(config), "losses": losses}, path.with_suffix(".partial"))
+    state |= {"config": asdict(config), "losses": losses, "schedules": schedules}
+    torch.save(state, path.with_suffix(".partial"))
     path.with_suffix(".partial").rename(path)
 
 
-def _resume(bridge: QFormerBridge, optimizer: Any, config: TrainConfig, log: Any) -> tuple[int, list]:
+def _resume(bridge: QFormerBridge, optimizer: Any, config: TrainConfig, log: Any) -> tuple[int, list, list[int]]:
+    """(step, losses, schedules): ``schedules`` lists the --steps of each run that led here, so an
+    extended run records how it was made (its learning rate restarted when it was extended)."""
     path = _checkpoint_path()
     if not path.is_file():
-        return 0, []
+        return 0, [], [config.steps]
     state = torch.load(path)
     same = {k: v for k, v in state["config"].items() if k != "steps"} == {
         k: v for k, v in asdict(config).items() if k != "steps"
     }
     if not same or state["step"] > config.steps:
         log(f"ignoring checkpoint {path}: it was made with other settings ({state['config']})")
-        return 0, []
+        return 0, [], [config.steps]
     bridge.load_state_dict(state["bridge"])
     optimizer.load_state_dict(state["optimizer"])
     if state["config"]["steps"] != config.steps:  # a longer run: the cosine schedule restarts from here
         log(f"extending a {state['config']['steps']}-step run to {config.steps} steps")
     log(f"resuming from step {state['step']} ({path})")
-    return state["step"], state["losses"]
+    schedules = state.get("schedules", [state["config"]["steps"]])
+    return state["step"], state["losses"], schedules + [config.steps] * (schedules[-1] != config.steps)
 
 
 def train_bridge(
@@ -157,7 +163,7 @@ def train_bridge(
     vqa, captions = examples("train", generation)
     bridge = model.bridge.train().requires_grad_(True)
     optimizer = torch.optim.AdamW(bridge.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step, losses = _resume(bridge, optimizer, config, log)
+    step, losses, schedules = _resume(bridge, optimizer, config, log)
     start = time.perf_counter()
     first = step
     while step < config.steps:
@@ -180,7 +186,7 @@ def train_bridge(
         step += 1
         losses.append(round(loss.item(), 4))
         if step % config.checkpoint_every == 0 or step == config.steps:
-            _save_checkpoint(bridge, optimizer, step, config, losses)
+            _save_checkpoint(bridge, optimizer, step, config, losses, schedules)
         elapsed = time.perf_counter() - start
         eta = elapsed / (step - first) * (config.steps - step)
         recent = sum(losses[-25:]) / len(losses[-25:])
@@ -188,6 +194,7 @@ def train_bridge(
     bridge.eval().requires_grad_(False)
     return {
         "steps": step,
+        "schedules": schedules,
         "final_loss_25": sum(losses[-25:]) / max(len(losses[-25:]), 1),
         "losses": losses,
         "seconds_this_run": round(time.perf_counter() - start, 1),
@@ -218,7 +225,10 @@ def write_weights(bridge: QFormerBridge, record: dict[str, Any], config: TrainCo
         "train": asdict(config),
         "record": record,
         "data": "easy-vqa==1.0 train split: questions + one caption per image",
-        "command": f"ecoflap zoo train mini-blip2 --steps {config.steps} --seed {config.seed}",
+        "command": " && ".join(
+            f"ecoflap zoo train mini-blip2 --steps {steps} --lr {config.lr:g} --seed {config.seed}"
+            for steps in record.get("schedules", [config.steps])
+        ),
         "git_hash": git_hash(),
         "parameters": sum(p.numel() for p in bridge.parameters()),
     }
@@ -244,8 +254,8 @@ def build_untrained(bridge_config: BridgeConfig, seed: int) -> tuple[MiniBlip2, 
 
 
 def train(config: TrainConfig, out: Path = WEIGHTS, log: Any = print) -> Path:
-    if config.steps < 1 or config.batch_size < 2:
-        raise EcoflapError("--steps must be >= 1 and --batch-size >= 2")
+    if config.steps < 1 or config.batch_size < 2 or not config.lr > 0:
+        raise EcoflapError("--steps must be >= 1, --batch-size >= 2 and --lr > 0")
     model, tokenizer = build_untrained(BridgeConfig(), config.seed)
     record = train_bridge(model, tokenizer, config, GenerationConfig(), log)
     return write_weights(model.bridge, record, config, out)
