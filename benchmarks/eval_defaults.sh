@@ -17,7 +17,7 @@ evaluate() {  # model tasks limit
   $ECOFLAP eval --model "$model" --checkpoint "$RUNS/$model-ecoflap50" --tasks "$tasks" $limit -o "$OUT/$model-ecoflap50"
 }
 
-evaluate mini-blip2 vqa,captioning "--limit 500"
+evaluate mini-blip2 vqa,captioning "--limit 300"
 evaluate mini-clip retrieval,imagenet ""
 evaluate smollm2-135m wikitext,mmlu "--limit 30"
 .venv/bin/python - "$OUT" <<'PY'
