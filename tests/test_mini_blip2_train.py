@@ -38,13 +38,17 @@ def test_learning_rate_warms_up_then_decays_to_its_floor() -> None:
     assert learning_rate(config, 100) == pytest.approx(1e-4)
 
 
+def _config(steps: int) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=6, warmup=2, checkpoint_every=1)
+
+
 def _train(steps: int, monkeypatch: pytest.MonkeyPatch) -> dict[str, torch.Tensor]:
     adapter = tiny_mini_blip2(LoadOptions("tiny-mini-blip2"))
     features = {i: torch.randn(5, 32, generator=torch.Generator().manual_seed(i)) for i in range(7)}
     monkeypatch.setattr(training, "image_features", lambda *args, **kwargs: features)
     monkeypatch.setattr(training, "examples", lambda *args, **kwargs: (VQA, CAPTIONS))
-    config = TrainConfig(steps=steps, batch_size=6, warmup=2, checkpoint_every=1)
-    record = train_bridge(adapter.model, adapter.tokenizer, config, GenerationConfig(image_size=32), log=lambda _: None)
+    generation = GenerationConfig(image_size=32)
+    record = train_bridge(adapter.model, adapter.tokenizer, _config(steps), generation, log=lambda _: None)
     assert record["steps"] == steps
     return {k: v.clone() for k, v in adapter.model.bridge.state_dict().items()}
 
@@ -53,11 +57,10 @@ def test_a_stopped_run_resumes_to_the_same_bridge(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("ECOFLAP_CACHE", str(tmp_path / "straight"))
     straight = _train(4, monkeypatch)
     monkeypatch.setenv("ECOFLAP_CACHE", str(tmp_path / "resumed"))
-    config = TrainConfig(steps=4, batch_size=6, warmup=2, checkpoint_every=1)
     # a run of the same settings stopped after step 2: its checkpoint is what a killed run leaves
     halfway = _train(2, monkeypatch)
     state = torch.load(training._checkpoint_path())
-    state["config"], state["schedules"] = asdict(config), [4]
+    state["config"], state["schedules"] = asdict(_config(4)), [4]
     torch.save(state, training._checkpoint_path())
     resumed = _train(4, monkeypatch)
     assert any(not torch.equal(halfway[k], straight[k]) for k in straight)

@@ -158,8 +158,8 @@ def metric_rows(doc: ResultsDocument) -> list[dict[str, Any]]:
                     "task": task,
                     "metric": metric,
                     "filter": filter_,
-                    "value": _number(value),
-                    "stderr": _number(values.get(f"{metric}_stderr,{filter_}")),
+                    "value": metric_number(value),
+                    "stderr": metric_number(values.get(f"{metric}_stderr,{filter_}")),
                     "n_samples": _samples(doc.n_samples.get(task)),
                     "higher_is_better": doc.higher_is_better.get(task, {}).get(metric),
                     "task_version": _text(doc.versions.get(task)),
@@ -173,7 +173,8 @@ def document_metrics(document: Any) -> list[dict[str, Any]]:
     return metric_rows(validate(document))
 
 
-def _number(value: Any) -> float | None:
+def metric_number(value: Any) -> float | None:
+    """A metric value of an lm-eval results document as a float; lm-eval's "N/A", NaN or anything else -> None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return None if math.isnan(value) else float(value)

@@ -143,11 +143,13 @@ def mmlu_result(task: Task, out: dict, plan: dict[str, int], config: dict[str, A
     """Per-subject accuracy (as lm-eval sub-tasks) and the size-weighted (lm-eval's group) and plain means."""
     from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
 
+    from evaluation.results.document import metric_number
+
     accs, stderrs, sizes, subtasks = [], [], [], {}
     for name, shots in plan.items():
         values, n = out["results"][name], int(out["n-samples"][name]["effective"])
         accs.append(float(values["acc,none"]))
-        stderrs.append(_number(values["acc_stderr,none"]))  # lm-eval writes "N/A" for one sample
+        stderrs.append(metric_number(values["acc_stderr,none"]))  # lm-eval writes "N/A" for one sample
         sizes.append(n)
         subtasks[name.removeprefix(PREFIX)] = {"acc": accs[-1], "acc_stderr": stderrs[-1], "n": n, "n-shot": shots}
     metrics = {
@@ -161,13 +163,6 @@ def mmlu_result(task: Task, out: dict, plan: dict[str, int], config: dict[str, A
     stderr = {"acc": pooled, "acc_macro": None}
     config = config | {"subtasks": subtasks, "n_subjects": len(plan)}
     return TaskResult(task.name, task.version, metrics, stderr, sum(sizes), config)
-
-
-def _number(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 class WikitextTask(Task):

@@ -143,11 +143,12 @@ def _resume(bridge: QFormerBridge, optimizer: Any, config: TrainConfig, log: Any
         return 0, [], [config.steps]
     bridge.load_state_dict(state["bridge"])
     optimizer.load_state_dict(state["optimizer"])
+    schedules = state.get("schedules", [state["config"]["steps"]])
     if state["config"]["steps"] != config.steps:  # a longer run: the cosine schedule restarts from here
         log(f"extending a {state['config']['steps']}-step run to {config.steps} steps")
+        schedules = [*schedules, config.steps]
     log(f"resuming from step {state['step']} ({path})")
-    schedules = state.get("schedules", [state["config"]["steps"]])
-    return state["step"], state["losses"], schedules + [config.steps] * (schedules[-1] != config.steps)
+    return state["step"], state["losses"], schedules
 
 
 def train_bridge(
@@ -227,7 +228,7 @@ def write_weights(bridge: QFormerBridge, record: dict[str, Any], config: TrainCo
         "data": "easy-vqa==1.0 train split: questions + one caption per image",
         "command": " && ".join(
             f"ecoflap zoo train mini-blip2 --steps {steps} --lr {config.lr:g} --seed {config.seed}"
-            for steps in record.get("schedules", [config.steps])
+            for steps in record["schedules"]
         ),
         "git_hash": git_hash(),
         "parameters": sum(p.numel() for p in bridge.parameters()),
