@@ -50,14 +50,14 @@ def zo_targets(blocks_every: int, blocks: int = 30) -> list[str]:
 def run_variant(variant: str, nsamples: int, seqlen: int, micro_batch: int, seed: int, blocks_every: int) -> dict:
     import torch
 
-    from ecoflap_core.adapters import LoadOptions, split_batch
-    from ecoflap_core.scoring import (
+    from ecoflap.core.adapters import LoadOptions, split_batch
+    from ecoflap.core.scoring import (
         first_order_scores,
         zeroth_order_scores,
         zeroth_order_scores_naive,
     )
-    from evaluation.corpora import load_corpus, split_corpus
-    from plugins.models.hf_causal_lm import load_smollm2
+    from ecoflap.core.datasets.corpora import load_corpus, split_corpus
+    from ecoflap.plugins.models.hf_causal_lm import load_smollm2
 
     torch.set_num_threads(int(os.environ.get("ECOFLAP_THREADS", "2")))
     targets = zo_targets(blocks_every) if variant.startswith("zeroth-order") else []

@@ -21,11 +21,11 @@ from typing import Any
 
 import torch
 
-from ecoflap_core.compress import PruneResult, allocate, layer_infos, prune_fine
-from ecoflap_core.config import PruneConfig
-from ecoflap_core.plugins import load_plugins
-from evaluation.easy_vqa import question_sample, vqa_scores
-from pipelines.prune import calibration_data, load_model, resolve_methods
+from ecoflap.core.compress import PruneResult, allocate, layer_infos, prune_fine
+from ecoflap.core.config import PruneConfig
+from ecoflap.core.plugins import load_plugins
+from ecoflap.core.datasets.easy_vqa import question_sample, vqa_scores
+from ecoflap.pipelines.prune import calibration_data, load_model, resolve_methods
 
 METHODS = {
     "magnitude": {"allocator": "uniform", "pruner": "magnitude"},

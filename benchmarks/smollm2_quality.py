@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from ecoflap_core.adapters import LoadOptions
-from ecoflap_core.compress import Methods, compress
-from ecoflap_core.config import PruneConfig
-from ecoflap_core.plugins import load_plugins
-from evaluation.corpora import load_corpus, split_corpus
-from evaluation.perplexity import perplexity
-from plugins.models.hf_causal_lm import load_smollm2
+from ecoflap.core.adapters import LoadOptions
+from ecoflap.core.compress import Methods, compress
+from ecoflap.core.config import PruneConfig
+from ecoflap.core.plugins import load_plugins
+from ecoflap.core.datasets.corpora import load_corpus, split_corpus
+from ecoflap.evaluation.perplexity import perplexity
+from ecoflap.plugins.models.hf_causal_lm import load_smollm2
 
 REG = load_plugins()
 

@@ -2,20 +2,23 @@
 
 ``prefect deploy --all`` (run from the project root with ``--prefect-file deployments/prefect.yaml``)
 registers the same deployments for workers in a work pool; this module is the one-machine service:
-the flows run in subprocesses of ``ecoflap serve`` (or ``python deployments/serve.py``), which needs a
+the flows run in subprocesses of ``ecoflap serve``, which needs a
 Prefect server (``PREFECT_API_URL``) because schedules live on the server.
 """
 
 from __future__ import annotations
 
 import importlib
-import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import yaml
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.hookspecs import hookimpl
+from ecoflap.pipelines.run_cli import load_target, prefect_defaults
+from ecoflap.pipelines.run_config import SweepConfig
 
 DEPLOYMENTS_FILE = Path(__file__).with_name("prefect.yaml")
 
@@ -38,7 +41,8 @@ def load_flow(entrypoint: str) -> Any:
     file, sep, name = entrypoint.partition(":")
     if not sep:
         raise EcoflapError(f"entrypoint {entrypoint!r} must be PATH.py:FLOW")
-    module = importlib.import_module(file.removesuffix(".py").replace("/", "."))
+    # prefect.yaml names files under the project root (pipelines/flows.py); they install as ecoflap.pipelines...
+    module = importlib.import_module("ecoflap." + file.removesuffix(".py").replace("/", "."))
     return getattr(module, name)
 
 
@@ -70,8 +74,7 @@ def file_deployments(path: Path | None = None, names: tuple[str, ...] = (), cron
 
 def ad_hoc_deployment(target: Any, name: str, cron: str | None) -> Any:
     """A deployment of one validated run or sweep config (``ecoflap serve -C run.yaml --cron ...``)."""
-    from pipelines.flows import prune_and_evaluate, sweep
-    from pipelines.run_config import SweepConfig
+    from ecoflap.pipelines.flows import prune_and_evaluate, sweep  # Prefect: heavy, only when serving
 
     chosen = sweep if isinstance(target, SweepConfig) else prune_and_evaluate
     schedule = {"cron": cron} if cron else {}
@@ -88,6 +91,29 @@ def serve(deployments: list[Any]) -> None:
     prefect_serve(*deployments)
 
 
-if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    serve(file_deployments(names=tuple(sys.argv[1:])))
+
+@click.command("serve")
+@click.option(
+    "-f", "--file", "file", type=click.Path(path_type=Path), help="deployments file [deployments/prefect.yaml]"
+)
+@click.option("--name", "names", multiple=True, help="serve only these deployments (repeatable)")
+@click.option("-C", "--config", "config_file", type=click.Path(path_type=Path), help="serve this run/sweep config")
+@click.option("--cron", help="cron schedule (UTC) for -C, or replacing the file's schedules")
+@click.option("--deployment-name", default="ecoflap-local", show_default=True, help="name for -C's deployment")
+def serve_command(
+    file: Path | None, names: tuple[str, ...], config_file: Path | None, cron: str | None, **kw: Any
+) -> None:
+    """Serve deployments on their schedules from this process (needs PREFECT_API_URL: a Prefect server)."""
+    prefect_defaults()
+    if config_file is not None:
+        target = load_target(config_file, {}, ())
+        deployments = [ad_hoc_deployment(target, kw["deployment_name"], cron)]
+    else:
+        deployments = file_deployments(file, names, cron)
+    serve(deployments)
+
+
+@hookimpl
+def register_commands(cli: click.Group) -> None:
+    """``ecoflap serve``, added by this package as a command plugin (deployments sit above pipelines)."""
+    cli.add_command(serve_command)

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
 
 
 def token_windows(tokens: Sequence[int], nsamples: int, seqlen: int, seed: int) -> torch.Tensor:

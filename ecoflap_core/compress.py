@@ -7,14 +7,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ecoflap_core.adapters import Batch, ModelAdapter, Tower
-from ecoflap_core.allocation import Allocation, AllocationRequest, Allocator, LayerInfo
-from ecoflap_core.config import PruneConfig
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.progress import ProgressFactory, no_progress
-from ecoflap_core.pruning import Comparison, LayerPruner
-from ecoflap_core.scoring import Scorer
-from ecoflap_core.sequential import LayerSparsity, prune_sequential
+from ecoflap.core.adapters import Batch, ModelAdapter, Tower
+from ecoflap.core.allocation import Allocation, AllocationRequest, Allocator, LayerInfo
+from ecoflap.core.config import PruneConfig
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.progress import ProgressFactory, no_progress
+from ecoflap.core.pruning import Comparison, LayerPruner
+from ecoflap.core.scoring import Scorer
+from ecoflap.core.sequential import LayerSparsity, prune_sequential
 
 
 @dataclass

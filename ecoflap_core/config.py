@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ecoflap_core.errors import EcoflapError, describe_validation_error
-from ecoflap_core.pruning import NMPattern
+from ecoflap.core.errors import EcoflapError, describe_validation_error
+from ecoflap.core.pruning import NMPattern
 
 
 class PruneConfig(BaseModel):

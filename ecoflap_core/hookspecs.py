@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from ecoflap_core.adapters import ModelSpec
-    from ecoflap_core.allocation import Allocator
-    from ecoflap_core.pruning import LayerPruner
-    from ecoflap_core.scoring import Scorer
+    from ecoflap.core.adapters import ModelSpec
+    from ecoflap.core.allocation import Allocator
+    from ecoflap.core.pruning import LayerPruner
+    from ecoflap.core.scoring import Scorer
 
 PROJECT = "ecoflap"
 #: Version of this hook API; a plugin may declare ``ECOFLAP_API_VERSION`` (major must match).
@@ -36,7 +36,7 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 def register_pruners(register: Callable[[type[LayerPruner]], None]) -> None:
     """Register layer pruners.
 
-    :param register: call with a subclass of :class:`ecoflap_core.pruning.LayerPruner` that has a
+    :param register: call with a subclass of :class:`ecoflap.core.pruning.LayerPruner` that has a
         ``name``; it prunes one linear layer from its inputs (``add_batch`` / ``prune`` / ``free``).
 
     Returns nothing; every implementation is called.
@@ -47,7 +47,7 @@ def register_pruners(register: Callable[[type[LayerPruner]], None]) -> None:
 def register_scorers(register: Callable[[type[Scorer]], None]) -> None:
     """Register coarse-step scorers (one importance score per weight tensor).
 
-    :param register: call with a subclass of :class:`ecoflap_core.scoring.Scorer` that has a ``name``.
+    :param register: call with a subclass of :class:`ecoflap.core.scoring.Scorer` that has a ``name``.
 
     Returns nothing; every implementation is called.
     """
@@ -57,7 +57,7 @@ def register_scorers(register: Callable[[type[Scorer]], None]) -> None:
 def register_allocators(register: Callable[[type[Allocator]], None]) -> None:
     """Register sparsity allocators (scores -> a sparsity per layer for one global target).
 
-    :param register: call with a subclass of :class:`ecoflap_core.allocation.Allocator` that has a
+    :param register: call with a subclass of :class:`ecoflap.core.allocation.Allocator` that has a
         ``name``.
 
     Returns nothing; every implementation is called.
@@ -73,7 +73,7 @@ def register_allocators(register: Callable[[type[Allocator]], None]) -> None:
 def register_models(register: Callable[[ModelSpec], None]) -> None:
     """Register models that ``--model NAME`` can load.
 
-    :param register: call with a :class:`ecoflap_core.adapters.ModelSpec`: a name, the adapter
+    :param register: call with a :class:`ecoflap.core.adapters.ModelSpec`: a name, the adapter
         class that describes the model's prunable layers, towers and blocks, and a loader.
 
     Returns nothing; every implementation is called.
@@ -84,8 +84,8 @@ def register_models(register: Callable[[ModelSpec], None]) -> None:
 def register_tasks(register: Callable[[Any], None]) -> None:
     """Register evaluation tasks (the capability each needs, its metrics, higher-is-better).
 
-    :param register: call with a subclass of :class:`ecoflap_core.tasks.Task` that has a ``name``
-        and a ``capability`` (a key of :data:`ecoflap_core.capabilities.CAPABILITIES`).
+    :param register: call with a subclass of :class:`ecoflap.core.tasks.Task` that has a ``name``
+        and a ``capability`` (a key of :data:`ecoflap.core.capabilities.CAPABILITIES`).
 
     Returns nothing; every implementation is called.
     """

@@ -17,14 +17,14 @@ from typing import Any
 
 import pluggy
 
-from ecoflap_core import hookspecs
-from ecoflap_core.adapters import ModelSpec
-from ecoflap_core.allocation import Allocator
-from ecoflap_core.errors import PluginLoadError
-from ecoflap_core.pruning import LayerPruner
-from ecoflap_core.registry import Registry
-from ecoflap_core.scoring import Scorer
-from ecoflap_core.tasks import Task
+from ecoflap.core import hookspecs
+from ecoflap.core.adapters import ModelSpec
+from ecoflap.core.allocation import Allocator
+from ecoflap.core.errors import PluginLoadError
+from ecoflap.core.pruning import LayerPruner
+from ecoflap.core.registry import Registry
+from ecoflap.core.scoring import Scorer
+from ecoflap.core.tasks import Task
 
 ENTRY_POINT_GROUP = "ecoflap"
 

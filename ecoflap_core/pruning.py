@@ -16,7 +16,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
 
 Comparison = Literal["row", "matrix"]
 

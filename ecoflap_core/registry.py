@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from ecoflap_core.errors import UnknownNameError
+from ecoflap.core.errors import UnknownNameError
 
 T = TypeVar("T")
 

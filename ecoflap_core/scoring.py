@@ -25,9 +25,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from ecoflap_core.adapters import Batch, Block, ModelAdapter, Tower, batch_size, linears, split_batch
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.progress import ProgressFactory, no_progress
+from ecoflap.core.adapters import Batch, Block, ModelAdapter, Tower, batch_size, linears, split_batch
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.progress import ProgressFactory, no_progress
 
 FirstOrderVariant = Literal["grad-mag-abs", "grad-only", "grad-mag-square"]
 

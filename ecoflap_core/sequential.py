@@ -14,9 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecoflap_core.adapters import Batch, Block, ModelAdapter, Tower, linears, split_batch
-from ecoflap_core.progress import ProgressFactory, no_progress
-from ecoflap_core.pruning import Comparison, LayerPruner, NMPattern
+from ecoflap.core.adapters import Batch, Block, ModelAdapter, Tower, linears, split_batch
+from ecoflap.core.progress import ProgressFactory, no_progress
+from ecoflap.core.pruning import Comparison, LayerPruner, NMPattern
 
 PrunerFactory = Callable[[nn.Linear, str], LayerPruner]
 

@@ -1,7 +1,7 @@
 """Evaluation tasks as plugins (``register_tasks``): the capability each needs, its metrics, its result.
 
 A task is a subclass of :class:`Task` registered by class. ``run`` gets a model adapter that has the
-task's capability (see :mod:`ecoflap_core.capabilities`) and returns a :class:`TaskResult`; the
+task's capability (see :mod:`ecoflap.core.capabilities`) and returns a :class:`TaskResult`; the
 evaluation layer turns results into lm-eval's JSON shape and SQL rows. A model without the
 capability is skipped with the reason from :meth:`Task.skip_reason`, never faked.
 """
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ecoflap_core.capabilities import CAPABILITIES
-from ecoflap_core.progress import ProgressFactory, no_progress
+from ecoflap.core.capabilities import CAPABILITIES
+from ecoflap.core.progress import ProgressFactory, no_progress
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     version: ClassVar[str] = "1.0"
-    capability: ClassVar[str]  # a key of ecoflap_core.capabilities.CAPABILITIES
+    capability: ClassVar[str]  # a key of ecoflap.core.capabilities.CAPABILITIES
     metrics: ClassVar[tuple[Metric, ...]] = ()
     description: ClassVar[str] = ""
 

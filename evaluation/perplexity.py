@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
 
 TASK = "ecoflap_heldout_ppl"
 METRICS = {  # metric -> aggregation, as lm-eval's own wikitext task gets them by default

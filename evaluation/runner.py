@@ -20,8 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.tasks import Task, TaskOptions, TaskResult
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.tasks import Task, TaskOptions, TaskResult
 
 RESULT_CACHE_VERSION = "eval-task/v1"
 SECTIONS = ("results", "configs", "versions", "n-samples", "n-shot", "higher_is_better", "skipped")
@@ -83,7 +83,7 @@ def run_task(
     log: Log | None,
 ) -> tuple[TaskResult | None, str | None]:  # fmt: skip
     """(result, None), or (None, reason) when the task finds it cannot run this model on this data."""
-    from evaluation.tasks.base import TaskSkipped
+    from ecoflap.evaluation.tasks.base import TaskSkipped
 
     path = None
     if cache_dir is not None:
@@ -157,7 +157,7 @@ def weights_hash(model: Any) -> str | None:
     state_dict = getattr(model, "state_dict", None)
     if state_dict is None:
         return None
-    from pipelines.steps import weights_hash as digest  # one definition of the model identity
+    from ecoflap.pipelines.steps import weights_hash as digest  # one definition of the model identity
 
     return digest(model)
 
@@ -210,7 +210,7 @@ def _number(value: Any) -> Any:
 
 def _block(block: dict[str, Any] | None, identity: dict[str, Any], document: dict[str, Any], seconds: float) -> dict:
     """The caller's ``ecoflap`` block, or that of a dense model evaluated as loaded."""
-    from pipelines.prune import versions
+    from ecoflap.pipelines.prune import versions
 
     settings = [identity, sorted(document["results"]), document["config"]]
     base = {

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
 
 DASHBOARD_EXAMPLES = """
 \b
@@ -30,9 +30,9 @@ def dashboard(db_url: str | None, host: str, port: int, log_level: str) -> None:
     """Leaderboard, curves against sparsity, runs and comparisons in the browser (read-only; GET pages only)."""
     import uvicorn
 
-    from evaluation.dashboard.app import create_app
-    from evaluation.dashboard.store import ReadOnlyStore
-    from evaluation.results.store import StoreUnavailable, masked, resolve_url
+    from ecoflap.evaluation.dashboard.app import create_app
+    from ecoflap.evaluation.dashboard.store import ReadOnlyStore
+    from ecoflap.evaluation.results.store import StoreUnavailable, masked, resolve_url
 
     url = resolve_url(db_url)
     try:

@@ -9,7 +9,8 @@ from typing import Any
 import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
+from ecoflap.pipelines import common
 
 EVAL_EXAMPLES = """
 \b
@@ -38,7 +39,7 @@ class EvalConfig(BaseModel):
 
     @classmethod
     def build(cls, values: dict[str, Any]) -> EvalConfig:
-        from ecoflap_core.config import describe_validation_error
+        from ecoflap.core.config import describe_validation_error
 
         try:
             return cls(**values)
@@ -46,8 +47,8 @@ class EvalConfig(BaseModel):
             raise EcoflapError(describe_validation_error(exc)) from None
 
     def options(self, progress: Any = None) -> Any:
-        from ecoflap_core.progress import no_progress
-        from ecoflap_core.tasks import TaskOptions
+        from ecoflap.core.progress import no_progress
+        from ecoflap.core.tasks import TaskOptions
 
         data_dir = Path(self.data_dir).expanduser() if self.data_dir else None
         return TaskOptions(data_dir, self.limit, self.seed, dict(self.task_args), progress or no_progress)
@@ -55,9 +56,7 @@ class EvalConfig(BaseModel):
 
 def _values(config_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
     """The config file's values overridden by the flags given; ``--tasks a,b`` and ``--task-arg k=v`` parsed."""
-    from pipelines.cli import _merge, _read_yaml
-
-    values = _merge(_read_yaml(config_file), {k: v for k, v in flags.items() if k not in ("tasks", "task_arg")})
+    values = common.merge(common.read_yaml(config_file), {k: v for k, v in flags.items() if k not in ("tasks", "task_arg")})
     if flags.get("tasks"):
         values["tasks"] = [t.strip() for t in flags["tasks"].split(",") if t.strip()]
     if isinstance(values.get("tasks"), str):
@@ -81,7 +80,7 @@ def check_tasks(config: EvalConfig, registries: Any) -> list[str]:
 
 def check_data(config: EvalConfig, registries: Any, names: list[str], given_only: bool) -> list[str]:
     """Read each task's data without a model; one line per task (errors stop at the first bad file)."""
-    from evaluation.runner import task_options
+    from ecoflap.evaluation.runner import task_options
 
     lines = []
     for name in names:
@@ -96,8 +95,8 @@ def check_data(config: EvalConfig, registries: Any, names: list[str], given_only
 
 def _checkpoint_block(config: EvalConfig, adapter: Any) -> dict[str, Any]:
     """The ``ecoflap`` block from a checkpoint's report.json and allocation.json (a dense block otherwise)."""
-    from ecoflap_core.compress import layer_infos
-    from pipelines.prune import versions
+    from ecoflap.core.compress import layer_infos
+    from ecoflap.pipelines.prune import versions
 
     block: dict[str, Any] = {"model": config.model, "checkpoint": config.checkpoint, "versions": versions()}
     folder = Path(config.checkpoint) if config.checkpoint else None
@@ -154,14 +153,13 @@ def _common(fn: Any) -> Any:
 @click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
 def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: Any) -> None:
     """Evaluate a dense or pruned model on tasks; write results.json (lm-eval's shape) and print the table."""
-    from ecoflap_core.cache import cache_dir
-    from ecoflap_core.config import PruneConfig
-    from evaluation.runner import evaluate, write_results
-    from pipelines.cli import _registries, _threads
-    from pipelines.prune import load_model, tqdm_progress
+    from ecoflap.core.cache import cache_dir
+    from ecoflap.core.config import PruneConfig
+    from ecoflap.evaluation.runner import evaluate, write_results
+    from ecoflap.pipelines.prune import load_model, tqdm_progress
 
     config = EvalConfig.build(_values(config_file, flags))
-    registries = _registries(strict)
+    registries = common.registries(strict)
     names = check_tasks(config, registries)
     for line in check_data(config, registries, names, given_only=True):
         click.echo(f"data ok: {line}", err=True)
@@ -171,7 +169,7 @@ def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: A
     output = (
         Path(config.output) if config.output else Path(config.checkpoint or f"runs/{Path(config.model).name}_dense")
     )
-    _threads()
+    threads()
     adapter = load_model(registries, PruneConfig.build(model=source, seed=config.seed))
     block = _checkpoint_block(config, adapter)
     folder = cache_dir() / "eval-results" if cache else None
@@ -184,11 +182,10 @@ def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: A
 @_common
 def validate_command(config_file: Path | None, **flags: Any) -> None:
     """Check a config, the model name, the task list and each task's data, without loading any model."""
-    from pipelines.cli import _registries
-    from pipelines.prune import resolve_model
+    from ecoflap.pipelines.prune import resolve_model
 
     config = EvalConfig.build(_values(config_file, flags))
-    registries = _registries(False)
+    registries = registries(False)
     resolve_model(registries, config.model)
     if config.checkpoint and not (Path(config.checkpoint) / "config.json").is_file():
         raise EcoflapError(f"checkpoint {config.checkpoint} is not a model folder (no config.json)")

@@ -1,6 +1,6 @@
 """Prefect flows: ``prune_and_evaluate`` (one run) and ``sweep`` (a grid of runs, the dense baseline once per model).
 
-Each Prefect task calls one function of :mod:`pipelines.steps` and passes keys, paths and small values;
+Each Prefect task calls one function of :mod:`ecoflap.pipelines.steps` and passes keys, paths and small values;
 the steps cache their results on disk, so a repeated or crashed run resumes where it stopped. With no
 ``PREFECT_API_URL`` the flows run against Prefect's ephemeral API (SQLite); with one, against that server.
 """
@@ -17,9 +17,9 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
-from ecoflap_core.errors import EcoflapError
-from pipelines import steps
-from pipelines.run_config import RunConfig, SweepConfig
+from ecoflap.core.errors import EcoflapError
+from ecoflap.pipelines import steps
+from ecoflap.pipelines.run_config import RunConfig, SweepConfig
 
 Step = dict[str, Any]
 _SLOTS: dict[str, threading.Semaphore] = {}  # sweep id -> how many of its runs may work at once
@@ -86,7 +86,7 @@ def write_results(config: RunConfig, identity: Step, done: dict[str, Step | None
 @task(name="record-results", cache_policy=NO_CACHE)
 def record_results(results_path: str, database_url: str | None) -> Step:
     """The run's row in the results database: ``{"run_id": ...}``, or ``{"error": ...}`` when unreachable."""
-    from evaluation.results.store import StoreUnavailable
+    from ecoflap.evaluation.results.store import StoreUnavailable
 
     document = steps.read_json(results_path)
     try:

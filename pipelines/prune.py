@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ecoflap_core.adapters import LoadOptions, ModelAdapter, ModelSpec
-from ecoflap_core.compress import Methods, PruneResult, compress, select_towers
-from ecoflap_core.config import PruneConfig
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.plugins import Registries
-from ecoflap_core.progress import ProgressFactory
+from ecoflap.core.adapters import LoadOptions, ModelAdapter, ModelSpec
+from ecoflap.core.compress import Methods, PruneResult, compress, select_towers
+from ecoflap.core.config import PruneConfig
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.plugins import Registries
+from ecoflap.core.progress import ProgressFactory
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def resolve_methods(registries: Registries, config: PruneConfig) -> Methods:
 
 
 def calibration_texts(corpus: str) -> tuple[list[str], list[str]]:
-    from evaluation.corpora import load_corpus, split_corpus
+    from ecoflap.core.datasets.corpora import load_corpus, split_corpus
 
     return split_corpus(load_corpus(corpus))
 
@@ -104,13 +104,13 @@ def calibration_data(adapter: ModelAdapter, corpus: str) -> tuple[list[Any], lis
             f"{adapter.model_id} calibrates on image-caption pairs: "
             f"--corpus must be one of {', '.join(IMAGE_TEXT_SOURCES)}"
         )
-    from evaluation.easy_vqa import image_caption_pairs
+    from ecoflap.core.datasets.easy_vqa import image_caption_pairs
 
     return image_caption_pairs("train"), None
 
 
 def evaluate_perplexity(adapter: ModelAdapter, texts: list[str], options: EvalOptions) -> dict[str, Any]:
-    from evaluation.perplexity import perplexity
+    from ecoflap.evaluation.perplexity import perplexity
 
     model, tokenizer = (
         adapter.language_model() if hasattr(adapter, "language_model") else (adapter.model, adapter.tokenizer)
@@ -158,7 +158,7 @@ def run_prune(
     fine_batch = adapter.calibration_batch(calib_texts, config.nsamples, config.seqlen, config.seed)
     score_batch = _score_batch(adapter, config, calib_texts, fine_batch) if methods.scorer else None
     report: dict[str, Any] = {"config": config.model_dump(), "model": adapter.describe(), "versions": versions()}
-    if measure and evaluation.dense_perplexity:
+    if measure and ecoflap.evaluation.dense_perplexity:
         report |= measure("dense", log)
     result = compress(adapter, config, methods, fine_batch, score_batch, progress)
     report |= _result_report(result, methods)
@@ -173,14 +173,14 @@ def run_prune(
 
 def _measurement(adapter: ModelAdapter, heldout: list[str] | None, evaluation: EvalOptions) -> Any:
     """The quality measure of this kind of model (None when there is none or it is switched off)."""
-    from ecoflap_core.capabilities import VisualQuestionAnswerer
+    from ecoflap.core.capabilities import VisualQuestionAnswerer
 
-    if not evaluation.perplexity:
+    if not ecoflap.evaluation.perplexity:
         return None
-    if isinstance(adapter, VisualQuestionAnswerer) and evaluation.vqa_questions > 0:
-        from evaluation.easy_vqa import question_sample, vqa_scores
+    if isinstance(adapter, VisualQuestionAnswerer) and ecoflap.evaluation.vqa_questions > 0:
+        from ecoflap.core.datasets.easy_vqa import question_sample, vqa_scores
 
-        sample = question_sample(evaluation.vqa_questions, seed=0)
+        sample = question_sample(ecoflap.evaluation.vqa_questions, seed=0)
 
         def vqa(stage: str, log: Any) -> dict[str, Any]:
             scores = vqa_scores(adapter, sample)

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
 
 RESULTS_EXAMPLES = """
 \b
@@ -58,13 +58,13 @@ def _format_option(*choices: str) -> Callable[[Callable[..., Any]], Callable[...
 
 
 def _store(db_url: str | None) -> Any:
-    from evaluation.results.store import ResultsStore
+    from ecoflap.evaluation.results.store import ResultsStore
 
     return ResultsStore(db_url)
 
 
 def _emit(rows: list[dict[str, Any]], fmt: str, table_columns: list[str], csv_columns: list[str] | None = None) -> None:
-    from evaluation.results.tables import csv_text, table
+    from ecoflap.evaluation.results.tables import csv_text, table
 
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
@@ -90,7 +90,7 @@ def results() -> None:
 @_db_option
 def record_command(files: tuple[Path, ...], tag: str | None, db_url: str | None) -> None:
     """Record results documents (results.json); the same run key updates its run."""
-    from evaluation.results.comparison import read_document
+    from ecoflap.evaluation.results.comparison import read_document
 
     if tag and len(files) > 1:
         raise EcoflapError("--tag needs exactly one results file")
@@ -108,7 +108,7 @@ def record_command(files: tuple[Path, ...], tag: str | None, db_url: str | None)
 @_db_option
 def list_command(fmt: str, db_url: str | None) -> None:
     """Every recorded run, oldest first."""
-    from evaluation.results.leaderboard import method_name
+    from ecoflap.evaluation.results.leaderboard import method_name
 
     rows = [
         {
@@ -134,7 +134,7 @@ def leaderboard_command(
     model: str | None, task: str | None, metric: str | None, sparsity: float | None, fmt: str, db_url: str | None
 ) -> None:
     """Best run per method (pruner/scorer/allocator) for each model, task, metric and sparsity."""
-    from evaluation.results.leaderboard import COLUMNS
+    from ecoflap.evaluation.results.leaderboard import COLUMNS
 
     rows = _store(db_url).leaderboard(model=model, task=task, sparsity=sparsity, metric=metric)
     _emit(rows, fmt, LEADERBOARD_TABLE, COLUMNS)
@@ -152,8 +152,8 @@ def show_command(run: str, fmt: str, db_url: str | None) -> None:
     if fmt == "json":
         click.echo(json.dumps(found, indent=2))
         return
-    from evaluation.results.leaderboard import method_name
-    from evaluation.results.tables import table
+    from ecoflap.evaluation.results.leaderboard import method_name
+    from ecoflap.evaluation.results.tables import table
 
     click.echo(f"{_label(found)}: {found['model']}, {method_name(found)}")
     for name in ("run_key", "target_sparsity", "measured_sparsity", "status", "checkpoint", "model_hash", "git_hash"):
@@ -189,7 +189,7 @@ def _weighted(rows: list[dict[str, Any]]) -> dict[str, Any]:
 @_db_option
 def compare_command(first: str, second: str, fmt: str, db_url: str | None) -> None:
     """Two runs metric by metric: a = FIRST, b = SECOND, delta = b - a, better = the better run."""
-    from evaluation.results.comparison import compare_runs
+    from ecoflap.evaluation.results.comparison import compare_runs
 
     store = _store(db_url)
     a, b = store.require_run(first), store.require_run(second)
@@ -204,7 +204,7 @@ def compare_command(first: str, second: str, fmt: str, db_url: str | None) -> No
 @_db_option
 def export_command(fmt: str, output: Path | None, db_url: str | None) -> None:
     """All runs with their metrics (JSON: everything, with allocations; CSV: one row per metric)."""
-    from evaluation.results.tables import csv_text
+    from ecoflap.evaluation.results.tables import csv_text
 
     runs = _store(db_url).runs()
     if fmt == "json":
@@ -247,7 +247,7 @@ def regress(
     baseline: str | None, candidate: str | None, tolerances: tuple[str, ...], floors: Path | None, db_url: str | None
 ) -> None:
     """Exit 1 if the candidate's metrics fell below the baseline's (beyond the tolerances) or below floors."""
-    from evaluation.results.comparison import (
+    from ecoflap.evaluation.results.comparison import (
         CHECK_COLUMNS,
         check_against_baseline,
         check_floors,
@@ -256,7 +256,7 @@ def regress(
         load_floors,
         parse_tolerances,
     )
-    from evaluation.results.tables import table
+    from ecoflap.evaluation.results.tables import table
 
     if not tolerances and floors is None:
         raise EcoflapError("give --tolerance TASK:METRIC=DROP (with --baseline) and/or --floors FILE")
@@ -290,7 +290,7 @@ class _Sources:
         return self._store
 
     def metrics(self, ref: str | None) -> tuple[str, list[dict[str, Any]]]:
-        from evaluation.results.comparison import metrics_of
+        from ecoflap.evaluation.results.comparison import metrics_of
 
         if ref is not None and Path(ref).is_file():
             return f"file {ref}", metrics_of(Path(ref))

@@ -1,4 +1,4 @@
-"""``ecoflap run`` (the prune-and-evaluate flow, or a sweep) and ``ecoflap serve`` (scheduled deployments)."""
+"""``ecoflap run``: the prune-and-evaluate flow, or a sweep of it."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ from typing import Any
 import click
 import yaml
 
-from ecoflap_core.config import PruneConfig
-from ecoflap_core.errors import EcoflapError
-from pipelines.cli import _merge, _read_yaml, _registries, _threads, prune
+from ecoflap.core.config import PruneConfig
+from ecoflap.core.errors import EcoflapError
+from ecoflap.pipelines.common import merge, read_yaml, registries, threads
+from ecoflap.pipelines.prune_cli import prune
 
 RUN_EXAMPLES = """
 \b
@@ -51,9 +52,9 @@ def _grid_flags(values: tuple[str, ...]) -> dict[str, list[Any]]:
 
 def load_target(config_file: Path | None, flags: dict[str, Any], grid: tuple[str, ...]) -> Any:
     """A validated RunConfig or SweepConfig from the file and the flags; nothing is loaded yet."""
-    from pipelines.run_config import SWEEP_KEYS, build_sweep
+    from ecoflap.pipelines.run_config import SWEEP_KEYS, build_sweep
 
-    values = _merge(_read_yaml(config_file), flags)
+    values = merge(read_yaml(config_file), flags)
     if grid:
         values["grid"] = (values.get("grid") or {}) | _grid_flags(grid)
     is_sweep = bool(values.get("grid")) or any(k in values for k in SWEEP_KEYS if k != "dense_baseline")
@@ -76,22 +77,22 @@ def load_target(config_file: Path | None, flags: dict[str, Any], grid: tuple[str
 @click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
 def run_command(config_file: Path | None, grid: tuple[str, ...], strict: bool, **flags: Any) -> None:
     """Prune, evaluate and record as a Prefect flow (resumable; no server needed)."""
-    from pipelines.run_config import SweepConfig
-    from pipelines.steps import check_names
+    from ecoflap.pipelines.run_config import SweepConfig
+    from ecoflap.pipelines.steps import check_names
 
     target = load_target(config_file, flags, grid)
-    registries = _registries(strict)
+    registries = registries(strict)
     for run in target.runs() if isinstance(target, SweepConfig) else [target]:
         check_names(run, registries)
-    _threads()
+    threads()
     prefect_defaults()
-    from pipelines.flows import run_flow
+    from ecoflap.pipelines.flows import run_flow
 
     result = run_flow(target)
     summaries = result if isinstance(result, list) else [result]
     if len(summaries) == 1:
-        from evaluation.runner import format_table
-        from pipelines.steps import read_json
+        from ecoflap.evaluation.runner import format_table
+        from ecoflap.pipelines.steps import read_json
 
         click.echo(format_table(read_json(summaries[0]["results"])))
     for summary in summaries:
@@ -109,30 +110,6 @@ def _summary_line(summary: dict[str, Any]) -> str:
 run_command.params[1:1] = [p for p in prune.params if p.name in PRUNE_KEYS]
 
 
-@click.command("serve")
-@click.option(
-    "-f", "--file", "file", type=click.Path(path_type=Path), help="deployments file [deployments/prefect.yaml]"
-)
-@click.option("--name", "names", multiple=True, help="serve only these deployments (repeatable)")
-@click.option("-C", "--config", "config_file", type=click.Path(path_type=Path), help="serve this run/sweep config")
-@click.option("--cron", help="cron schedule (UTC) for -C, or replacing the file's schedules")
-@click.option("--deployment-name", default="ecoflap-local", show_default=True, help="name for -C's deployment")
-def serve_command(
-    file: Path | None, names: tuple[str, ...], config_file: Path | None, cron: str | None, **kw: Any
-) -> None:
-    """Serve deployments on their schedules from this process (needs PREFECT_API_URL: a Prefect server)."""
-    prefect_defaults()
-    from deployments.serve import ad_hoc_deployment, file_deployments, serve
-
-    if config_file is not None:
-        target = load_target(config_file, {}, ())
-        deployments = [ad_hoc_deployment(target, kw["deployment_name"], cron)]
-    else:
-        deployments = file_deployments(file, names, cron)
-    serve(deployments)
-
-
 def register(group: click.Group) -> None:
-    """Add ``run`` and ``serve`` to the ``ecoflap`` group."""
+    """Add ``run`` to the ``ecoflap`` group."""
     group.add_command(run_command)
-    group.add_command(serve_command)

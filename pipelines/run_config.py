@@ -13,12 +13,18 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ecoflap_core.config import PruneConfig, describe_validation_error
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.config import PruneConfig, describe_validation_error
+from ecoflap.core.errors import EcoflapError
 
 DEFAULT_TASKS = ["wikitext"]
 #: keys of a run file that describe a sweep rather than one run
 SWEEP_KEYS = ("grid", "dense_baseline", "parallel", "deployment")
+
+
+def default_run_name(config: Any) -> str:
+    method = "uniform" if config.allocator != "ecoflap" else f"ecoflap-{config.scorer}"
+    pattern = config.nm.replace(":", "of") if config.nm else f"s{config.sparsity:g}"
+    return f"{Path(config.model).name}_{method}_{config.pruner}_{pattern}"
 
 
 class RunConfig(PruneConfig):
@@ -37,8 +43,6 @@ class RunConfig(PruneConfig):
         return self.model_copy(update={"dense": True, "output": None})
 
     def run_name(self, with_seed: bool = False) -> str:
-        from pipelines.cli import default_run_name
-
         name = f"{Path(self.model).name}_dense" if self.dense else default_run_name(self)
         return f"{name}_seed{self.seed}" if with_seed else name
 

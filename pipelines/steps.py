@@ -24,14 +24,14 @@ from typing import Any
 
 import torch
 
-from ecoflap_core.adapters import ModelAdapter
-from ecoflap_core.allocation import Allocation, LayerInfo
-from ecoflap_core.cache import cache_dir
-from ecoflap_core.compress import PruneResult, allocate, layer_infos, prune_fine, select_towers
-from ecoflap_core.plugins import Registries
-from ecoflap_core.progress import ProgressFactory, no_progress
-from pipelines.prune import calibration_data, load_model, resolve_methods, save_outputs, versions
-from pipelines.run_config import RunConfig
+from ecoflap.core.adapters import ModelAdapter
+from ecoflap.core.allocation import Allocation, LayerInfo
+from ecoflap.core.cache import cache_dir
+from ecoflap.core.compress import PruneResult, allocate, layer_infos, prune_fine, select_towers
+from ecoflap.core.plugins import Registries
+from ecoflap.core.progress import ProgressFactory, no_progress
+from ecoflap.pipelines.prune import calibration_data, load_model, resolve_methods, save_outputs, versions
+from ecoflap.pipelines.run_config import RunConfig
 
 Log = Callable[[str], Any]
 Step = dict[str, Any]
@@ -80,11 +80,9 @@ def peak_memory_mb() -> float:
 
 
 # ---- model identity --------------------------------------------------------------------------------
-def default_registries() -> Registries:
+def defaultregistries() -> Registries:
     """The plugins, loaded once per process (the same registries as the ``ecoflap`` commands)."""
-    from pipelines.cli import _registries
-
-    return _registries(False)
+    return registries(False)
 
 
 def load(registries: Registries, config: RunConfig, source: str | None = None) -> ModelAdapter:
@@ -255,10 +253,10 @@ def evaluate_step(
     path = run_cache() / "evals" / f"{key}.json"
     if path.exists():
         return _reused(f"task {task}", key, path, log)
-    from ecoflap_core.tasks import TaskOptions
+    from ecoflap.core.tasks import TaskOptions
 
     if evaluate_fn is None:
-        from evaluation.runner import evaluate as evaluate_fn
+        from ecoflap.evaluation.runner import evaluate as evaluate_fn
     adapter = load(registries, config, checkpoint)
     options = TaskOptions(limit=config.limit, seed=config.eval_seed, extra=dict(config.task_args))
     start = time.perf_counter()
@@ -356,7 +354,7 @@ def write_document(
 ) -> Path:
     """``output/results.json`` (atomic, through the evaluation runner) and a ``checkpoint`` link to the cache."""
     if write_fn is None:
-        from evaluation.runner import write_results as write_fn
+        from ecoflap.evaluation.runner import write_results as write_fn
     output.mkdir(parents=True, exist_ok=True)
     write_fn(document, output)
     if checkpoint is not None:
@@ -375,7 +373,7 @@ def record(
 ) -> int:
     """One transaction in the results database; raises StoreUnavailable when it cannot be reached."""
     if store_factory is None:
-        from evaluation.results.store import ResultsStore as store_factory
+        from ecoflap.evaluation.results.store import ResultsStore as store_factory
     store = store_factory(url)
     try:
         return store.record(document, artefacts)
@@ -386,7 +384,7 @@ def record(
 def check_names(config: RunConfig, registries: Registries) -> None:
     """Plugin, model and task names: fail before any model is loaded."""
     resolve_methods(registries, config)
-    from pipelines.prune import resolve_model
+    from ecoflap.pipelines.prune import resolve_model
 
     resolve_model(registries, config.model)
     for task in config.tasks:

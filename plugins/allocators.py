@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ecoflap_core.allocation import (
+from ecoflap.core.allocation import (
     Allocation,
     AllocationRequest,
     Allocator,
@@ -17,8 +17,8 @@ from ecoflap_core.allocation import (
     keep_counts,
     validate_target,
 )
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.hookspecs import hookimpl
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.hookspecs import hookimpl
 
 
 class EcoflapAllocator(Allocator):

@@ -1,7 +1,7 @@
 """Built-in layer pruners: magnitude, Wanda (locuslab/wanda), SparseGPT (IST-DASLab/sparsegpt).
 
 Re-derived from the papers' algorithms; each works on one ``nn.Linear`` through the
-``add_batch`` / ``prune`` / ``free`` contract of :mod:`ecoflap_core.pruning`.
+``add_batch`` / ``prune`` / ``free`` contract of :mod:`ecoflap.core.pruning`.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.hookspecs import hookimpl
-from ecoflap_core.pruning import Comparison, LayerPruner, NMPattern, nm_mask, prune_mask, validate_sparsity
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.hookspecs import hookimpl
+from ecoflap.core.pruning import Comparison, LayerPruner, NMPattern, nm_mask, prune_mask, validate_sparsity
 
 
 def _zero(layer: nn.Linear, mask: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from ecoflap_core.adapters import Batch, ModelAdapter, Tower
-from ecoflap_core.hookspecs import hookimpl
-from ecoflap_core.progress import ProgressFactory, no_progress
-from ecoflap_core.scoring import Scorer, first_order_scores, zeroth_order_scores
+from ecoflap.core.adapters import Batch, ModelAdapter, Tower
+from ecoflap.core.hookspecs import hookimpl
+from ecoflap.core.progress import ProgressFactory, no_progress
+from ecoflap.core.scoring import Scorer, first_order_scores, zeroth_order_scores
 
 
 def group_size(adapter: ModelAdapter, asked: int, micro_batch: int) -> int:

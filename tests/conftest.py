@@ -22,8 +22,8 @@ def toy_text() -> str:
 
 
 def tiny_adapter(kind: str = "tiny-llama", dtype: torch.dtype = torch.float32, **patterns):
-    from ecoflap_core.adapters import LoadOptions
-    from plugins.models.hf_causal_lm import _tiny, tiny_llama_config, tiny_opt_config
+    from ecoflap.core.adapters import LoadOptions
+    from ecoflap.plugins.models.hf_causal_lm import _tiny, tiny_llama_config, tiny_opt_config
 
     config = {"tiny-llama": tiny_llama_config, "tiny-opt": tiny_opt_config}[kind]
     adapter = _tiny(kind, config)(LoadOptions(kind, **patterns))

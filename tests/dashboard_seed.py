@@ -21,7 +21,7 @@ BLIP2 = {"model": "tiny-mini-blip2", "tasks": ["vqa"], "limit": 4, **SMALL}
 
 def write_corpus(path: Path, articles: int = 20, words: int = 300) -> Path:
     """The first ``articles`` of the shipped Wikipedia text, cut to ``words`` words (tokenizing all of it is slow)."""
-    from evaluation.corpora import wikipedia_articles
+    from ecoflap.core.datasets.corpora import wikipedia_articles
 
     path.write_text("\n\n".join(" ".join(a.split()[:words]) for a in wikipedia_articles()[:articles]))
     return path
@@ -29,7 +29,7 @@ def write_corpus(path: Path, articles: int = 20, words: int = 300) -> Path:
 
 def run_configs(corpus: Path) -> list[Any]:
     """The seeded runs: dense baselines first, then every method at every sparsity."""
-    from pipelines.run_config import RunConfig
+    from ecoflap.pipelines.run_config import RunConfig
 
     llama, blip2 = LLAMA | {"corpus": str(corpus)}, BLIP2  # mini-blip2 calibrates on easy-vqa image-caption pairs
     configs = [RunConfig(**llama, dense=True)]
@@ -40,7 +40,7 @@ def run_configs(corpus: Path) -> list[Any]:
 
 def pipeline_document(config: Any, registries: Any, log: Any = print) -> dict[str, Any]:
     """The results document of one run, through the same steps as the prune-and-evaluate flow."""
-    from pipelines import steps
+    from ecoflap.pipelines import steps
 
     identity = steps.identify(config, registries, log)
     done: dict[str, Any] = {}
@@ -57,8 +57,8 @@ def pipeline_document(config: Any, registries: Any, log: Any = print) -> dict[st
 
 def seed_database(root: Path, log: Any = print) -> str:
     """Run every seeded configuration and record it in ``root/results.db``; returns the database URL."""
-    from evaluation.results.store import ResultsStore
-    from pipelines import steps
+    from ecoflap.evaluation.results.store import ResultsStore
+    from ecoflap.pipelines import steps
 
     url = f"sqlite:///{root / 'results.db'}"
     store = ResultsStore(url)

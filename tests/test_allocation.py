@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from ecoflap_core.allocation import AllocationRequest, LayerInfo, keep_counts
-from ecoflap_core.errors import EcoflapError
-from plugins.allocators import EcoflapAllocator, FromFileAllocator, UniformAllocator
+from ecoflap.core.allocation import AllocationRequest, LayerInfo, keep_counts
+from ecoflap.core.errors import EcoflapError
+from ecoflap.plugins.allocators import EcoflapAllocator, FromFileAllocator, UniformAllocator
 
 
 def random_groups(seed: int, n: int = 12) -> tuple[dict[str, float], dict[str, int]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from pipelines.cli import cli
+from ecoflap.pipelines.cli import cli
 
 BAD_INPUT = [
     (["--sparsity", "1.0"], "sparsity: Input should be less than 1"),
@@ -67,8 +67,8 @@ def test_config_file_unknown_key_and_flags_override(tmp_path: Path) -> None:
 def test_register_commands_adds_a_subcommand() -> None:
     import click
 
-    from ecoflap_core.hookspecs import hookimpl
-    from ecoflap_core.plugins import load_plugins
+    from ecoflap.core.hookspecs import hookimpl
+    from ecoflap.core.plugins import load_plugins
 
     class AddsCommand:
         @hookimpl

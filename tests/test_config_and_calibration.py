@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ecoflap_core.calibration import token_windows
-from ecoflap_core.config import PruneConfig
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.pruning import NMPattern
+from ecoflap.core.calibration import token_windows
+from ecoflap.core.config import PruneConfig
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.pruning import NMPattern
 
 
 def test_windows_are_seeded_slices_of_the_stream() -> None:

@@ -16,9 +16,9 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.testclient import TestClient
 from test_results_store import postgres_databases  # noqa: F401  (fresh databases on the local server)
 
-from evaluation.dashboard.app import create_app
-from evaluation.dashboard.store import ReadOnlyStore
-from evaluation.results.store import ResultsStore, StoreUnavailable
+from ecoflap.evaluation.dashboard.app import create_app
+from ecoflap.evaluation.dashboard.store import ReadOnlyStore
+from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable
 
 EVIL = "<script>alert('x')</script>"
 
@@ -235,7 +235,7 @@ def test_unreachable_database_is_an_error_page(url: str, tmp_path, free_port: in
 
 
 def test_failure_inside_a_page_is_a_500_page_without_traceback(db_url: str, monkeypatch: pytest.MonkeyPatch):
-    from evaluation.dashboard import views
+    from ecoflap.evaluation.dashboard import views
 
     def broken(*_args: Any) -> None:
         raise KeyError("internal detail")
@@ -316,7 +316,7 @@ def free_port() -> int:
 
 
 def test_dashboard_command_help_and_taken_port(db_url: str):
-    from pipelines.cli import cli
+    from ecoflap.pipelines.cli import cli
 
     help_text = CliRunner().invoke(cli, ["dashboard", "--help"]).output
     assert "--db URL" in help_text and "--port" in help_text and "read-only" in help_text

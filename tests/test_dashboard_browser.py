@@ -20,8 +20,8 @@ import pytest
 from dashboard_seed import SPARSITIES, seed_database
 from results_documents import document
 
-from evaluation.dashboard.app import create_app
-from evaluation.results.store import ResultsStore
+from ecoflap.evaluation.dashboard.app import create_app
+from ecoflap.evaluation.results.store import ResultsStore
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecoflap_core.compress import Methods, compress
-from ecoflap_core.config import PruneConfig
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.plugins import load_plugins
-from ecoflap_core.scoring import ordered_blocks
-from ecoflap_core.sequential import measure_sparsity
-from pipelines.prune import EvalOptions, resolve_methods, run_prune
-from plugins.pruners import WandaPruner
+from ecoflap.core.compress import Methods, compress
+from ecoflap.core.config import PruneConfig
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.plugins import load_plugins
+from ecoflap.core.scoring import ordered_blocks
+from ecoflap.core.sequential import measure_sparsity
+from ecoflap.pipelines.prune import EvalOptions, resolve_methods, run_prune
+from ecoflap.plugins.pruners import WandaPruner
 
 REGISTRIES = load_plugins()
 
@@ -99,7 +99,7 @@ def test_prune_save_reload_same_outputs(tmp_path: Path, toy_corpus: Path, kind: 
 
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = torch.randint(3, 259, (2, 24), generator=torch.Generator().manual_seed(0))
-    from pipelines.prune import load_model
+    from ecoflap.pipelines.prune import load_model
 
     pruned = load_model(REGISTRIES, config)  # a fresh tiny model (same seed), then pruned weights
     pruned.model.load_state_dict(reloaded.state_dict())
@@ -134,10 +134,10 @@ def test_targets_and_ignore_select_the_prunable_layers(make_adapter) -> None:
 
 
 def test_a_failed_save_leaves_the_previous_output_intact(tmp_path: Path, make_adapter) -> None:
-    from ecoflap_core.allocation import Allocation
-    from ecoflap_core.compress import PruneResult
-    from ecoflap_core.sequential import LayerSparsity
-    from pipelines.prune import save_outputs
+    from ecoflap.core.allocation import Allocation
+    from ecoflap.core.compress import PruneResult
+    from ecoflap.core.sequential import LayerSparsity
+    from ecoflap.pipelines.prune import save_outputs
 
     out = tmp_path / "run"
     out.mkdir()

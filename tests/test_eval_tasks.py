@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.tasks import TaskOptions
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.tasks import TaskOptions
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 WNIDS = {"red": "n02123045", "green": "n07920052", "blue": "n03773504"}  # tabby, espresso, missile
@@ -96,7 +96,7 @@ class Classifier:
     model_id = "classifier"
 
     def __init__(self, n_labels: int = 1000) -> None:
-        from evaluation.datasets.imagenet import standard_wnids
+        from ecoflap.evaluation.datasets.imagenet import standard_wnids
 
         self.wnids = standard_wnids()
         self.labels = [f"class {i}" for i in range(n_labels)]
@@ -148,7 +148,7 @@ def _options(data: Path | None = None, **extra) -> TaskOptions:
 
 
 def test_vqa_oracle_scores_one_and_wrong_scores_zero(vqa_dir: Path) -> None:
-    from evaluation.tasks.vision import VqaTask
+    from ecoflap.evaluation.tasks.vision import VqaTask
 
     good = VqaTask().run(OracleVqa(), _options(vqa_dir))
     assert good.metrics == {"acc": 1.0, "invalid_rate": 0.0, "rank_acc": 1.0}
@@ -160,7 +160,7 @@ def test_vqa_oracle_scores_one_and_wrong_scores_zero(vqa_dir: Path) -> None:
 
 
 def test_gqa_format(tmp_path: Path) -> None:
-    from evaluation.tasks.vision import VqaTask
+    from ecoflap.evaluation.tasks.vision import VqaTask
 
     questions = {}
     for i, colour in enumerate(["red", "blue"]):
@@ -181,7 +181,7 @@ def test_gqa_format(tmp_path: Path) -> None:
     ],
 )
 def test_vqa_bad_data_is_one_clear_error(vqa_dir: Path, damage, message: str) -> None:
-    from evaluation.tasks.vision import VqaTask
+    from ecoflap.evaluation.tasks.vision import VqaTask
 
     damage(vqa_dir)
     with pytest.raises(EcoflapError, match=message):
@@ -192,8 +192,8 @@ def test_vqa_bad_data_is_one_clear_error(vqa_dir: Path, damage, message: str) ->
 
 
 def test_captioning_passes_references_and_captions_to_the_scorers(caption_dir: Path, monkeypatch) -> None:
-    from evaluation.metrics import captioning
-    from evaluation.tasks.vision import CaptioningTask
+    from ecoflap.evaluation.metrics import captioning
+    from ecoflap.evaluation.tasks.vision import CaptioningTask
 
     seen = {}
 
@@ -210,7 +210,7 @@ def test_captioning_passes_references_and_captions_to_the_scorers(caption_dir: P
 
 
 def test_retrieval_with_an_embedder_that_matches_colours(caption_dir: Path) -> None:
-    from evaluation.tasks.vision import RetrievalTask
+    from ecoflap.evaluation.tasks.vision import RetrievalTask
 
     result = RetrievalTask().run(ColourEmbedder(), _options(caption_dir))
     assert result.metrics["tr_r1"] == 1.0 and result.metrics["ir_r1"] == 1.0 and result.metrics["r_mean"] == 1.0
@@ -218,7 +218,7 @@ def test_retrieval_with_an_embedder_that_matches_colours(caption_dir: Path) -> N
 
 
 def test_retrieval_merges_repeated_caption_strings() -> None:
-    from evaluation.tasks.vision import pair_index
+    from ecoflap.evaluation.tasks.vision import pair_index
 
     texts, image_texts, text_images = pair_index([["a red box", "red"], ["a red box"], ["blue"]])
     assert texts == ["a red box", "red", "blue"]
@@ -233,8 +233,8 @@ def imagenet_dir(tmp_path: Path) -> Path:
 
 
 def test_imagenet_classifier_and_zero_shot(imagenet_dir: Path) -> None:
-    from evaluation.tasks.base import TaskSkipped
-    from evaluation.tasks.vision import ImageNetTask
+    from ecoflap.evaluation.tasks.base import TaskSkipped
+    from ecoflap.evaluation.tasks.vision import ImageNetTask
 
     result = ImageNetTask().run(Classifier(), _options(imagenet_dir))
     assert result.metrics == {"top1": 1.0, "top5": 1.0} and result.config["mode"] == "classifier"
@@ -245,7 +245,7 @@ def test_imagenet_classifier_and_zero_shot(imagenet_dir: Path) -> None:
 
 
 def test_imagenet_unknown_class_folder(imagenet_dir: Path) -> None:
-    from evaluation.tasks.vision import ImageNetTask
+    from ecoflap.evaluation.tasks.vision import ImageNetTask
 
     (imagenet_dir / "val" / "not_a_wnid").mkdir()
     with pytest.raises(EcoflapError, match="not a class of the class index"):
@@ -253,7 +253,7 @@ def test_imagenet_unknown_class_folder(imagenet_dir: Path) -> None:
 
 
 def test_imagenet_default_is_a_flagged_smoke_set() -> None:
-    from evaluation.tasks.vision import ImageNetTask
+    from ecoflap.evaluation.tasks.vision import ImageNetTask
 
     assert "5 images over 5 of 1000 classes" in ImageNetTask.describe_data(TaskOptions())
 
@@ -263,13 +263,13 @@ def test_imagenet_default_is_a_flagged_smoke_set() -> None:
 
 @pytest.fixture(scope="module")
 def registries():
-    from ecoflap_core.plugins import load_plugins
+    from ecoflap.core.plugins import load_plugins
 
     return load_plugins()
 
 
 def test_runner_document_shape_and_skip_reasons(vqa_dir: Path, registries) -> None:
-    from evaluation.runner import evaluate, format_table
+    from ecoflap.evaluation.runner import evaluate, format_table
 
     options = TaskOptions(data_dir=vqa_dir.parent, extra={"vqa.mode": "generate"})
     document = evaluate(OracleVqa(), ["vqa", "mmlu"], options, registries)
@@ -288,13 +288,13 @@ def test_runner_document_shape_and_skip_reasons(vqa_dir: Path, registries) -> No
     assert "versions" in block and block["target_sparsity"] == 0.0
     table = format_table(document)
     assert "|vqa" in table and "skipped mmlu" in table and table.startswith("oracle (as loaded, dense)")
-    from evaluation.results.document import validate
+    from ecoflap.evaluation.results.document import validate
 
     validate(document)  # the results store accepts it
 
 
 def test_runner_reuses_a_finished_task(vqa_dir: Path, registries, tmp_path: Path) -> None:
-    from evaluation.runner import evaluate
+    from ecoflap.evaluation.runner import evaluate
 
     adapter = OracleVqa()
     options = TaskOptions(data_dir=vqa_dir, extra={"mode": "generate"})
@@ -307,8 +307,8 @@ def test_runner_reuses_a_finished_task(vqa_dir: Path, registries, tmp_path: Path
 
 
 def test_runner_unknown_task_fails_before_any_work(registries) -> None:
-    from ecoflap_core.errors import UnknownNameError
-    from evaluation.runner import evaluate
+    from ecoflap.core.errors import UnknownNameError
+    from ecoflap.evaluation.runner import evaluate
 
     adapter = OracleVqa()
     with pytest.raises(UnknownNameError, match="Did you mean 'vqa'"):
@@ -320,7 +320,7 @@ def test_runner_unknown_task_fails_before_any_work(registries) -> None:
 
 
 def test_wikitext_token_perplexity_is_exp_mean_nll(make_adapter, tmp_path: Path) -> None:
-    from evaluation.tasks.language import WikitextTask
+    from ecoflap.evaluation.tasks.language import WikitextTask
 
     adapter = make_adapter("tiny-llama")
     texts = ["The model prunes weights block by block.", "A sparse layer keeps what matters most."]
@@ -328,7 +328,7 @@ def test_wikitext_token_perplexity_is_exp_mean_nll(make_adapter, tmp_path: Path)
     (tmp_path / "wiki.test.raw").write_text(raw)
     result = WikitextTask().run(adapter, _options(tmp_path))
     nll, count = 0.0, 0  # lm-eval's rolling window: each document predicted from the prefix (BOS) token
-    from evaluation.datasets.text import read_wikitext
+    from ecoflap.evaluation.datasets.text import read_wikitext
 
     with torch.no_grad():
         for doc in read_wikitext(tmp_path):
@@ -341,7 +341,7 @@ def test_wikitext_token_perplexity_is_exp_mean_nll(make_adapter, tmp_path: Path)
 
 
 def test_mmlu_through_lm_eval_per_subject_and_average(make_adapter) -> None:
-    from evaluation.tasks.language import MmluTask
+    from ecoflap.evaluation.tasks.language import MmluTask
 
     adapter = make_adapter("tiny-llama")
     options = TaskOptions(limit=2, extra={"subjects": "anatomy,astronomy", "num_fewshot": "2"})
@@ -361,7 +361,7 @@ def test_mmlu_leave_one_out_shots_fit_lm_eval_pool_with_repeated_and_small_subje
     make_adapter, tmp_path: Path
 ) -> None:
     """Dev-only data: lm-eval drops every copy of the evaluated question from the few-shot pool."""
-    from evaluation.tasks.language import MmluTask
+    from ecoflap.evaluation.tasks.language import MmluTask
 
     def row(i: int) -> str:
         return f"question {i}?,w{i},x{i},y{i},z{i},A"
@@ -380,6 +380,6 @@ def test_mmlu_leave_one_out_shots_fit_lm_eval_pool_with_repeated_and_small_subje
 
 
 def test_mmlu_default_has_the_281_dev_questions() -> None:
-    from evaluation.tasks.language import MmluTask
+    from ecoflap.evaluation.tasks.language import MmluTask
 
     assert "dev 281 questions over 57 subjects" in MmluTask.describe_data(TaskOptions())

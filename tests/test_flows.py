@@ -16,10 +16,10 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ecoflap-prefect-"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 
-from evaluation.results.store import ResultsStore  # noqa: E402
-from pipelines import steps  # noqa: E402
-from pipelines.cli import cli  # noqa: E402
-from pipelines.run_config import RunConfig  # noqa: E402
+from ecoflap.evaluation.results.store import ResultsStore  # noqa: E402
+from ecoflap.pipelines import steps  # noqa: E402
+from ecoflap.pipelines.cli import cli  # noqa: E402
+from ecoflap.pipelines.run_config import RunConfig  # noqa: E402
 
 TASK = "wikitext"
 
@@ -199,8 +199,8 @@ def test_an_unreachable_database_is_one_line_exit_1_and_the_results_are_kept(pre
 
 
 def test_the_deployments_file_serves_one_deployment_per_suite() -> None:
-    from deployments.serve import file_deployments, read_deployments
-    from pipelines.run_config import SweepConfig
+    from ecoflap.deployments.serve import file_deployments, read_deployments
+    from ecoflap.pipelines.run_config import SweepConfig
 
     entries = read_deployments()
     suites = [e for e in entries if e["entrypoint"].endswith(":sweep")]

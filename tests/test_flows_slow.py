@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from evaluation.results.store import ResultsStore
+from ecoflap.evaluation.results.store import ResultsStore
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

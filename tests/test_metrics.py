@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluation.metrics import mean_stderr
-from evaluation.metrics.classification import topk_accuracy
-from evaluation.metrics.retrieval import best_ranks, retrieval_metrics
-from evaluation.metrics.vqa import exact_match, normalize_answer, vqa_accuracy
+from ecoflap.evaluation.metrics import mean_stderr
+from ecoflap.evaluation.metrics.classification import topk_accuracy
+from ecoflap.evaluation.metrics.retrieval import best_ranks, retrieval_metrics
+from ecoflap.evaluation.metrics.vqa import exact_match, normalize_answer, vqa_accuracy
 
 # ----------------------------------------------------------------------------- VQA
 
@@ -150,7 +150,7 @@ def test_mean_stderr_is_lm_evals() -> None:
 
 @pytest.fixture(scope="module")
 def caption_result():
-    from evaluation.metrics.captioning import caption_scores
+    from ecoflap.evaluation.metrics.captioning import caption_scores
 
     references = {1: ["A big red circle."], 2: ["the small green triangle"]}
     candidates = {1: "a big red circle", 2: "blue square thing here"}
@@ -177,7 +177,7 @@ def test_cider_and_rouge_on_known_pairs(caption_result) -> None:
 
 
 def test_spice_is_unavailable_not_zero(caption_result) -> None:
-    from evaluation.metrics.captioning import spice_missing
+    from ecoflap.evaluation.metrics.captioning import spice_missing
 
     if spice_missing() is None:
         assert "spice" in caption_result.metrics

@@ -10,18 +10,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecoflap_core.adapters import LoadOptions
-from ecoflap_core.compress import Methods, compress, select_towers
-from ecoflap_core.config import PruneConfig
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.sequential import capture_inputs
-from evaluation import easy_vqa
-from plugins.allocators import EcoflapAllocator
-from plugins.models.mini_blip2 import load_folder, load_image, tiny_mini_blip2
-from plugins.pruners import WandaPruner
-from plugins.scorers import ZerothOrderScorer
+from ecoflap.core.adapters import LoadOptions
+from ecoflap.core.compress import Methods, compress, select_towers
+from ecoflap.core.config import PruneConfig
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.sequential import capture_inputs
+from ecoflap.core.datasets import easy_vqa
+from ecoflap.plugins.allocators import EcoflapAllocator
+from ecoflap.plugins.models.mini_blip2 import load_folder, load_image, tiny_mini_blip2
+from ecoflap.plugins.pruners import WandaPruner
+from ecoflap.plugins.scorers import ZerothOrderScorer
 
-ECOFLAP = [sys.executable, "-m", "pipelines.cli"]
+ECOFLAP = [sys.executable, "-m", "ecoflap.pipelines.cli"]
 
 
 @pytest.fixture()
@@ -36,7 +36,7 @@ def pairs() -> list[tuple[Path, str]]:
 
 
 def test_dinov2_conversion_matches_the_onnx_model() -> None:
-    from plugins.models.dinov2_onnx import convert, onnx_backbone_output
+    from ecoflap.plugins.models.dinov2_onnx import convert, onnx_backbone_output
 
     torch.manual_seed(0)
     pixels = torch.randn(1, 3, 224, 224)  # the ONNX graph is fixed at 224 px

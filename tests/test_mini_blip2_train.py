@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ecoflap_core.adapters import LoadOptions
-from plugins.models import mini_blip2_train as training
-from plugins.models.mini_blip2 import WEIGHTS, GenerationConfig, tiny_mini_blip2
-from plugins.models.mini_blip2_train import Example, TrainConfig, learning_rate, step_batch, train_bridge
+from ecoflap.core.adapters import LoadOptions
+from ecoflap.plugins.models import mini_blip2_train as training
+from ecoflap.plugins.models.mini_blip2 import WEIGHTS, GenerationConfig, tiny_mini_blip2
+from ecoflap.plugins.models.mini_blip2_train import Example, TrainConfig, learning_rate, step_batch, train_bridge
 
 VQA = [Example(i % 7, f"Is it {i}?", f"Question: Is it {i}? Short answer:", " yes\n") for i in range(40)]
 CAPTIONS = [Example(i, "A short caption:", "A short caption:", f" shape {i}\n") for i in range(7)]
@@ -90,7 +90,7 @@ def test_the_shipped_bridge_records_the_commands_that_made_it() -> None:
 def test_a_bad_learning_rate_is_one_line() -> None:
     root = Path(__file__).parent.parent
     proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "zoo", "train", "mini-blip2", "--lr", "0"],
+        [sys.executable, "-m", "ecoflap.pipelines.cli", "zoo", "train", "mini-blip2", "--lr", "0"],
         capture_output=True, text=True, cwd=root, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ecoflap_core.adapters import LoadOptions
-from ecoflap_core.capabilities import ImageTextEmbedder, capabilities_of
-from ecoflap_core.compress import Methods, compress
-from ecoflap_core.config import PruneConfig
-from evaluation import easy_vqa
-from plugins.allocators import EcoflapAllocator
-from plugins.models.mini_clip import WEIGHTS, contrastive_loss, load_folder, tiny_mini_clip
-from plugins.pruners import WandaPruner
-from plugins.scorers import ZerothOrderScorer
+from ecoflap.core.adapters import LoadOptions
+from ecoflap.core.capabilities import ImageTextEmbedder, capabilities_of
+from ecoflap.core.compress import Methods, compress
+from ecoflap.core.config import PruneConfig
+from ecoflap.core.datasets import easy_vqa
+from ecoflap.plugins.allocators import EcoflapAllocator
+from ecoflap.plugins.models.mini_clip import WEIGHTS, contrastive_loss, load_folder, tiny_mini_clip
+from ecoflap.plugins.pruners import WandaPruner
+from ecoflap.plugins.scorers import ZerothOrderScorer
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
 
 SENTENCES = [
     "The model prunes the weights of a tower, block by block.",
@@ -78,7 +78,7 @@ def window_loglikelihood(model, context: list[int], predicted: list[int]) -> flo
 
 
 def test_one_window_matches_a_plain_forward_pass(model, tokenizer) -> None:  # noqa: ANN001
-    from evaluation.perplexity import perplexity
+    from ecoflap.evaluation.perplexity import perplexity
 
     ids = [tokenizer.encode(text, add_special_tokens=False) for text in TEXTS]
     assert max(map(len, ids)) < 128  # one window per document
@@ -105,7 +105,7 @@ def test_one_window_matches_a_plain_forward_pass(model, tokenizer) -> None:  # n
 def test_rolling_windows_follow_lm_eval(model, tokenizer) -> None:  # noqa: ANN001
     from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
-    from evaluation.perplexity import perplexity
+    from ecoflap.evaluation.perplexity import perplexity
 
     direct, n_tokens = 0.0, 0
     for text in TEXTS:
@@ -122,7 +122,7 @@ def test_rolling_windows_follow_lm_eval(model, tokenizer) -> None:  # noqa: ANN0
 def test_dtype_and_device_are_kept(model, tokenizer) -> None:  # noqa: ANN001
     import copy
 
-    from evaluation.perplexity import perplexity
+    from ecoflap.evaluation.perplexity import perplexity
 
     half = copy.deepcopy(model).to(torch.bfloat16)
     pointer = half.model.embed_tokens.weight.data_ptr()
@@ -134,7 +134,7 @@ def test_dtype_and_device_are_kept(model, tokenizer) -> None:  # noqa: ANN001
 
 
 def test_limit_tokens_keeps_whole_texts_then_cuts_at_a_word(tokenizer) -> None:  # noqa: ANN001
-    from evaluation.perplexity import count_tokens, limit_texts
+    from ecoflap.evaluation.perplexity import count_tokens, limit_texts
 
     first = count_tokens(tokenizer, TEXTS[0])
     kept = limit_texts(TEXTS, tokenizer, first + 10)
@@ -148,7 +148,7 @@ def test_limit_tokens_keeps_whole_texts_then_cuts_at_a_word(tokenizer) -> None: 
 
 
 def test_limit_tokens_bounds_the_evaluation(model, tokenizer) -> None:  # noqa: ANN001
-    from evaluation.perplexity import count_tokens, perplexity
+    from ecoflap.evaluation.perplexity import count_tokens, perplexity
 
     assert count_tokens(tokenizer, TEXTS[0]) < 40
     result = perplexity(model, tokenizer, TEXTS, max_length=16, limit_tokens=40)
@@ -157,7 +157,7 @@ def test_limit_tokens_bounds_the_evaluation(model, tokenizer) -> None:  # noqa: 
 
 
 def test_no_text_is_an_error(model, tokenizer) -> None:  # noqa: ANN001
-    from evaluation.perplexity import perplexity
+    from ecoflap.evaluation.perplexity import perplexity
 
     with pytest.raises(EcoflapError, match="non-empty text"):
         perplexity(model, tokenizer, ["", "  \n"])

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from ecoflap_core import hookspecs
-from ecoflap_core.errors import PluginLoadError, UnknownNameError
-from ecoflap_core.hookspecs import hookimpl
-from ecoflap_core.plugins import load_plugins
-from ecoflap_core.pruning import LayerPruner
+from ecoflap.core import hookspecs
+from ecoflap.core.errors import PluginLoadError, UnknownNameError
+from ecoflap.core.hookspecs import hookimpl
+from ecoflap.core.plugins import load_plugins
+from ecoflap.core.pruning import LayerPruner
 
 HERE = Path(__file__).parent
 SAMPLE = HERE / "plugins" / "sample_pruner"
@@ -25,7 +25,7 @@ BROKEN = HERE / "plugins" / "broken_plugin"
 def ecoflap(*args: str, pythonpath: list[Path] = (), cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = os.environ | {"PYTHONPATH": os.pathsep.join(str(p) for p in pythonpath), "ECOFLAP_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
+        [sys.executable, "-m", "ecoflap.pipelines.cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -88,10 +88,10 @@ def test_a_bad_registration_names_its_plugin(plugin: object, message: str) -> No
 
 
 def test_api_version_mismatch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    from ecoflap_core import plugins
+    from ecoflap.core import plugins
 
     with pytest.raises(PluginLoadError, match="needs ecoflap plugin API 2.0"):
-        plugins._check_api_version(TooNew(), "too-new")
+        ecoflap.plugins._check_api_version(TooNew(), "too-new")
 
 
 def test_every_hook_is_tested_and_documented() -> None:

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.pruning import LayerPruner, NMPattern, prune_mask
-from plugins.pruners import MagnitudePruner, SparseGPTPruner, WandaPruner
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.pruning import LayerPruner, NMPattern, prune_mask
+from ecoflap.plugins.pruners import MagnitudePruner, SparseGPTPruner, WandaPruner
 
 PRUNERS = [MagnitudePruner, WandaPruner, SparseGPTPruner]
 

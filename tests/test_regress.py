@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 from results_documents import document
 
-from ecoflap_core.errors import EcoflapError
-from evaluation.results.comparison import check_against_baseline, check_floors, metrics_of, parse_tolerances
-from pipelines.cli import cli
+from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.results.comparison import check_against_baseline, check_floors, metrics_of, parse_tolerances
+from ecoflap.pipelines.cli import cli
 
 pytest_plugins = ["pytester"]
 
@@ -155,7 +155,7 @@ def test_assert_no_regression(pytester: pytest.Pytester):
     write_documents(pytester)
     pytester.makepyfile(
         """
-        from evaluation.results.pytest_plugin import assert_no_regression
+        from ecoflap.evaluation.results.pytest_plugin import assert_no_regression
 
         def test_within():
             checks = assert_no_regression("cand.json", "base.json", {"vqa:acc": 0.05, "caption:*": 0})

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 from results_documents import document
 
-from pipelines.cli import cli
+from ecoflap.pipelines.cli import cli
 
 
 @pytest.fixture

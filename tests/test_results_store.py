@@ -18,12 +18,12 @@ from alembic.runtime.migration import MigrationContext
 from results_documents import document
 from sqlalchemy import Column, Integer, MetaData, event, func, inspect, select
 
-import evaluation.results.store as store_module
-from ecoflap_core.errors import EcoflapError
-from evaluation.results.document import parse_document
-from evaluation.results.migrations import upgrade
-from evaluation.results.models import Base, LayerAllocation, Run, TaskMetric
-from evaluation.results.store import ResultsStore, StoreUnavailable, create_store_engine, default_url, resolve_url
+import ecoflap.evaluation.results.store as store_module
+from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.results.document import parse_document
+from ecoflap.evaluation.results.migrations import upgrade
+from ecoflap.evaluation.results.models import Base, LayerAllocation, Run, TaskMetric
+from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable, create_store_engine, default_url, resolve_url
 
 ROOT = Path(__file__).resolve().parents[1]
 # libpq connection string of the server's maintenance database (override: $ECOFLAP_TEST_POSTGRES)

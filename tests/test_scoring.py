@@ -6,8 +6,8 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.scoring import (
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.scoring import (
     first_order_scores,
     ordered_blocks,
     zeroth_order_scores,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from ecoflap_core.compress import compress
-from ecoflap_core.config import PruneConfig
-from ecoflap_core.plugins import load_plugins
-from pipelines.prune import calibration_texts, load_model, resolve_methods
+from ecoflap.core.compress import compress
+from ecoflap.core.config import PruneConfig
+from ecoflap.core.plugins import load_plugins
+from ecoflap.pipelines.prune import calibration_texts, load_model, resolve_methods
 
 pytestmark = pytest.mark.slow
 REG = load_plugins()
@@ -15,7 +15,7 @@ REG = load_plugins()
 
 def prune_and_measure(pruner: str, sparsity: float) -> tuple[float, float]:
     """(dense, pruned) token perplexity on ~2k held-out tokens after uniform pruning on 8 x 256 tokens."""
-    from evaluation.perplexity import perplexity
+    from ecoflap.evaluation.perplexity import perplexity
 
     config = PruneConfig.build(
         model="smollm2-135m", allocator="uniform", pruner=pruner, sparsity=sparsity, nsamples=8, seqlen=256

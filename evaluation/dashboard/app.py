@@ -29,10 +29,10 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ecoflap_core.errors import EcoflapError
-from evaluation.dashboard import charts, views
-from evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
-from evaluation.results.store import StoreUnavailable, masked, resolve_url
+from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.dashboard import charts, views
+from ecoflap.evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
+from ecoflap.evaluation.results.store import StoreUnavailable, masked, resolve_url
 
 HERE = Path(__file__).resolve().parent
 SECURITY_HEADERS = {
@@ -213,7 +213,7 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 
 def csv_response(page: Page) -> Response:
-    from evaluation.results.tables import csv_text
+    from ecoflap.evaluation.results.tables import csv_text
 
     headers = {"Content-Disposition": f'inline; filename="{page.name}.csv"'}
     return Response(csv_text(page.rows, page.columns), media_type="text/csv; charset=utf-8", headers=headers)
@@ -326,7 +326,7 @@ def _lifespan(holder: StoreHolder) -> Callable[[Starlette], Any]:
 def create_app(url: str | None = None, store_factory: Callable[[str | None], Any] | None = None) -> Starlette:
     """The dashboard over the results database at ``url`` (None: $ECOFLAP_DATABASE_URL, else the default SQLite)."""
     if store_factory is None:
-        from evaluation.dashboard.store import ReadOnlyStore as store_factory
+        from ecoflap.evaluation.dashboard.store import ReadOnlyStore as store_factory
     dashboard = Dashboard(StoreHolder(url, store_factory))
     app = Starlette(
         routes=_routes(dashboard),

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL
 
-from evaluation.results.store import ResultsStore, StoreUnavailable, create_store_engine, masked, resolve_url
+from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable, create_store_engine, masked, resolve_url
 
 
 class ReadOnlyStore(ResultsStore):
@@ -27,7 +27,7 @@ class ReadOnlyStore(ResultsStore):
             self._check_schema()
 
     def _check_schema(self) -> None:
-        from evaluation.results.migrations import current_revision, head_revision
+        from ecoflap.evaluation.results.migrations import current_revision, head_revision
 
         with self.engine.connect() as connection:
             found, wanted = current_revision(connection), head_revision()

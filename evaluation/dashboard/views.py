@@ -8,10 +8,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ecoflap_core.errors import EcoflapError
-from evaluation.results.comparison import compare_runs
-from evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
-from evaluation.results.leaderboard import SPARSITY_DIGITS, method_name
+from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.results.comparison import compare_runs
+from ecoflap.evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
+from ecoflap.evaluation.results.leaderboard import SPARSITY_DIGITS, method_name
 
 FILTERS = ("model", "task", "metric", "sparsity", "method")
 CURVE_COLUMNS = ["model", "task", "metric", "method", "sparsity", "value", "stderr", "delta", "run_id"]

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 _TRAILING_DIGITS = re.compile(r"(\d+)$")

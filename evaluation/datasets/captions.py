@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ecoflap_core.errors import EcoflapError
-from evaluation.datasets import ImageIndex, find_one, load_json, non_empty, require
+from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.datasets import ImageIndex, find_one, load_json, non_empty, require
 
 
 @dataclass

@@ -7,7 +7,7 @@
 - ImageNet: real photos carried by scikit-image and scikit-learn, labelled by hand with one
   ImageNet class each: a smoke-size set (5 images), not a benchmark;
 - MMLU: the 281 real dev questions in the lm-eval wheel, as ``dev.jsonl`` (no test split);
-- WikiText: none written; the task uses the held-out Wikipedia articles of ``evaluation.corpora``.
+- WikiText: none written; the task uses the held-out Wikipedia articles of ``ecoflap.core.datasets.corpora``.
 Image folders are symbolic links to the packages' own files (copies where links are not possible).
 """
 
@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ecoflap_core.cache import cache_dir
+from ecoflap.core.cache import cache_dir
 
 VERSION = 1
 #: ImageNet smoke set: (package, file inside it) -> wnid (hand-assigned)
@@ -58,7 +58,7 @@ def _write(path: Path, data: object) -> None:
 
 def _link_images(folder: Path) -> None:
     """``folder/images`` -> easy-vqa's test image folder."""
-    from evaluation import easy_vqa
+    from ecoflap.core.datasets import easy_vqa
 
     source = next(iter(easy_vqa.image_paths("test").values())).parent
     _link(source, folder / "images")
@@ -72,7 +72,7 @@ def _link(source: Path, link: Path) -> None:
 
 
 def build_vqa(folder: Path) -> None:
-    from evaluation import easy_vqa
+    from ecoflap.core.datasets import easy_vqa
 
     questions = easy_vqa.questions("test")
     info = {"data_type": "easy-vqa", "data_subtype": "test", "task_type": "Open-Ended"}
@@ -95,7 +95,7 @@ def build_vqa(folder: Path) -> None:
 
 
 def build_captions(folder: Path) -> None:
-    from evaluation import easy_vqa
+    from ecoflap.core.datasets import easy_vqa
 
     labels = easy_vqa.image_labels("test")
     paths = easy_vqa.image_paths("test")
@@ -106,7 +106,7 @@ def build_captions(folder: Path) -> None:
 
 
 def build_retrieval(folder: Path) -> None:
-    from evaluation import easy_vqa
+    from ecoflap.core.datasets import easy_vqa
 
     labels = easy_vqa.image_labels("test")
     paths = easy_vqa.image_paths("test")
@@ -130,7 +130,7 @@ def build_imagenet(folder: Path) -> None:
 
 
 def build_mmlu(folder: Path) -> None:
-    from evaluation.datasets.text import lm_eval_dev_questions
+    from ecoflap.evaluation.datasets.text import lm_eval_dev_questions
 
     lines = (json.dumps(q.record(), ensure_ascii=False) + "\n" for q in lm_eval_dev_questions())
     (folder / "dev.jsonl").write_text("".join(lines), encoding="utf-8")

@@ -12,8 +12,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecoflap_core.errors import EcoflapError
-from evaluation.datasets import IMAGE_SUFFIXES, load_json, non_empty
+from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.datasets import IMAGE_SUFFIXES, load_json, non_empty
 
 CLASS_INDEX_FILE = "imagenet_class_index.json"
 

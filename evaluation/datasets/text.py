@@ -13,8 +13,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ecoflap_core.errors import EcoflapError
-from evaluation.datasets import load_json, non_empty, require
+from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.datasets import load_json, non_empty, require
 
 LETTERS = "ABCD"
 WIKITEXT_FILES = ("wiki.test.raw", "test.raw", "wiki.test.tokens")
@@ -117,7 +117,7 @@ def lm_eval_dev_questions() -> list[MmluQuestion]:
 
 def read_wikitext(path: Path) -> list[str]:
     """Articles of a WikiText raw file (``wiki.test.raw``), or of the one such file in a folder."""
-    from evaluation.corpora import read_text_corpus, split_text_documents
+    from ecoflap.core.datasets.corpora import read_text_corpus, split_text_documents
 
     if path.is_dir():
         for name in WIKITEXT_FILES:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
 
 EPSILON = 1e-9  # float noise allowed on top of a tolerance (0.91 - 0.89 > 0.02 in binary)
 MetricKey = tuple[str, str, str]  # task, metric, filter
@@ -48,7 +48,7 @@ def metric_map(rows: Iterable[Mapping[str, Any]]) -> dict[MetricKey, Mapping[str
 
 def metrics_of(source: Any) -> list[dict[str, Any]]:
     """Metric rows of a run dict (``metrics``), a results document, a path to one, or a list of rows."""
-    from evaluation.results.document import document_metrics
+    from ecoflap.evaluation.results.document import document_metrics
 
     if isinstance(source, str | Path):
         source = read_document(Path(source))

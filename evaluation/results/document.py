@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ecoflap_core.errors import EcoflapError, describe_validation_error
+from ecoflap.core.errors import EcoflapError, describe_validation_error
 
 
 class AllocationEntry(BaseModel):

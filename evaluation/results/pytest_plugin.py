@@ -30,7 +30,7 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture
 def ecoflap_results_store(tmp_path: Path) -> Iterator[Any]:
     """A ResultsStore on a fresh SQLite file (migrated to the newest schema)."""
-    from evaluation.results.store import ResultsStore
+    from ecoflap.evaluation.results.store import ResultsStore
 
     store = ResultsStore(f"sqlite:///{tmp_path / 'ecoflap-results.db'}")
     yield store
@@ -40,9 +40,9 @@ def ecoflap_results_store(tmp_path: Path) -> Iterator[Any]:
 @pytest.fixture
 def ecoflap_results(request: pytest.FixtureRequest) -> dict[str, Any]:
     """The results document (validated) named by the marker, --ecoflap-results or the ini option."""
-    from ecoflap_core.errors import EcoflapError
-    from evaluation.results.comparison import read_document
-    from evaluation.results.document import validate
+    from ecoflap.core.errors import EcoflapError
+    from ecoflap.evaluation.results.comparison import read_document
+    from ecoflap.evaluation.results.document import validate
 
     path = _results_path(request)
     try:
@@ -75,7 +75,7 @@ def assert_no_regression(candidate: Any, baseline: Any, tolerances: Mapping[str,
     (``*`` patterns allowed; direction from ``higher_is_better``). Returns the checks.
     """
     __tracebackhide__ = True
-    from evaluation.results.comparison import (
+    from ecoflap.evaluation.results.comparison import (
         CHECK_COLUMNS,
         check_against_baseline,
         check_rows,
@@ -83,7 +83,7 @@ def assert_no_regression(candidate: Any, baseline: Any, tolerances: Mapping[str,
         metrics_of,
         tolerance_map,
     )
-    from evaluation.results.tables import table
+    from ecoflap.evaluation.results.tables import table
 
     checks = check_against_baseline(metrics_of(candidate), metrics_of(baseline), tolerance_map(tolerances))
     if any(check.failed for check in checks):

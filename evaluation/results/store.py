@@ -20,9 +20,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from ecoflap_core.errors import EcoflapError
-from evaluation.results.document import ParsedRun, parse_document
-from evaluation.results.models import Artefact, LayerAllocation, Run, RunTag, TaskMetric
+from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.results.document import ParsedRun, parse_document
+from ecoflap.evaluation.results.models import Artefact, LayerAllocation, Run, RunTag, TaskMetric
 
 ENV_URL = "ECOFLAP_DATABASE_URL"
 ENV_DATA_DIR = "ECOFLAP_DATA_DIR"
@@ -126,7 +126,7 @@ class ResultsStore:
     # ---- schema -------------------------------------------------------------------------------
 
     def _upgrade(self) -> None:
-        from evaluation.results.migrations import current_revision, head_revision, upgrade
+        from ecoflap.evaluation.results.migrations import current_revision, head_revision, upgrade
 
         with self.engine.connect() as connection:
             if current_revision(connection) == head_revision():
@@ -243,7 +243,7 @@ class ResultsStore:
         metric: str | None = None,
     ) -> list[dict[str, Any]]:
         """Best complete run per method and model/task/metric/sparsity, with its delta to the dense baseline."""
-        from evaluation.results.leaderboard import leaderboard_rows
+        from ecoflap.evaluation.results.leaderboard import leaderboard_rows
 
         query = select(Run, TaskMetric).join(TaskMetric).where(Run.status == "complete")
         if model is not None:

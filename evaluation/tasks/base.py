@@ -6,8 +6,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.tasks import TaskOptions
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.tasks import TaskOptions
 
 
 class TaskSkipped(EcoflapError):
@@ -22,7 +22,7 @@ def data_folder(task: str, options: TaskOptions) -> tuple[Path, str, bool]:
         if not path.exists():
             raise EcoflapError(f"{task}: data folder not found: {path}")
         return path, str(path), False
-    from evaluation.datasets.defaults import default_data
+    from ecoflap.evaluation.datasets.defaults import default_data
 
     folder, description = default_data(task)
     return folder, description, True

@@ -7,9 +7,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.tasks import Metric, Task, TaskOptions, TaskResult
-from evaluation.tasks.base import arg, data_folder
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.tasks import Metric, Task, TaskOptions, TaskResult
+from ecoflap.evaluation.tasks.base import arg, data_folder
 
 PREFIX = "ecoflap_mmlu_"
 #: lm-eval's own MMLU prompt (tasks/mmlu/default/_default_template_yaml)
@@ -28,7 +28,7 @@ class MmluTask(Task):
 
     @classmethod
     def load(cls, options: TaskOptions) -> tuple[dict[str, list[Any]], str, bool]:
-        from evaluation.datasets.text import read_mmlu
+        from ecoflap.evaluation.datasets.text import read_mmlu
 
         folder, description, default = data_folder(cls.name, options)
         splits = read_mmlu(folder)
@@ -118,7 +118,7 @@ def _simple_evaluate(model: Any, tokenizer: Any, folder: Path, tasks: list[str],
     import torch
     from lm_eval.tasks import TaskManager
 
-    from evaluation.perplexity import _eval_mode, _hflm, _offline, _quiet_logging
+    from ecoflap.evaluation.perplexity import _eval_mode, _hflm, _offline, _quiet_logging
 
     max_length = int(arg(options, "max_length", _model_max_length(model), int))
     with _offline(), _quiet_logging(), _eval_mode(model), torch.no_grad():
@@ -143,7 +143,7 @@ def mmlu_result(task: Task, out: dict, plan: dict[str, int], config: dict[str, A
     """Per-subject accuracy (as lm-eval sub-tasks) and the size-weighted (lm-eval's group) and plain means."""
     from lm_eval.api.metrics import aggregate_subtask_metrics, pooled_sample_stderr
 
-    from evaluation.results.document import metric_number
+    from ecoflap.evaluation.results.document import metric_number
 
     accs, stderrs, sizes, subtasks = [], [], [], {}
     for name, shots in plan.items():
@@ -178,11 +178,11 @@ class WikitextTask(Task):
 
     @classmethod
     def load(cls, options: TaskOptions) -> tuple[list[str], str]:
-        from evaluation.datasets.text import read_wikitext
+        from ecoflap.evaluation.datasets.text import read_wikitext
 
         given = options.extra.get("data") or options.data_dir
         if given is None:
-            from evaluation.corpora import split_corpus, wikipedia_articles
+            from ecoflap.core.datasets.corpora import split_corpus, wikipedia_articles
 
             return split_corpus(wikipedia_articles())[1], "held-out Wikipedia articles (gensim test data)"
         folder, description, _ = data_folder(cls.name, options)
@@ -194,7 +194,7 @@ class WikitextTask(Task):
         return f"{description}: {len(documents)} documents"
 
     def run(self, adapter: Any, options: TaskOptions) -> TaskResult:
-        from evaluation.perplexity import perplexity
+        from ecoflap.evaluation.perplexity import perplexity
 
         documents, description = self.load(options)
         documents = documents if options.limit is None else documents[: options.limit]

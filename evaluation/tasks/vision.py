@@ -7,13 +7,13 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.tasks import Metric, Task, TaskOptions, TaskResult
-from evaluation.metrics import mean, mean_stderr
-from evaluation.metrics.classification import topk_correct
-from evaluation.metrics.retrieval import KS, best_ranks, hits
-from evaluation.metrics.vqa import exact_match, is_valid, normalize_answer, vqa_accuracy
-from evaluation.tasks.base import TaskSkipped, arg, batches, data_folder, load_images, model_name, path_arg
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.tasks import Metric, Task, TaskOptions, TaskResult
+from ecoflap.evaluation.metrics import mean, mean_stderr
+from ecoflap.evaluation.metrics.classification import topk_correct
+from ecoflap.evaluation.metrics.retrieval import KS, best_ranks, hits
+from ecoflap.evaluation.metrics.vqa import exact_match, is_valid, normalize_answer, vqa_accuracy
+from ecoflap.evaluation.tasks.base import TaskSkipped, arg, batches, data_folder, load_images, model_name, path_arg
 
 BATCH = 16
 
@@ -28,7 +28,7 @@ class VqaTask(Task):
 
     @classmethod
     def load(cls, options: TaskOptions) -> tuple[Any, str, bool]:
-        from evaluation.datasets.vqa import read_vqa
+        from ecoflap.evaluation.datasets.vqa import read_vqa
 
         folder, description, default = data_folder(cls.name, options)
         data = read_vqa(
@@ -78,7 +78,7 @@ class CaptioningTask(Task):
 
     @classmethod
     def load(cls, options: TaskOptions) -> tuple[Any, str, bool]:
-        from evaluation.datasets.captions import read_captions
+        from ecoflap.evaluation.datasets.captions import read_captions
 
         folder, description, default = data_folder(cls.name, options)
         data = read_captions(folder, path_arg(options, "images"), arg(options, "split", "test"))
@@ -90,7 +90,7 @@ class CaptioningTask(Task):
         return f"{description}: {len(data.images)} images ({data.format}), {sum(map(len, data.references))} captions"
 
     def run(self, adapter: Any, options: TaskOptions) -> TaskResult:
-        from evaluation.metrics.captioning import caption_scores
+        from ecoflap.evaluation.metrics.captioning import caption_scores
 
         full, description, _ = self.load(options)
         data = full.limit(options.limit)
@@ -172,7 +172,7 @@ class ImageNetTask(Task):
 
     @classmethod
     def skip_reason(cls, adapter: object) -> str | None:
-        from ecoflap_core.capabilities import CAPABILITIES
+        from ecoflap.core.capabilities import CAPABILITIES
 
         if any(isinstance(adapter, CAPABILITIES[c]) for c in cls.ACCEPTED):
             return None
@@ -180,7 +180,7 @@ class ImageNetTask(Task):
 
     @classmethod
     def load(cls, options: TaskOptions) -> tuple[Any, str, bool]:
-        from evaluation.datasets.imagenet import read_image_folder
+        from ecoflap.evaluation.datasets.imagenet import read_image_folder
 
         folder, description, default = data_folder(cls.name, options)
         return read_image_folder(folder), description, default
@@ -191,7 +191,7 @@ class ImageNetTask(Task):
         return f"{description}: {len(data.images)} images over {len(set(data.labels))} of {len(data.wnids)} classes"
 
     def run(self, adapter: Any, options: TaskOptions) -> TaskResult:
-        from ecoflap_core.capabilities import ImageClassifier
+        from ecoflap.core.capabilities import ImageClassifier
 
         full, description, default = self.load(options)
         data = full.limit(options.limit)

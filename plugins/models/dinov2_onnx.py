@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from ecoflap_core.cache import cache_dir
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.cache import cache_dir
+from ecoflap.core.errors import EcoflapError
 
 ONNX_FILE = "models/vit_s_focus.onnx"
 BACKBONE_OUTPUT = "/backbone/layernorm/Add_1_output_0"  # DINOv2's last_hidden_state inside the graph

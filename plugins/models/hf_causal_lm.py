@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecoflap_core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
-from ecoflap_core.cache import cache_dir
-from ecoflap_core.calibration import token_windows
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.hookspecs import hookimpl
+from ecoflap.core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
+from ecoflap.core.cache import cache_dir
+from ecoflap.core.calibration import token_windows
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.hookspecs import hookimpl
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

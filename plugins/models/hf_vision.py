@@ -31,11 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecoflap_core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
-from ecoflap_core.calibration import choose_pairs
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.hookspecs import hookimpl
-from plugins.models.hf_causal_lm import _torch_dtype, byte_tokenizer, tiny_opt_config
+from ecoflap.core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
+from ecoflap.core.calibration import choose_pairs
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.hookspecs import hookimpl
+from ecoflap.plugins.models.hf_causal_lm import _torch_dtype, byte_tokenizer, tiny_opt_config
 
 ImagePair = tuple[str | Path, str]
 

@@ -4,7 +4,7 @@ Towers: ``vision`` (the EVA ViT's ``visual_encoder.blocks``), then the language 
 (OPT: ``language``; T5: ``language-encoder`` and ``language-decoder``, see hf_vision.py for why
 two). Q-Former, query tokens, ``ln_vision``, the projection and the LM's embeddings and head stay
 dense. Loss, calibration pairs and capabilities are those of the Hugging Face BLIP-2 adapter
-(:class:`plugins.models.hf_vision.Blip2Adapter`); captions and answers come from LAVIS's own
+(:class:`ecoflap.plugins.models.hf_vision.Blip2Adapter`); captions and answers come from LAVIS's own
 ``generate`` with greedy decoding. All compatibility code lives in lavis_compat.py.
 
 Names:
@@ -29,11 +29,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecoflap_core.adapters import LoadOptions, ModelSpec
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.hookspecs import hookimpl
-from plugins.models.hf_vision import TINY_IMAGE, Blip2Adapter, load_image, tiny_t5_config
-from plugins.models.lavis_compat import OfflineParts, ensure_lavis, ensure_process_group, offline_constructors
+from ecoflap.core.adapters import LoadOptions, ModelSpec
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.hookspecs import hookimpl
+from ecoflap.plugins.models.hf_vision import TINY_IMAGE, Blip2Adapter, load_image, tiny_t5_config
+from ecoflap.plugins.models.lavis_compat import OfflineParts, ensure_lavis, ensure_process_group, offline_constructors
 
 CHECKPOINT = "lavis_checkpoint.pth"
 MANIFEST = "ecoflap_lavis.json"
@@ -114,7 +114,7 @@ def tiny_opt_folder() -> Path:
     from transformers import GPT2Tokenizer, OPTForCausalLM
     from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
 
-    from plugins.models.hf_causal_lm import tiny_opt_config
+    from ecoflap.plugins.models.hf_causal_lm import tiny_opt_config
 
     folder = Path(tempfile.mkdtemp(prefix="ecoflap-tiny-opt-"))
     chars = sorted(set(bytes_to_unicode().values()))
@@ -137,7 +137,7 @@ def tiny_opt_folder() -> Path:
 def tiny_t5_folder() -> Path:
     from transformers import T5ForConditionalGeneration
 
-    from plugins.models.hf_causal_lm import byte_tokenizer
+    from ecoflap.plugins.models.hf_causal_lm import byte_tokenizer
 
     folder = Path(tempfile.mkdtemp(prefix="ecoflap-tiny-t5-"))
     byte_tokenizer().save_pretrained(folder)
@@ -167,7 +167,7 @@ def _adapter(model: nn.Module, processor: Any, name: str, source: dict[str, Any]
     ensure_process_group()
     model = model.float().eval()  # LAVIS loads its LM in fp16, for GPUs; ecoflap's default is fp32
     if options.dtype != "float32":
-        from plugins.models.hf_causal_lm import _torch_dtype
+        from ecoflap.plugins.models.hf_causal_lm import _torch_dtype
 
         model.to(_torch_dtype(options.dtype))
     return LavisBlip2Adapter(model, processor, name, source, targets=options.targets, ignore=options.ignore)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
 
 MOVED_NAMES = ("apply_chunking_to_forward", "find_pruneable_heads_and_indices", "prune_linear_layer")
 

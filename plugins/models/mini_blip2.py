@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecoflap_core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
-from ecoflap_core.calibration import choose_pairs
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.hookspecs import hookimpl
+from ecoflap.core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
+from ecoflap.core.calibration import choose_pairs
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.hookspecs import hookimpl
 
 WEIGHTS = Path(__file__).parent / "weights"
 BRIDGE_FILE = "mini_blip2_bridge.safetensors"
@@ -401,8 +401,8 @@ def load_mini_blip2(options: LoadOptions) -> MiniBlip2Adapter:
     """DINOv2-S + the shipped bridge + SmolLM2-135M, all real weights, no training needed."""
     from transformers import AutoTokenizer, Dinov2Model, LlamaForCausalLM
 
-    from plugins.models.dinov2_onnx import dinov2_small_folder
-    from plugins.models.hf_causal_lm import smollm2_folder
+    from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
+    from ecoflap.plugins.models.hf_causal_lm import smollm2_folder
 
     config = shipped_bridge_config()
     bridge = load_bridge(Path(options.extra.get("bridge") or WEIGHTS / BRIDGE_FILE), config)
@@ -449,8 +449,8 @@ def tiny_mini_blip2(options: LoadOptions) -> MiniBlip2Adapter:
     """Random weights, tiny sizes, a byte tokenizer: the same code paths in a second (tests)."""
     from transformers import LlamaForCausalLM
 
-    from plugins.models.dinov2_onnx import tiny_dinov2
-    from plugins.models.hf_causal_lm import byte_tokenizer, tiny_llama_config
+    from ecoflap.plugins.models.dinov2_onnx import tiny_dinov2
+    from ecoflap.plugins.models.hf_causal_lm import byte_tokenizer, tiny_llama_config
 
     torch.manual_seed(int(options.extra.get("seed", 0)))
     vision = tiny_dinov2()
@@ -496,11 +496,11 @@ def register_commands(cli: Any) -> None:
         mini-blip2 is resumable: rerun the same command after a stop and it continues from its checkpoint.
         """
         if name == "mini-clip":
-            from plugins.models.mini_clip import train_heads
+            from ecoflap.plugins.models.mini_clip import train_heads
 
             written = train_heads(steps or 300, batch_size or 128, seed, log=click.echo)
         else:
-            from plugins.models.mini_blip2_train import TrainConfig, train
+            from ecoflap.plugins.models.mini_blip2_train import TrainConfig, train
 
             given = {"steps": steps, "batch_size": batch_size, "lr": lr}
             config = TrainConfig(seed=seed, **{k: v for k, v in given.items() if v is not None})

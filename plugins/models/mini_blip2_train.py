@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from ecoflap_core.cache import cache_dir
-from ecoflap_core.errors import EcoflapError
-from plugins.models.mini_blip2 import (
+from ecoflap.core.cache import cache_dir
+from ecoflap.core.errors import EcoflapError
+from ecoflap.plugins.models.mini_blip2 import (
     BRIDGE_FILE,
     WEIGHTS,
     BridgeConfig,
@@ -64,7 +64,7 @@ def feature_cache(split: str, size: int) -> Path:
 @torch.no_grad()
 def image_features(vision: torch.nn.Module, split: str, size: int, log: Any = print) -> dict[int, torch.Tensor]:
     """Frozen DINOv2 features of every image of ``split``, computed once (fp16 on disk)."""
-    from evaluation import easy_vqa
+    from ecoflap.core.datasets import easy_vqa
 
     path = feature_cache(split, size)
     if path.is_file():
@@ -85,7 +85,7 @@ def image_features(vision: torch.nn.Module, split: str, size: int, log: Any = pr
 
 def examples(split: str, generation: GenerationConfig) -> tuple[list[Example], list[Example]]:
     """(VQA examples, caption examples) of ``split``."""
-    from evaluation import easy_vqa
+    from ecoflap.core.datasets import easy_vqa
 
     end = generation.answer_end
     vqa = [
@@ -241,8 +241,8 @@ def build_untrained(bridge_config: BridgeConfig, seed: int) -> tuple[MiniBlip2, 
     """DINOv2-S + a freshly initialised bridge + SmolLM2, frozen towers."""
     from transformers import AutoTokenizer, Dinov2Model, LlamaForCausalLM
 
-    from plugins.models.dinov2_onnx import dinov2_small_folder
-    from plugins.models.hf_causal_lm import smollm2_folder
+    from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
+    from ecoflap.plugins.models.hf_causal_lm import smollm2_folder
 
     torch.manual_seed(seed)
     bridge = QFormerBridge(bridge_config)

@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ecoflap_core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
-from ecoflap_core.calibration import choose_pairs
-from ecoflap_core.errors import EcoflapError
-from ecoflap_core.hookspecs import hookimpl
-from plugins.models.mini_blip2 import WEIGHTS, pixel_values
+from ecoflap.core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
+from ecoflap.core.calibration import choose_pairs
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.hookspecs import hookimpl
+from ecoflap.plugins.models.mini_blip2 import WEIGHTS, pixel_values
 
 HEADS_FILE = "mini_clip_heads.safetensors"
 MODEL_FILE = "mini_clip.json"
@@ -178,7 +178,7 @@ def load_heads(model: MiniClip, file: Path) -> None:
 
 
 def load_mini_clip(options: LoadOptions) -> MiniClipAdapter:
-    from plugins.models.dinov2_onnx import dinov2_small_folder
+    from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
 
     model, tokenizer = build(dinov2_small_folder(), minilm_folder(), ClipHeadConfig())
     load_heads(model, WEIGHTS / HEADS_FILE)
@@ -216,9 +216,9 @@ def train_heads(steps: int = 300, batch_size: int = 128, seed: int = 0, log: Any
     """Projections + temperature on frozen, cached features: DINOv2 class tokens, MiniLM caption means."""
     from safetensors.torch import save_file
 
-    from evaluation import easy_vqa
-    from plugins.models.dinov2_onnx import dinov2_small_folder
-    from plugins.models.mini_blip2_train import git_hash, image_features
+    from ecoflap.core.datasets import easy_vqa
+    from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
+    from ecoflap.plugins.models.mini_blip2_train import git_hash, image_features
 
     torch.manual_seed(seed)
     model, tokenizer = build(dinov2_small_folder(), minilm_folder(), ClipHeadConfig())
@@ -264,8 +264,8 @@ def tiny_mini_clip(options: LoadOptions) -> MiniClipAdapter:
     """Random tiny encoders and a byte tokenizer (tests)."""
     from transformers import BertConfig, BertModel
 
-    from plugins.models.dinov2_onnx import tiny_dinov2
-    from plugins.models.hf_causal_lm import byte_tokenizer
+    from ecoflap.plugins.models.dinov2_onnx import tiny_dinov2
+    from ecoflap.plugins.models.hf_causal_lm import byte_tokenizer
 
     torch.manual_seed(int(options.extra.get("seed", 0)))
     vision = tiny_dinov2()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Connection
 
-from evaluation.results.models import Base
+from ecoflap.evaluation.results.models import Base
 
 config = context.config
 
@@ -26,7 +26,7 @@ def run_online() -> None:
     if connection is not None:
         run(connection)
         return
-    from evaluation.results.store import create_store_engine, resolve_url
+    from ecoflap.evaluation.results.store import create_store_engine, resolve_url
 
     engine = create_store_engine(resolve_url(config.get_main_option("sqlalchemy.url") or None))
     with engine.connect() as connection:

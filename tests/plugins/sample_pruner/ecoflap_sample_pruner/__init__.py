@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ecoflap_core.hookspecs import hookimpl
-from ecoflap_core.pruning import LayerPruner, NMPattern
+from ecoflap.core.hookspecs import hookimpl
+from ecoflap.core.pruning import LayerPruner, NMPattern
 
 ECOFLAP_API_VERSION = "1.0"
 

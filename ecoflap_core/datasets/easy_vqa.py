@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.errors import EcoflapError
 
 Split = Literal["train", "test"]
 COLOURS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
@@ -129,7 +129,7 @@ def image_labels(split: Split) -> dict[int, tuple[str, str]]:
     """Image id -> (colour, shape): colour from the pixels, shape from the questions (else the pixels)."""
     import json
 
-    from ecoflap_core.cache import cache_dir
+    from ecoflap.core.cache import cache_dir
 
     cached = cache_dir() / "easy-vqa" / f"labels-{split}-v1.json"  # reading 5,000 images takes ~10 s
     if cached.is_file():
@@ -159,32 +159,3 @@ def question_sample(n: int, seed: int = 0, split: Split = "test") -> list[Questi
     """``n`` questions of ``split`` drawn with a seeded generator (all of them when ``n`` exceeds the split)."""
     pool = list(questions(split))
     return pool if n >= len(pool) else random.Random(seed).sample(pool, n)
-
-
-def vqa_scores(adapter: Any, sample: Sequence[Question], split: Split = "test") -> dict[str, Any]:
-    """VQA accuracy of ``adapter`` on ``sample`` by open generation (the official VQA accuracy with its
-    answer normalisation; easy-vqa's one answer stands for all ten human answers) and by ranking the 13
-    candidate answers, the yes/no and other-question accuracies, and the share of invalid answers."""
-    from evaluation.metrics.vqa import is_valid, normalize_answer, vqa_accuracy
-
-    paths = image_paths(split)
-    candidates = answers()
-    vocabulary = {normalize_answer(c) for c in candidates}
-    images, texts = [paths[q.image_id] for q in sample], [q.question for q in sample]
-    if hasattr(adapter, "answer_and_rank"):
-        generated, ranked = adapter.answer_and_rank(images, texts, candidates)
-    else:
-        generated, ranked = adapter.answer_questions(images, texts), adapter.rank_answers(images, texts, candidates)
-    acc = [vqa_accuracy(a, [q.answer] * 10) for a, q in zip(generated, sample, strict=True)]
-    yes_no = [i for i, q in enumerate(sample) if q.answer in ("yes", "no")]
-    other = sorted(set(range(len(sample))) - set(yes_no))
-    mean = lambda idx: sum(acc[i] for i in idx) / len(idx) if idx else float("nan")  # noqa: E731
-    return {
-        "vqa_generate": mean(range(len(sample))),
-        "vqa_generate_yes_no": mean(yes_no),
-        "vqa_generate_other": mean(other),
-        "vqa_rank": sum(a == q.answer for a, q in zip(ranked, sample, strict=True)) / len(sample),
-        "invalid_rate": sum(not is_valid(a, vocabulary) for a in generated) / len(sample),
-        "n_questions": len(sample),
-        "examples": [f"{q.question} -> {a!r} (truth {q.answer})" for q, a in zip(sample[:3], generated, strict=False)],
-    }

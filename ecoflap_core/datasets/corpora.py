@@ -13,8 +13,8 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
-from ecoflap_core.cache import cache_dir
-from ecoflap_core.errors import EcoflapError
+from ecoflap.core.cache import cache_dir
+from ecoflap.core.errors import EcoflapError
 
 WIKIPEDIA_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 MIN_WORDS = 200
