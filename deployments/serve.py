@@ -14,7 +14,6 @@ from typing import Any
 
 import click
 import yaml
-
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
 from ecoflap.pipelines.run_cli import load_target, prefect_defaults
@@ -89,7 +88,6 @@ def serve(deployments: list[Any]) -> None:
     if not PREFECT_API_URL.value():
         raise EcoflapError("serving schedules needs a Prefect server: run `prefect server start`, set PREFECT_API_URL")
     prefect_serve(*deployments)
-
 
 
 @click.command("serve")

@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
-
 from ecoflap.core.errors import EcoflapError
+from torch import nn
 
 Batch = dict[str, torch.Tensor]
 

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-
 from ecoflap.core.errors import EcoflapError
 
 

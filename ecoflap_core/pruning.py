@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from torch import nn
-
 from ecoflap.core.errors import EcoflapError
+from torch import nn
 
 Comparison = Literal["row", "matrix"]
 

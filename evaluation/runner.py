@@ -1,29 +1,23 @@
 """Run evaluation tasks on one model and write the results in lm-eval's JSON shape (plus an ``ecoflap`` block).
 
 ``evaluate`` checks every task name before any work, skips a task the model cannot do (with the
-reason), reuses a task result already computed for the same model, checkpoint and settings (when
-given a cache folder), and returns the document; ``write_results`` writes it atomically;
+reason) and returns the document (its ``ecoflap`` block is the caller's, from ``ecoflap.core.record``;
+results are cached by the Prefect tasks that call this); ``write_results`` writes it atomically;
 ``format_table`` renders lm-eval's terminal table under a one-line header of the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
-import subprocess
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ecoflap.core.errors import EcoflapError
+from ecoflap.core.provenance import git_hash, write_json
 from ecoflap.core.tasks import Task, TaskOptions, TaskResult
 
-RESULT_CACHE_VERSION = "eval-task/v1"
 SECTIONS = ("results", "configs", "versions", "n-samples", "n-shot", "higher_is_better", "skipped")
 Log = Callable[[str], Any]
 
@@ -36,34 +30,28 @@ def evaluate(
     task_names: list[str],
     options: TaskOptions,
     registries: Any,
-    ecoflap_block: dict[str, Any] | None = None,
-    cache_dir: Path | None = None,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """The results document of ``task_names`` on ``adapter`` (unknown task names fail before any work)."""
     tasks = {name: registries.tasks.get(name) for name in dict.fromkeys(task_names)}
     document: dict[str, Any] = {section: {} for section in SECTIONS}
-    identity = model_identity(adapter, ecoflap_block)
-    start = time.perf_counter()
     for name, task_cls in tasks.items():
         reason = task_cls.skip_reason(adapter)
         if reason is None:
-            result, reason = run_task(task_cls, adapter, task_options(options, name), identity, cache_dir, log)
+            result, reason = run_task(task_cls, adapter, task_options(options, name), log)
         if reason is not None:
             document["skipped"][name] = reason
             _say(log, f"{name}: skipped ({reason})")
             continue
         add_result(document, task_cls, result, task_options(options, name))
     document["config"] = {
-        "model": identity["model"],
-        "checkpoint": identity["checkpoint"],
+        "model": str(getattr(adapter, "model_id", type(adapter).__name__)),
         "limit": options.limit,
         "seed": options.seed,
         "task_args": dict(options.extra),
     }
     document["date"] = time.time()
     document["git_hash"] = git_hash()
-    document["ecoflap"] = _block(ecoflap_block, identity, document, time.perf_counter() - start)
     return document
 
 
@@ -79,87 +67,16 @@ def task_options(options: TaskOptions, task: str) -> TaskOptions:
 
 
 def run_task(
-    task_cls: type[Task], adapter: Any, options: TaskOptions, identity: dict[str, Any], cache_dir: Path | None,
-    log: Log | None,
-) -> tuple[TaskResult | None, str | None]:  # fmt: skip
+    task_cls: type[Task], adapter: Any, options: TaskOptions, log: Log | None
+) -> tuple[TaskResult | None, str | None]:
     """(result, None), or (None, reason) when the task finds it cannot run this model on this data."""
     from ecoflap.evaluation.tasks.base import TaskSkipped
 
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"{result_key(task_cls, options, identity)}.json"
-        cached = _read_cached(path)
-        if cached is not None:
-            _say(log, f"{task_cls.name}: reused the result computed earlier ({path})")
-            return cached, None
-    _say(log, f"{task_cls.name}: running on {identity['model']}")
+    _say(log, f"{task_cls.name}: running on {getattr(adapter, 'model_id', type(adapter).__name__)}")
     try:
-        result = task_cls().run(adapter, options)
+        return task_cls().run(adapter, options), None
     except TaskSkipped as exc:
         return None, str(exc)
-    if path is not None:
-        write_json_atomically(path, dataclasses.asdict(result))
-    return result, None
-
-
-def result_key(task_cls: type[Task], options: TaskOptions, identity: dict[str, Any]) -> str:
-    """sha256 over the model identity, the task and its version, the data and every setting."""
-    parts = [
-        RESULT_CACHE_VERSION,
-        {k: identity[k] for k in ("model", "model_hash", "checkpoint")},
-        task_cls.name,
-        task_cls.version,
-        data_fingerprint(options.data_dir),
-        options.limit,
-        options.seed,
-        sorted(options.extra.items()),
-    ]
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def data_fingerprint(folder: Path | None) -> Any:
-    """A data folder's resolved path and its top-level files' names, sizes and modification times."""
-    if folder is None:
-        return None
-    path = Path(folder).expanduser().resolve()
-    if not path.is_dir():
-        return [str(path), _stat(path)]
-    return [str(path), sorted((p.name, _stat(p)) for p in path.iterdir() if p.is_file())]
-
-
-def _stat(path: Path) -> Any:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return [stat.st_size, stat.st_mtime_ns]
-
-
-def _read_cached(path: Path) -> TaskResult | None:
-    try:
-        return TaskResult(**json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None  # absent or damaged: computed again
-
-
-def model_identity(adapter: Any, block: dict[str, Any] | None) -> dict[str, Any]:
-    """Model name, weights hash and checkpoint (from the ``ecoflap`` block where it has them)."""
-    block = block or {}
-    model = block.get("model") or str(getattr(adapter, "model_id", type(adapter).__name__))
-    model_hash = block.get("model_hash")
-    if model_hash is None and hasattr(adapter, "model"):
-        model_hash = weights_hash(adapter.model)
-    return {"model": model, "model_hash": model_hash, "checkpoint": block.get("checkpoint")}
-
-
-def weights_hash(model: Any) -> str | None:
-    """sha256 over every tensor of the state dict (the same digest as the run pipeline's)."""
-    state_dict = getattr(model, "state_dict", None)
-    if state_dict is None:
-        return None
-    from ecoflap.pipelines.steps import weights_hash as digest  # one definition of the model identity
-
-    return digest(model)
 
 
 # --------------------------------------------------------------------------- the document
@@ -208,62 +125,25 @@ def _number(value: Any) -> Any:
     return float(value)
 
 
-def _block(block: dict[str, Any] | None, identity: dict[str, Any], document: dict[str, Any], seconds: float) -> dict:
-    """The caller's ``ecoflap`` block, or that of a dense model evaluated as loaded."""
-    from ecoflap.pipelines.prune import versions
-
-    settings = [identity, sorted(document["results"]), document["config"]]
-    base = {
-        "run_key": hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest(),
-        "model": identity["model"], "model_hash": identity["model_hash"], "checkpoint": identity["checkpoint"],
-        "dense": True, "pruner": None, "scorer": None, "allocator": None,
-        "target_sparsity": 0.0, "measured_sparsity": 0.0, "allocation": [], "calibration": None,
-        "seeds": {"eval": document["config"]["seed"]}, "versions": versions(),
-        "timings_s": {"eval": round(seconds, 3)}, "status": "complete",
-    }  # fmt: skip
-    merged = base | (block or {})
-    merged["timings_s"] = dict(merged.get("timings_s") or {}) | {"eval": round(seconds, 3)}
+def merge_documents(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    """One lm-eval-shaped document from one document per task (their per-task sections joined)."""
+    merged: dict[str, Any] = {section: {} for section in SECTIONS}
+    for document in documents:
+        for section, value in document.items():
+            if section in SECTIONS and isinstance(value, dict):
+                merged[section] |= value
+            elif section not in merged:
+                merged[section] = value
     return merged
-
-
-def git_hash() -> str | None:
-    """The short commit of the ecoflap source tree, when it is a git checkout."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 # --------------------------------------------------------------------------- output
 
 
-def write_json_atomically(path: Path, data: Any) -> None:
-    """JSON through a temporary file and a rename: a reader sees the old file or the whole new one."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, default=str)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise EcoflapError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        if "tmp" in locals() and os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def write_results(document: dict[str, Any], output: Path, echo: Log | None = None) -> Path:
     """``output/results.json`` written atomically (an earlier file stays whole until replaced)."""
     path = Path(output) / "results.json"
-    write_json_atomically(path, document)
+    write_json(path, document)
     if echo is not None:
         echo(format_table(document))
     return path

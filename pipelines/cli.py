@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
-import warnings
-from pathlib import Path
 from typing import Any
 
 import click
-
 from ecoflap.core.errors import EcoflapError
 from ecoflap.pipelines import dashboard_cli, eval_cli, prune_cli, results_cli, run_cli
 from ecoflap.pipelines.common import registries as loaded_plugins
-from ecoflap.pipelines.common import threads
-
 
 
 class Root(click.Group):
@@ -33,24 +26,6 @@ class Root(click.Group):
 @click.version_option(package_name="ecoflap")
 def cli() -> None:
     """ecoflap: ECoFLaP coarse-to-fine layer-wise pruning of (vision-)language models."""
-
-
-@cli.command()
-@click.option("--model", default="smollm2-135m", show_default=True, help="model name or folder")
-@click.option("--corpus", default="wikipedia", show_default=True)
-@click.option("--ppl-tokens", type=int, default=16384, show_default=True)
-@click.option("--seqlen", type=int, default=512, show_default=True, help="window length")
-def perplexity(model: str, corpus: str, ppl_tokens: int, seqlen: int) -> None:
-    """Held-out perplexity of a (pruned) causal LM through lm-eval's loglikelihood_rolling."""
-    from ecoflap.core.config import PruneConfig
-    from ecoflap.pipelines.prune import EvalOptions, calibration_texts, evaluate_perplexity, load_model
-
-    config = PruneConfig.build(model=model, corpus=corpus)
-    threads()
-    adapter = load_model(loaded_plugins(False), config)
-    _, heldout = calibration_texts(corpus)
-    result = evaluate_perplexity(adapter, heldout, EvalOptions(True, False, ppl_tokens, seqlen))
-    click.echo(json.dumps(result, indent=2))
 
 
 @cli.command("plugins")

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.provenance import read_json
 from ecoflap.pipelines import common
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 EVAL_EXAMPLES = """
 \b
@@ -56,7 +55,9 @@ class EvalConfig(BaseModel):
 
 def _values(config_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
     """The config file's values overridden by the flags given; ``--tasks a,b`` and ``--task-arg k=v`` parsed."""
-    values = common.merge(common.read_yaml(config_file), {k: v for k, v in flags.items() if k not in ("tasks", "task_arg")})
+    values = common.merge(
+        common.read_yaml(config_file), {k: v for k, v in flags.items() if k not in ("tasks", "task_arg")}
+    )
     if flags.get("tasks"):
         values["tasks"] = [t.strip() for t in flags["tasks"].split(",") if t.strip()]
     if isinstance(values.get("tasks"), str):
@@ -93,41 +94,6 @@ def check_data(config: EvalConfig, registries: Any, names: list[str], given_only
     return lines
 
 
-def _checkpoint_block(config: EvalConfig, adapter: Any) -> dict[str, Any]:
-    """The ``ecoflap`` block from a checkpoint's report.json and allocation.json (a dense block otherwise)."""
-    from ecoflap.core.compress import layer_infos
-    from ecoflap.pipelines.prune import versions
-
-    block: dict[str, Any] = {"model": config.model, "checkpoint": config.checkpoint, "versions": versions()}
-    folder = Path(config.checkpoint) if config.checkpoint else None
-    report_path = folder / "report.json" if folder else None
-    if report_path is None or not report_path.is_file():
-        return block
-    try:
-        report = json.loads(report_path.read_text())
-        targets = json.loads((folder / "allocation.json").read_text()).get("sparsity", {})
-    except (OSError, ValueError) as exc:
-        raise EcoflapError(f"cannot read the checkpoint's report: {exc}") from None
-    methods, settings = report.get("methods", {}), report.get("config", {})
-    measured = report.get("measured_per_layer", {})
-    allocation = [
-        {"layer": i.name, "tower": i.tower, "block": i.block, "target": targets.get(i.name),
-         "measured": measured.get(i.name), "params": i.size}
-        for i in layer_infos(adapter.towers()) if i.name in targets
-    ]  # fmt: skip
-    return block | {
-        "dense": False,
-        "pruner": methods.get("pruner"),
-        "scorer": methods.get("scorer"),
-        "allocator": methods.get("allocator"),
-        "target_sparsity": report.get("target_sparsity"),
-        "measured_sparsity": report.get("measured_sparsity"),
-        "allocation": allocation,
-        "calibration": {k: settings.get(k) for k in ("corpus", "nsamples", "seqlen")},
-        "seeds": {"calibration": settings.get("seed"), "perturbation": settings.get("seed"), "eval": config.seed},
-    }
-
-
 _COMMON = [
     click.option("-C", "--config", "config_file", type=click.Path(path_type=Path), help="YAML eval config"),
     click.option("--model", help="registered model name or a local folder [smollm2-135m]"),
@@ -149,32 +115,31 @@ def _common(fn: Any) -> Any:
 @_common
 @click.option("--seed", type=int, help="evaluation seed [1234]")
 @click.option("-o", "--output", help="folder for results.json [the checkpoint, else runs/<model>_dense]")
-@click.option("--cache/--no-cache", default=True, help="reuse task results computed for the same model and settings")
+@click.option("--cache/--no-cache", default=True, help="reuse task results computed before (Prefect's cache) [cache]")
 @click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
 def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: Any) -> None:
     """Evaluate a dense or pruned model on tasks; write results.json (lm-eval's shape) and print the table."""
-    from ecoflap.core.cache import cache_dir
-    from ecoflap.core.config import PruneConfig
-    from ecoflap.evaluation.runner import evaluate, write_results
-    from ecoflap.pipelines.prune import load_model, tqdm_progress
+    from ecoflap.evaluation.runner import format_table
+    from ecoflap.pipelines.flows import run_evaluation
+    from ecoflap.pipelines.run_config import EvalRequest
+    from ecoflap.pipelines.steps import check_output
 
     config = EvalConfig.build(_values(config_file, flags))
     registries = common.registries(strict)
     names = check_tasks(config, registries)
     for line in check_data(config, registries, names, given_only=True):
         click.echo(f"data ok: {line}", err=True)
-    source = config.checkpoint or config.model
     if config.checkpoint and not Path(config.checkpoint).is_dir():
         raise EcoflapError(f"checkpoint folder not found: {config.checkpoint}")
     output = (
         Path(config.output) if config.output else Path(config.checkpoint or f"runs/{Path(config.model).name}_dense")
     )
-    threads()
-    adapter = load_model(registries, PruneConfig.build(model=source, seed=config.seed))
-    block = _checkpoint_block(config, adapter)
-    folder = cache_dir() / "eval-results" if cache else None
-    document = evaluate(adapter, names, config.options(tqdm_progress), registries, block, folder, log=click.echo)
-    path = write_results(document, output, echo=click.echo)
+    check_output(output)
+    common.threads()
+    request = EvalRequest(model=config.model, checkpoint=config.checkpoint, limit=config.limit, seed=config.seed,
+                          task_args=dict(config.task_args), data_dir=config.data_dir)  # fmt: skip
+    path = run_evaluation(request, names, str(output), refresh=not cache)
+    click.echo(format_table(read_json(path)))
     click.echo(f"wrote {path}")
 
 
@@ -182,10 +147,10 @@ def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: A
 @_common
 def validate_command(config_file: Path | None, **flags: Any) -> None:
     """Check a config, the model name, the task list and each task's data, without loading any model."""
-    from ecoflap.pipelines.prune import resolve_model
+    from ecoflap.core.job import resolve_model
 
     config = EvalConfig.build(_values(config_file, flags))
-    registries = registries(False)
+    registries = common.registries(False)
     resolve_model(registries, config.model)
     if config.checkpoint and not (Path(config.checkpoint) / "config.json").is_file():
         raise EcoflapError(f"checkpoint {config.checkpoint} is not a model folder (no config.json)")

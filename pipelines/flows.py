@@ -10,16 +10,19 @@ from __future__ import annotations
 import re
 import threading
 import uuid
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.provenance import read_json
+from ecoflap.pipelines import steps
+from ecoflap.pipelines.run_config import EvalRequest, RunConfig, SweepConfig
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.states import Failed, State
-
-from ecoflap.core.errors import EcoflapError
-from ecoflap.pipelines import steps
-from ecoflap.pipelines.run_config import RunConfig, SweepConfig
 
 Step = dict[str, Any]
 _SLOTS: dict[str, threading.Semaphore] = {}  # sweep id -> how many of its runs may work at once
@@ -50,37 +53,77 @@ def _registries() -> Any:
     return steps.default_registries()
 
 
+class StepKey(CachePolicy):
+    """Prefect's cache key of a step = our key function over the step's inputs (``pipelines.steps``)."""
+
+    def __init__(self, key: Callable[..., str]) -> None:
+        super().__init__()
+        self.key = key
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any], flow_parameters: dict[str, Any], **kw: Any) -> str:
+        return self.key(**inputs)
+
+
+def _scores_key(config: RunConfig, identity: Step) -> str:
+    return steps.scores_key(config, identity)
+
+
+def _allocation_key(config: RunConfig, identity: Step, scores: Step | None) -> str:
+    return steps.allocation_key(config, identity, scores)
+
+
+def _checkpoint_key(config: RunConfig, identity: Step, allocated: Step, scores: Step | None) -> str:
+    return steps.checkpoint_key(config, allocated)
+
+
+def _eval_key(request: EvalRequest, name: str) -> str:
+    return steps.eval_key(request, name, _registries())
+
+
 # ---- tasks: one step each ---------------------------------------------------------------------------
 @task(name="identify-model", cache_policy=NO_CACHE)
 def identify_model(config: RunConfig) -> Step:
     return steps.identify(config, _registries(), _log)
 
 
-@task(name="coarse-scores", cache_policy=NO_CACHE)
+@task(name="coarse-scores", cache_policy=StepKey(_scores_key), persist_result=True, result_serializer="json")
 def coarse_scores(config: RunConfig, identity: Step) -> Step | None:
     return steps.coarse_scores(config, identity, _registries(), _log, LoggedProgress)
 
 
-@task(name="allocation", cache_policy=NO_CACHE)
+@task(name="allocation", cache_policy=StepKey(_allocation_key), persist_result=True, result_serializer="json")
 def allocation(config: RunConfig, identity: Step, scores: Step | None) -> Step:
     return steps.allocation_step(config, identity, scores, _registries(), _log)
 
 
-@task(name="fine-step", cache_policy=NO_CACHE)
-def fine_step(config: RunConfig, allocated: Step) -> Step:
-    return steps.fine_step(config, allocated, _registries(), _log, LoggedProgress)
+@task(name="fine-step", cache_policy=StepKey(_checkpoint_key), persist_result=True, result_serializer="json")
+def fine_step(config: RunConfig, identity: Step, allocated: Step, scores: Step | None) -> Step:
+    return steps.fine_step(config, identity, allocated, scores, _registries(), _log, LoggedProgress)
 
 
-@task(name="evaluate", cache_policy=NO_CACHE, task_run_name="evaluate-{name}")
-def evaluate(config: RunConfig, model_key: str, checkpoint: str | None, name: str) -> Step:
-    return steps.evaluate_step(config, model_key, checkpoint, name, _registries(), _log)
+@task(
+    name="evaluate",
+    cache_policy=StepKey(_eval_key),
+    persist_result=True,
+    result_serializer="json",
+    task_run_name="evaluate-{name}",
+)
+def evaluate(request: EvalRequest, name: str) -> Step:
+    return steps.evaluate_task(request, name, _registries(), _log)
+
+
+@task(name="identify-evaluated-model", cache_policy=NO_CACHE)
+def identify_evaluated(request: EvalRequest) -> EvalRequest:
+    """The hash of the evaluated model's dense weights (from the checkpoint's report, else its own weights)."""
+    return steps.identify_request(request, _registries(), _log)
 
 
 @task(name="write-results", cache_policy=NO_CACHE)
-def write_results(config: RunConfig, identity: Step, done: dict[str, Step | None], evaluations: list[Step]) -> str:
-    document = steps.assemble(config, identity, done, evaluations)
-    checkpoint = done.get("checkpoint")
-    return str(steps.write_document(document, config.output_dir(), checkpoint["path"] if checkpoint else None))
+def write_results(
+    request: EvalRequest, tasks: list[str], evaluations: list[Step], output: str, save_model: bool
+) -> str:
+    document = steps.assemble(request, tasks, evaluations)
+    return str(steps.write_run_folder(document, Path(output), request.checkpoint, save_model))
 
 
 @task(name="record-results", cache_policy=NO_CACHE)
@@ -88,7 +131,7 @@ def record_results(results_path: str, database_url: str | None) -> Step:
     """The run's row in the results database: ``{"run_id": ...}``, or ``{"error": ...}`` when unreachable."""
     from ecoflap.evaluation.results.store import StoreUnavailable
 
-    document = steps.read_json(results_path)
+    document = read_json(results_path)
     try:
         return {"run_id": steps.record(document, database_url, artefacts={"results": results_path})}
     except StoreUnavailable as exc:
@@ -97,33 +140,53 @@ def record_results(results_path: str, database_url: str | None) -> Step:
         return {"error": message}
 
 
+def _cached(step: Any, refresh: bool, *args: Any) -> tuple[Any, bool]:
+    """Run a cached step with its results persisted in the run cache; (value, whether Prefect reused it)."""
+    state = step.with_options(refresh_cache=refresh)(*args, return_state=True)
+    value = state.result()  # raises the step's exception when it failed
+    if state.name == "Cached":
+        _log(f"{step.name}: Cached (key {(value or {}).get('key', '-')[:12]}), reused")
+    return value, state.name == "Cached"
+
+
 # ---- flows ------------------------------------------------------------------------------------------
 @flow(name="prune-and-evaluate", persist_result=True, result_serializer="json")
 def prune_and_evaluate(config: RunConfig) -> Step | State:
     """Calibration -> coarse scores -> allocation -> fine step -> checkpoint -> tasks -> recorded results."""
     identity = identify_model(config)
     done: dict[str, Step | None] = {}
+    reused: dict[str, bool] = {}
     if not config.dense:
-        done["scores"] = coarse_scores(config, identity)
-        done["allocation"] = allocation(config, identity, done["scores"])
-        done["checkpoint"] = fine_step(config, done["allocation"])
-    checkpoint = done.get("checkpoint")
-    model_key = checkpoint["key"] if checkpoint else steps.dense_key(identity)
-    path = checkpoint["path"] if checkpoint else None
-    evaluations = [evaluate(config, model_key, path, name) for name in config.tasks]
-    results_path = write_results(config, identity, done, evaluations)
-    recorded = record_results(results_path, config.database_url)
-    summary = _summary(config, results_path, recorded.get("run_id"), done, evaluations)
+        done["scores"], reused["scores"] = _cached(coarse_scores, config.refresh, config, identity)
+        done["allocation"], reused["allocation"] = _cached(allocation, config.refresh, config, identity, done["scores"])
+        done["checkpoint"], reused["checkpoint"] = _cached(
+            fine_step, config.refresh, config, identity, done["allocation"], done["scores"]
+        )
+    request = steps.request_for(config, identity, done.get("checkpoint"))
+    evaluations = []
+    for name in identity["tasks"]:
+        evaluation, reused[f"task:{name}"] = _cached(evaluate, config.refresh, request, name)
+        evaluations.append(evaluation)
+    results_path = write_results(request, identity["tasks"], evaluations, str(config.output_dir()), config.save_model)
+    recorded = record_results(results_path, config.database_url) if config.record else {}
+    summary = _summary(config, results_path, recorded.get("run_id"), reused)
     _artifact(summary)
     if "error" in recorded:
         return Failed(message=recorded["error"])
     return summary
 
 
-def _summary(config: RunConfig, results_path: str, run_id: int | None, done: dict, evaluations: list) -> Step:
-    document = steps.read_json(results_path)
+@flow(name="evaluate", persist_result=True, result_serializer="json")
+def evaluate_model(request: EvalRequest, tasks: list[str], output: str, refresh: bool = False) -> str:
+    """Tasks on a dense model or a pruned checkpoint (the same cached evaluations as prune-and-evaluate)."""
+    request = identify_evaluated(request)
+    evaluations = [_cached(evaluate, refresh, request, name)[0] for name in tasks]
+    return write_results(request, tasks, evaluations, output, False)
+
+
+def _summary(config: RunConfig, results_path: str, run_id: int | None, reused: dict[str, bool]) -> Step:
+    document = read_json(results_path)
     block = document["ecoflap"]
-    reused = {name: step["reused"] for name, step in done.items() if step is not None}
     return {
         "run_name": config.run_name(),
         "run_key": block["run_key"],
@@ -134,7 +197,7 @@ def _summary(config: RunConfig, results_path: str, run_id: int | None, done: dic
         "pruner": block["pruner"],
         "target_sparsity": block["target_sparsity"],
         "measured_sparsity": block["measured_sparsity"],
-        "reused": reused | {f"task:{n}": e["reused"] for n, e in zip(config.tasks, evaluations, strict=True)},
+        "reused": reused,
         "metrics": metric_rows(document),
     }
 
@@ -231,10 +294,25 @@ def _sweep_artifact(summaries: list[Step]) -> None:
     create_table_artifact(table=rows or [{"run": "-"}], key="ecoflap-sweep", description="every run of the sweep")
 
 
+def results_in_run_cache() -> Any:
+    """Prefect persists the cached steps' results beside their artefacts, in the run cache."""
+    return temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(steps.run_cache() / "prefect")})
+
+
+def run_evaluation(request: EvalRequest, tasks: list[str], output: str, refresh: bool = False) -> str:
+    """The evaluate flow in this process; the path of results.json (a failure is one EcoflapError line)."""
+    with results_in_run_cache():
+        state = evaluate_model(request, tasks, output, refresh, return_state=True)
+    if not state.is_completed():
+        raise EcoflapError(state.message or f"the flow ended in state {state.name}")
+    return state.result()
+
+
 def run_flow(target: RunConfig | SweepConfig) -> Step | list[Step]:
     """Run one flow in this process; a failed run becomes one EcoflapError line."""
     chosen = sweep if isinstance(target, SweepConfig) else prune_and_evaluate
-    state = chosen(target, return_state=True)
+    with results_in_run_cache():
+        state = chosen(target, return_state=True)
     if not state.is_completed():
         raise EcoflapError(state.message or f"the flow ended in state {state.name}")
     return state.result()

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from ecoflap.core.errors import EcoflapError
 
 RESULTS_EXAMPLES = """

@@ -9,16 +9,17 @@ from typing import Any
 
 import click
 import yaml
-
-from ecoflap.core.config import PruneConfig
 from ecoflap.core.errors import EcoflapError
-from ecoflap.pipelines.common import merge, read_yaml, registries, threads
-from ecoflap.pipelines.prune_cli import prune
+from ecoflap.core.provenance import read_json
+from ecoflap.evaluation.runner import format_table
+from ecoflap.pipelines import common
+from ecoflap.pipelines.common import GroupedCommand, config_options
+from ecoflap.pipelines.run_config import SWEEP_KEYS, RunConfig, SweepConfig, build_sweep
 
 RUN_EXAMPLES = """
 \b
 Examples:
-  ecoflap run                                     # SmolLM2-135M, ECoFLaP + Wanda at 50%, wikitext
+  ecoflap run                                     # mini-blip2, ECoFLaP + Wanda at 50%, easy-vqa
   ecoflap run --model tiny-llama --task wikitext --limit 8
   ecoflap run -C run.yaml --seed 1                # flags override the file
   ecoflap run --grid sparsity=0.5,0.6 --grid pruner=wanda,sparsegpt --parallel 2
@@ -26,11 +27,10 @@ Examples:
 \b
 A file with a `grid:` mapping (key: [values]) is a sweep: every combination, plus one dense run per
 model (`dense_baseline: false` to skip it). Results: RUN/results.json and the results database
-(--database-url, else $ECOFLAP_DATABASE_URL, else SQLite). Step results are cached in
-$ECOFLAP_RUN_CACHE (default ~/.cache/ecoflap/runs): the same command again resumes.
+(--database-url, else $ECOFLAP_DATABASE_URL, else SQLite). Steps are cached by Prefect (results
+persisted in $ECOFLAP_RUN_CACHE, default ~/.cache/ecoflap/runs): the same command again resumes,
+and `ecoflap prune` / `ecoflap eval` with the same settings reuse what `run` computed.
 """
-
-PRUNE_KEYS = set(PruneConfig.model_fields)
 
 
 def prefect_defaults() -> None:
@@ -52,9 +52,7 @@ def _grid_flags(values: tuple[str, ...]) -> dict[str, list[Any]]:
 
 def load_target(config_file: Path | None, flags: dict[str, Any], grid: tuple[str, ...]) -> Any:
     """A validated RunConfig or SweepConfig from the file and the flags; nothing is loaded yet."""
-    from ecoflap.pipelines.run_config import SWEEP_KEYS, build_sweep
-
-    values = merge(read_yaml(config_file), flags)
+    values = common.merge(common.read_yaml(config_file), flags)
     if grid:
         values["grid"] = (values.get("grid") or {}) | _grid_flags(grid)
     is_sweep = bool(values.get("grid")) or any(k in values for k in SWEEP_KEYS if k != "dense_baseline")
@@ -62,41 +60,63 @@ def load_target(config_file: Path | None, flags: dict[str, Any], grid: tuple[str
     return sweep if is_sweep else sweep.base
 
 
-@click.command("run", epilog=RUN_EXAMPLES)
-@click.option("-C", "--config", "config_file", type=click.Path(path_type=Path), help="YAML run (or sweep) config")
-@click.option("--task", "tasks", multiple=True, help="evaluation task (repeatable) [wikitext]")
-@click.option("--limit", type=int, help="at most this many examples per task")
-@click.option("--eval-seed", type=int, help="seed of the evaluation [1234]")
-@click.option("--database-url", help="results database URL [$ECOFLAP_DATABASE_URL, else SQLite]")
-@click.option("-o", "--output", help="folder for results.json (a sweep: one sub-folder per run) [runs/NAME]")
-@click.option("--dense/--pruned", default=None, help="evaluate the unpruned model only")
-@click.option("--grid", multiple=True, help="KEY=V1,V2: sweep over these values (repeatable)")
-@click.option("--dense-baseline/--no-dense-baseline", default=None, help="a sweep's dense run per model [yes]")
-@click.option("--parallel", type=int, help="sweep runs at once in this process [1]")
-@click.option("--deployment", help="fan a sweep out as runs of this deployment (workers in a pool)")
-@click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
-def run_command(config_file: Path | None, grid: tuple[str, ...], strict: bool, **flags: Any) -> None:
-    """Prune, evaluate and record as a Prefect flow (resumable; no server needed)."""
-    from ecoflap.pipelines.run_config import SweepConfig
-    from ecoflap.pipelines.steps import check_names
+RUN_ONLY = ("task_args", "save_model", "refresh", "record", "tasks", "output", "database_url")
 
-    target = load_target(config_file, flags, grid)
-    registries = registries(strict)
+
+def run_options(command: Any) -> Any:
+    """The options of ``run`` and ``prune``: every RunConfig field, generated from the config model."""
+    for option in reversed(
+        [
+            click.option("-C", "--config", "config_file", type=click.Path(path_type=Path), help="YAML run config"),
+            click.option("--task", "tasks", multiple=True, help=RunConfig.model_fields["tasks"].description),
+            click.option("-o", "--output", help=RunConfig.model_fields["output"].description),
+            click.option(
+                "--database-url", "--db", "database_url", help=RunConfig.model_fields["database_url"].description
+            ),
+            click.option(
+                "--cache/--no-cache", default=True, help="reuse the steps computed before (Prefect's cache) [cache]"
+            ),
+            click.option(
+                "--record/--no-record", default=None, help="record the results in the results database [record]"
+            ),
+            click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command"),
+        ]
+    ):
+        command = option(command)
+    return config_options(RunConfig, skip=RUN_ONLY)(command)
+
+
+def execute(target: Any, strict: bool) -> list[dict[str, Any]]:
+    """Check names and output folders, then run the flow; the summaries of its runs."""
+    from ecoflap.pipelines.steps import check_names, check_output
+
+    registries = common.registries(strict)
     for run in target.runs() if isinstance(target, SweepConfig) else [target]:
         check_names(run, registries)
-    threads()
+        check_output(run.output_dir())
+    common.threads()
     prefect_defaults()
     from ecoflap.pipelines.flows import run_flow
 
     result = run_flow(target)
     summaries = result if isinstance(result, list) else [result]
     if len(summaries) == 1:
-        from ecoflap.evaluation.runner import format_table
-        from ecoflap.pipelines.steps import read_json
-
         click.echo(format_table(read_json(summaries[0]["results"])))
     for summary in summaries:
         click.echo(_summary_line(summary))
+    return summaries
+
+
+@click.command("run", cls=GroupedCommand, epilog=RUN_EXAMPLES)
+@run_options
+@click.option("--grid", multiple=True, help="KEY=V1,V2: sweep over these values (repeatable)")
+@click.option("--dense-baseline/--no-dense-baseline", default=None, help="a sweep's dense run per model [yes]")
+@click.option("--parallel", type=int, help="sweep runs at once in this process [1]")
+@click.option("--deployment", help="fan a sweep out as runs of this deployment (workers in a pool)")
+def run_command(config_file: Path | None, grid: tuple[str, ...], strict: bool, cache: bool, **flags: Any) -> None:
+    """Prune, evaluate and record as a Prefect flow (resumable; no server needed)."""
+    target = load_target(config_file, flags | {"refresh": None if cache else True}, grid)
+    execute(target, strict)
 
 
 def _summary_line(summary: dict[str, Any]) -> str:
@@ -104,10 +124,6 @@ def _summary_line(summary: dict[str, Any]) -> str:
     return json.dumps(
         {k: summary[k] for k in ("run_name", "run_id", "measured_sparsity", "results")} | {"metrics": metrics}
     )
-
-
-# the flags of `ecoflap prune` that set the pruning configuration, shared as they are
-run_command.params[1:1] = [p for p in prune.params if p.name in PRUNE_KEYS]
 
 
 def register(group: click.Group) -> None:

@@ -8,35 +8,48 @@ every point of the grid is validated up front, so a bad value fails before any m
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
-from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from typing import Any, ClassVar
 
 from ecoflap.core.config import PruneConfig, describe_validation_error
 from ecoflap.core.errors import EcoflapError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-DEFAULT_TASKS = ["wikitext"]
+DEFAULT_TASKS = ["auto"]
 #: keys of a run file that describe a sweep rather than one run
 SWEEP_KEYS = ("grid", "dense_baseline", "parallel", "deployment")
 
 
 def default_run_name(config: Any) -> str:
-    method = "uniform" if config.allocator != "ecoflap" else f"ecoflap-{config.scorer}"
+    """``model_method_pruner_pattern``, plus what differs from the defaults (cap, granularity)."""
+    method = config.allocator if config.allocator != "ecoflap" else f"ecoflap-{config.scorer}"
     pattern = config.nm.replace(":", "of") if config.nm else f"s{config.sparsity:g}"
-    return f"{Path(config.model).name}_{method}_{config.pruner}_{pattern}"
+    extra = f"_cap{config.max_sparsity:g}" if config.max_sparsity is not None else ""
+    extra += f"_{config.granularity}" if config.granularity != "block" else ""
+    return f"{Path(config.model).name}_{method}_{config.pruner}_{pattern}{extra}"
 
 
 class RunConfig(PruneConfig):
     """What ``ecoflap run`` prunes and evaluates; unset keys are the ``ecoflap prune`` defaults."""
 
-    tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_TASKS), min_length=1)
-    limit: int | None = Field(None, ge=1, description="at most this many examples per task")
-    eval_seed: int = 1234
+    tasks: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_TASKS),
+        description="evaluation task (repeatable); auto: the model's own measure (VQA or WikiText perplexity) [auto]",
+    )
+    limit: int | None = Field(300, ge=1, description="at most this many examples per task")
+    eval_seed: int = Field(1234, description="seed of the evaluation")
     task_args: dict[str, Any] = Field(default_factory=dict, description="task-specific settings")
-    database_url: str | None = Field(None, description="results database; None: $ECOFLAP_DATABASE_URL or SQLite")
-    output: str | None = Field(None, description="folder for results.json [runs/NAME]")
+    database_url: str | None = Field(None, description="results database [$ECOFLAP_DATABASE_URL, else SQLite]")
+    output: str | None = Field(None, description="folder for results.json (and the pruned model) [runs/NAME]")
     dense: bool = Field(False, description="evaluate the model as loaded (the dense baseline)")
+    save_model: bool = Field(False, description="copy the pruned model into the output folder (else a link)")
+    refresh: bool = Field(False, description="recompute every cached step")
+    record: bool = Field(True, description="record the results in the results database")
+
+    GROUPS: ClassVar[dict[str, tuple[str, ...]]] = PruneConfig.GROUPS | {
+        "Evaluation and results": ("tasks", "limit", "eval_seed", "database_url", "output", "dense", "save_model"),
+    }
 
     def dense_baseline(self) -> RunConfig:
         """The same model, calibration and evaluation, unpruned."""
@@ -51,6 +64,38 @@ class RunConfig(PruneConfig):
         if self.output:
             return Path(self.output)
         return (root or Path("runs")) / self.run_name(with_seed)
+
+
+class EvalRequest(BaseModel):
+    """What one evaluation sees: the model (dense, or a pruned checkpoint folder) and the evaluation settings."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    checkpoint: str | None = None
+    model_hash: str | None = Field(None, description="sha256 of the dense weights (of the checkpoint without a report)")
+    method_key: str | None = Field(None, description="the pruning method's identity; None: dense")
+    limit: int | None = Field(None, ge=1)
+    seed: int = 1234
+    task_args: dict[str, Any] = Field(default_factory=dict)
+    data_dir: str | None = None
+
+    def identity(self) -> dict[str, Any]:
+        """The evaluated model: the same for a checkpoint in the run cache and its copy in a run folder."""
+        return {"model": self.model, "model_hash": self.model_hash, "method_key": self.method_key}
+
+    def data_path(self) -> Path | None:
+        return Path(self.data_dir).expanduser() if self.data_dir else None
+
+    def report(self) -> dict[str, Any] | None:
+        """The checkpoint's report.json (None for a dense model or a folder without one)."""
+        path = Path(self.checkpoint) / "report.json" if self.checkpoint else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise EcoflapError(f"cannot read the checkpoint's report {path}: {exc}") from None
 
 
 class SweepConfig(BaseModel):

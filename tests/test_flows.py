@@ -16,6 +16,7 @@ os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="ecoflap-prefect-"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 
+from ecoflap.core import job  # noqa: E402
 from ecoflap.evaluation.results.store import ResultsStore  # noqa: E402
 from ecoflap.pipelines import steps  # noqa: E402
 from ecoflap.pipelines.cli import cli  # noqa: E402
@@ -101,34 +102,61 @@ def test_run_records_one_complete_run_and_a_second_run_reuses_every_step(prefect
     assert json.loads((root / "out" / "results.json").read_text())["results"] == document["results"]
 
 
-def test_step_keys_follow_what_each_step_depends_on(workspace, score_calls) -> None:
-    """Another sparsity reuses the scores; another pruner also the allocation; another seed nothing."""
-    registries = steps.default_registries()
-    quiet = lambda message: None  # noqa: E731
+def test_step_keys_follow_what_each_step_depends_on(prefect_api, workspace, score_calls) -> None:
+    """Prefect's cache: another sparsity reuses the scores; another pruner also the allocation; another seed nothing."""
+    from ecoflap.pipelines.flows import run_flow
 
-    def pipeline(config: RunConfig) -> dict[str, bool]:
-        identity = steps.identify(config, registries, quiet)
-        scores = steps.coarse_scores(config, identity, registries, quiet)
-        allocated = steps.allocation_step(config, identity, scores, registries, quiet)
-        checkpoint = steps.fine_step(config, allocated, registries, quiet)
-        return {"scores": scores["reused"], "allocation": allocated["reused"], "checkpoint": checkpoint["reused"]}
+    def reused(config: RunConfig) -> dict[str, bool]:
+        summary = run_flow(config.model_copy(update={"output": str(workspace["root"] / "runs" / str(len(score_calls)))}))
+        return {k: v for k, v in summary["reused"].items() if not k.startswith("task:")}
 
-    base = RunConfig.build(**workspace["settings"])
-    assert pipeline(base) == {"scores": False, "allocation": False, "checkpoint": False}
-    assert pipeline(base) == {"scores": True, "allocation": True, "checkpoint": True}
-    assert pipeline(base.model_copy(update={"sparsity": 0.6})) == {
-        "scores": True,
-        "allocation": False,
-        "checkpoint": False,
-    }
-    assert pipeline(base.model_copy(update={"pruner": "magnitude"})) == {
-        "scores": True,
-        "allocation": True,
-        "checkpoint": False,
-    }
+    base = RunConfig.build(**workspace["settings"] | {"record": False})
+    assert reused(base) == {"scores": False, "allocation": False, "checkpoint": False}
+    assert reused(base) == {"scores": True, "allocation": True, "checkpoint": True}
+    assert reused(base.model_copy(update={"sparsity": 0.6})) == {"scores": True, "allocation": False, "checkpoint": False}
+    assert reused(base.model_copy(update={"max_sparsity": 0.7})) == {"scores": True, "allocation": False,
+                                                                      "checkpoint": False}  # fmt: skip
+    assert reused(base.model_copy(update={"pruner": "magnitude"})) == {"scores": True, "allocation": True,
+                                                                        "checkpoint": False}  # fmt: skip
     assert score_calls == ["zeroth-order"]
-    assert not any(pipeline(base.model_copy(update={"seed": 7})).values())  # other weights and windows
+    assert not any(reused(base.model_copy(update={"seed": 7})).values())  # other windows and perturbations
     assert score_calls == ["zeroth-order"] * 2
+    assert reused(base.model_copy(update={"refresh": True})) == {"scores": False, "allocation": False,
+                                                                  "checkpoint": False}  # fmt: skip
+
+
+def test_prune_then_run_reuses_the_coarse_scores_and_reports_the_same_metrics(prefect_api, workspace, score_calls):
+    """`ecoflap prune -o A` then `ecoflap run` of the same settings: one coarse step, Cached in Prefect, same figures."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    root, settings = workspace["root"], workspace["settings"]
+    (root / "run.yaml").write_text(yaml.safe_dump(settings))
+    pruned = CliRunner().invoke(cli, ["prune", "-C", str(root / "run.yaml"), "-o", "A"])
+    assert pruned.exit_code == 0, pruned.output
+    assert (root / "A" / "model.safetensors").is_file() and (root / "A" / "report.json").is_file()
+    ran = run_cli(root, settings, "-o", "B")
+    assert ran.exit_code == 0, ran.output
+    assert score_calls == ["zeroth-order"]
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="coarse-scores")))
+    assert sorted(r.state.name for r in runs)[-2:] == ["Cached", "Completed"]
+    first, second = (json.loads((root / d / "results.json").read_text()) for d in ("A", "B"))
+    assert first["results"] == second["results"] and first["ecoflap"]["run_key"] == second["ecoflap"]["run_key"]
+
+
+@pytest.mark.parametrize("change", [{"nm": "2:4", "allocator": "uniform"}, {"max_sparsity": 0.7}, {"granularity": "layer"}])
+def test_runs_that_differ_in_one_setting_are_two_records(prefect_api, workspace, change) -> None:
+    """--nm, --max-sparsity and --granularity are part of the method identity: two run keys, two rows."""
+    root, settings = workspace["root"], workspace["settings"] | {"allocator": change.get("allocator", "ecoflap")}
+    one = run_cli(root, settings, "-o", "one")
+    two = run_cli(root, settings | change, "-o", "two")
+    assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+    blocks = [json.loads((root / d / "results.json").read_text())["ecoflap"] for d in ("one", "two")]
+    assert blocks[0]["run_key"] != blocks[1]["run_key"] and blocks[0]["method_key"] != blocks[1]["method_key"]
+    key, value = next((k, v) for k, v in change.items() if k != "allocator")
+    assert blocks[1]["method"][key] == value and blocks[0]["method"][key] != value
+    assert len(ResultsStore(workspace["url"]).runs()) == 2
 
 
 @pytest.mark.slow  # five flow runs, each evaluated through lm-eval: about a minute on two busy cores
@@ -172,7 +200,7 @@ def test_bad_configuration_is_one_line_and_exit_1_before_any_model_loads(
     def no_loading(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(steps, "load", no_loading)
+    monkeypatch.setattr(job, "load_model", no_loading)
     result = run_cli(workspace["root"], workspace["settings"] | change)
     lines = result.output.strip().splitlines()
     assert result.exit_code == 1, result.output

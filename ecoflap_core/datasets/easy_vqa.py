@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import random
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal

@@ -1,0 +1,141 @@
+"""Where a number came from: weights hash, library versions, git hash, data fingerprints, cache keys.
+
+One module for every entry point (prune, run, eval, record, the benchmarks), torch-free at import so
+the results store and the dashboard can use it; ``weights_hash`` imports torch when it is called.
+Writes are atomic (a temporary file or folder, then a rename) and readable by the group: a reader
+sees the old file or the whole new one, never half of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ecoflap.core.errors import EcoflapError
+
+LIBRARIES = ("ecoflap", "torch", "transformers", "lm-eval", "prefect", "pluggy", "pydantic", "salesforce-lavis")
+FILE_MODE = 0o644
+FOLDER_MODE = 0o755
+
+
+# ---- keys --------------------------------------------------------------------------------------------
+def cache_key(*parts: Any) -> str:
+    """sha256 over the canonical JSON of ``parts`` (sorted keys): the same settings give the same key."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---- identities --------------------------------------------------------------------------------------
+def weights_hash(model: Any) -> str:
+    """sha256 over every tensor of ``model.state_dict()`` (name, dtype, shape, bytes)."""
+    import torch  # the only heavy import of this module: callers that hash weights have torch loaded
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(memoryview(flat.view(torch.uint8).numpy()))
+    return digest.hexdigest()
+
+
+def fingerprint(source: str | Path | None) -> str | None:
+    """A data set name as it is, or ``path@sha256`` over the contents of the file (or folder) it names."""
+    if source is None:
+        return None
+    path = Path(source).expanduser()
+    if not path.exists():
+        return str(source)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        with file.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return f"{source}@{digest.hexdigest()}"
+
+
+def versions() -> dict[str, str]:
+    """The installed versions of the libraries that change a number, and Python's."""
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found | {"python": platform.python_version()}
+
+
+def git_hash() -> str | None:
+    """The short commit of the ecoflap source tree, when it runs from a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+# ---- atomic writes -----------------------------------------------------------------------------------
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_json(path: str | Path, data: Any) -> Path:
+    """JSON through a temporary file and a rename; mode 0644 (group and others may read results)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(data, handle, indent=2, default=str)
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise EcoflapError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+@contextmanager
+def staged_folder(output: Path) -> Iterator[Path]:
+    """A sibling temporary folder that becomes ``output`` when the block ends without an error.
+
+    An existing ``output`` is replaced only after the new one is complete, so an interrupted write
+    never leaves a half-written folder where a finished one was.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        yield staging
+        os.chmod(staging, FOLDER_MODE)
+        if output.is_symlink() or output.is_file():
+            output.unlink()
+        elif output.exists():
+            shutil.rmtree(output)
+        staging.rename(output)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def canonical(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` through JSON (tuples -> lists, paths -> strings): what a stored document will hold."""
+    return json.loads(json.dumps(data, sort_keys=True, default=str))
