@@ -24,8 +24,9 @@ import torch
 from ecoflap.core.compress import PruneResult, allocate, layer_infos, prune_fine
 from ecoflap.core.config import PruneConfig
 from ecoflap.core.plugins import load_plugins
-from ecoflap.core.datasets.easy_vqa import question_sample, vqa_scores
-from ecoflap.pipelines.prune import calibration_data, load_model, resolve_methods
+from ecoflap.core.datasets.easy_vqa import question_sample
+from ecoflap.core.job import calibration_data, load_model, resolve_methods
+from ecoflap.evaluation.metrics.vqa import vqa_scores
 
 METHODS = {
     "magnitude": {"allocator": "uniform", "pruner": "magnitude"},
@@ -45,7 +46,7 @@ def prune_row(registries: Any, adapter: Any, dense: dict, method: str, sparsity:
         seed=args.seed, **METHODS[method],
     )  # fmt: skip
     methods = resolve_methods(registries, config)
-    pairs, _ = calibration_data(adapter, config.corpus)
+    pairs = calibration_data(adapter, config.corpus)
     towers = adapter.towers()
     scores, coarse = None, 0.0
     if methods.scorer:

@@ -15,7 +15,7 @@ from ecoflap.core.errors import EcoflapError
 from ecoflap.core.plugins import load_plugins
 from ecoflap.core.scoring import ordered_blocks
 from ecoflap.core.sequential import measure_sparsity
-from ecoflap.pipelines.prune import EvalOptions, resolve_methods, run_prune
+from ecoflap.core.job import load_model, resolve_methods
 from ecoflap.plugins.pruners import WandaPruner
 
 REGISTRIES = load_plugins()
@@ -85,7 +85,7 @@ def test_prune_save_reload_same_outputs(tmp_path: Path, toy_corpus: Path, kind: 
         settings |= {"allocator": "uniform", "nm": nm}
     config = PruneConfig.build(**settings)
     out = tmp_path / "pruned"
-    report = run_prune(REGISTRIES, config, out, EvalOptions(perplexity=False), log=lambda *a: None)
+    report = prune_job(config, out)
     allocation = json.loads((out / "allocation.json").read_text())
     measured = report["measured_per_layer"]
     assert set(allocation["sparsity"]) == set(measured)
@@ -99,14 +99,27 @@ def test_prune_save_reload_same_outputs(tmp_path: Path, toy_corpus: Path, kind: 
 
     reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
     ids = torch.randint(3, 259, (2, 24), generator=torch.Generator().manual_seed(0))
-    from ecoflap.pipelines.prune import load_model
-
     pruned = load_model(REGISTRIES, config)  # a fresh tiny model (same seed), then pruned weights
     pruned.model.load_state_dict(reloaded.state_dict())
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, pruned.model(ids).logits)
     layers = {n: m for n, m in reloaded.named_modules() if n in measured}
     assert measure_sparsity(layers).per_layer() == pytest.approx(measured)
+
+
+def prune_job(config: PruneConfig, out: Path) -> dict:
+    """The core job's steps in their order: identify, coarse, allocation, fine, checkpoint (as the flow runs them)."""
+    from ecoflap.core import job
+
+    methods = job.resolve_methods(REGISTRIES, config)
+    adapter = job.load_model(REGISTRIES, config)
+    identity = job.identify(adapter, config)
+    coarse = job.coarse_scores(adapter, config, methods) if methods.scorer else None
+    sparsity = job.allocation(identity["layers"], config, methods, coarse and coarse["scores"])
+    result = job.fine_step(adapter, config, methods, sparsity)
+    report = job.report(config, identity, result, coarse)
+    job.save_checkpoint(adapter, result, report, out)
+    return report
 
 
 @pytest.fixture
@@ -137,7 +150,7 @@ def test_a_failed_save_leaves_the_previous_output_intact(tmp_path: Path, make_ad
     from ecoflap.core.allocation import Allocation
     from ecoflap.core.compress import PruneResult
     from ecoflap.core.sequential import LayerSparsity
-    from ecoflap.pipelines.prune import save_outputs
+    from ecoflap.core.job import save_checkpoint
 
     out = tmp_path / "run"
     out.mkdir()
@@ -151,6 +164,6 @@ def test_a_failed_save_leaves_the_previous_output_intact(tmp_path: Path, make_ad
     adapter.save = broken_save
     result = PruneResult(Allocation({}), LayerSparsity())
     with pytest.raises(OSError, match="disk full"):
-        save_outputs(adapter, result, {}, out)
+        save_checkpoint(adapter, result, {}, out)
     assert json.loads((out / "report.json").read_text()) == {"previous": True}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folder left behind

@@ -107,13 +107,19 @@ def test_step_keys_follow_what_each_step_depends_on(prefect_api, workspace, scor
     from ecoflap.pipelines.flows import run_flow
 
     def reused(config: RunConfig) -> dict[str, bool]:
-        summary = run_flow(config.model_copy(update={"output": str(workspace["root"] / "runs" / str(len(score_calls)))}))
+        summary = run_flow(
+            config.model_copy(update={"output": str(workspace["root"] / "runs" / str(len(score_calls)))})
+        )
         return {k: v for k, v in summary["reused"].items() if not k.startswith("task:")}
 
     base = RunConfig.build(**workspace["settings"] | {"record": False})
     assert reused(base) == {"scores": False, "allocation": False, "checkpoint": False}
     assert reused(base) == {"scores": True, "allocation": True, "checkpoint": True}
-    assert reused(base.model_copy(update={"sparsity": 0.6})) == {"scores": True, "allocation": False, "checkpoint": False}
+    assert reused(base.model_copy(update={"sparsity": 0.6})) == {
+        "scores": True,
+        "allocation": False,
+        "checkpoint": False,
+    }
     assert reused(base.model_copy(update={"max_sparsity": 0.7})) == {"scores": True, "allocation": False,
                                                                       "checkpoint": False}  # fmt: skip
     assert reused(base.model_copy(update={"pruner": "magnitude"})) == {"scores": True, "allocation": True,
@@ -145,7 +151,9 @@ def test_prune_then_run_reuses_the_coarse_scores_and_reports_the_same_metrics(pr
     assert first["results"] == second["results"] and first["ecoflap"]["run_key"] == second["ecoflap"]["run_key"]
 
 
-@pytest.mark.parametrize("change", [{"nm": "2:4", "allocator": "uniform"}, {"max_sparsity": 0.7}, {"granularity": "layer"}])
+@pytest.mark.parametrize(
+    "change", [{"nm": "2:4", "allocator": "uniform"}, {"max_sparsity": 0.7}, {"granularity": "layer"}]
+)
 def test_runs_that_differ_in_one_setting_are_two_records(prefect_api, workspace, change) -> None:
     """--nm, --max-sparsity and --granularity are part of the method identity: two run keys, two rows."""
     root, settings = workspace["root"], workspace["settings"] | {"allocator": change.get("allocator", "ecoflap")}

@@ -7,7 +7,8 @@ import pytest
 from ecoflap.core.compress import compress
 from ecoflap.core.config import PruneConfig
 from ecoflap.core.plugins import load_plugins
-from ecoflap.pipelines.prune import calibration_texts, load_model, resolve_methods
+from ecoflap.core.datasets.corpora import load_corpus, split_corpus
+from ecoflap.core.job import load_model, resolve_methods
 
 pytestmark = pytest.mark.slow
 REG = load_plugins()
@@ -20,7 +21,7 @@ def prune_and_measure(pruner: str, sparsity: float) -> tuple[float, float]:
     config = PruneConfig.build(
         model="smollm2-135m", allocator="uniform", pruner=pruner, sparsity=sparsity, nsamples=8, seqlen=256
     )
-    texts, heldout = calibration_texts("wikipedia")
+    texts, heldout = split_corpus(load_corpus("wikipedia"))
     adapter = load_model(REG, config)
     dense = perplexity(adapter.model, adapter.tokenizer, heldout, max_length=256, limit_tokens=2048)
     batch = adapter.calibration_batch(texts, config.nsamples, config.seqlen, config.seed)
