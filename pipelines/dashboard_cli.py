@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import click
 from ecoflap.core.errors import EcoflapError
+from ecoflap.pipelines.results_cli import database_option
 
 DASHBOARD_EXAMPLES = """
 \b
 Examples:
   ecoflap dashboard                                   # http://127.0.0.1:8050, the default results database
-  ecoflap dashboard --db sqlite:///runs/results.db --port 8060
-  ecoflap dashboard --db postgresql://user@db/ecoflap --host 0.0.0.0   # others on the network can read it
+  ecoflap dashboard --database-url sqlite:///runs/results.db --port 8060
+  ecoflap dashboard --database-url postgresql://user@db/ecoflap --host 0.0.0.0   # others on the network can read it
 """
 
 
 @click.command("dashboard", epilog=DASHBOARD_EXAMPLES)
-@click.option(
-    "--db",
-    "db_url",
-    metavar="URL",
-    help="database URL [$ECOFLAP_DATABASE_URL, else results.db in the user data folder]",
-)
+@database_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on")
 @click.option("--port", type=click.IntRange(1, 65535), default=8050, show_default=True, help="port to listen on")
 @click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",

@@ -19,7 +19,7 @@ Examples:
   ecoflap results show baseline
   ecoflap results compare baseline 7
   ecoflap results export --format csv -o results.csv
-  ECOFLAP_DATABASE_URL=postgresql://user@host/ecoflap ecoflap results list
+  ecoflap results list --database-url postgresql://user@host/ecoflap   # or $ECOFLAP_DATABASE_URL
 """
 
 REGRESS_EXAMPLES = """
@@ -38,16 +38,24 @@ BLOCK_COLUMNS = ["block", "tower", "layers", "target", "measured", "params"]
 COMPARE_COLUMNS = ["task", "metric", "filter", "value_a", "stderr_a", "value_b", "stderr_b", "delta", "better"]
 METRIC_COLUMNS = ["task", "metric", "filter", "value", "stderr", "n_samples", "higher_is_better", "task_version"]
 LIST_COLUMNS = ["id", "key", "model", "method", "sparsity", "measured", "status", "tags", "updated_at"]
+METHOD_CSV_COLUMNS = ["method_label", "method_key", "nm", "max_sparsity", "granularity", "aggregation", "per_tower",
+                      "method"]  # fmt: skip
 EXPORT_CSV_COLUMNS = [
     "run_id", "run_key", "model", "model_hash", "checkpoint", "dense", "pruner", "scorer", "allocator",
+    *METHOD_CSV_COLUMNS,
     "target_sparsity", "measured_sparsity", "status", "code_version", "git_hash", "tags", "created_at", "updated_at",
     *METRIC_COLUMNS,
 ]  # fmt: skip
 
 
-def _db_option(command: Callable[..., Any]) -> Callable[..., Any]:
-    help_text = "database URL [$ECOFLAP_DATABASE_URL, else results.db in the user data folder]"
-    return click.option("--db", "db_url", metavar="URL", help=help_text)(command)
+DATABASE_HELP = "results database URL (alias --db) [$ECOFLAP_DATABASE_URL, else results.db in the user data folder]"
+
+
+def database_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--database-url URL`` (alias ``--db``), default ``$ECOFLAP_DATABASE_URL``: one spelling on every command."""
+    option = click.option("--database-url", "--db", "db_url", metavar="URL", envvar="ECOFLAP_DATABASE_URL",
+                          help=DATABASE_HELP)  # fmt: skip
+    return option(command)
 
 
 def _format_option(*choices: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -86,7 +94,7 @@ def results() -> None:
 @results.command("record")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--tag", help="tag the recorded run (one file only)")
-@_db_option
+@database_option
 def record_command(files: tuple[Path, ...], tag: str | None, db_url: str | None) -> None:
     """Record results documents (results.json); the same run key updates its run."""
     from ecoflap.evaluation.results.comparison import read_document
@@ -104,15 +112,14 @@ def record_command(files: tuple[Path, ...], tag: str | None, db_url: str | None)
 
 @results.command("list")
 @_format_option("table", "json", "csv")
-@_db_option
+@database_option
 def list_command(fmt: str, db_url: str | None) -> None:
     """Every recorded run, oldest first."""
-    from ecoflap.evaluation.results.leaderboard import method_name
-
     rows = [
         {
             "id": run["id"], "key": run["run_key"][:12], "run_key": run["run_key"], "model": run["model"],
-            "method": method_name(run), "sparsity": run["target_sparsity"], "measured": run["measured_sparsity"],
+            "method": run["method_label"], "method_key": run["method_key"], "sparsity": run["target_sparsity"],
+            "measured": run["measured_sparsity"],
             "status": run["status"], "tags": ",".join(run["tags"]), "updated_at": run["updated_at"],
         }
         for run in _store(db_url).runs()
@@ -128,11 +135,11 @@ def list_command(fmt: str, db_url: str | None) -> None:
 @click.option("--metric", help="only this metric (e.g. acc)")
 @click.option("--sparsity", type=float, help="only this target sparsity (0 = dense baselines)")
 @_format_option("table", "json", "csv")
-@_db_option
+@database_option
 def leaderboard_command(
     model: str | None, task: str | None, metric: str | None, sparsity: float | None, fmt: str, db_url: str | None
 ) -> None:
-    """Best run per method (pruner/scorer/allocator) for each model, task, metric and sparsity."""
+    """Best run per method (its full settings) for each model, task, metric and sparsity."""
     from ecoflap.evaluation.results.leaderboard import COLUMNS
 
     rows = _store(db_url).leaderboard(model=model, task=task, sparsity=sparsity, metric=metric)
@@ -144,17 +151,19 @@ def leaderboard_command(
 @results.command("show")
 @click.argument("run")
 @_format_option("table", "json")
-@_db_option
+@database_option
 def show_command(run: str, fmt: str, db_url: str | None) -> None:
     """One run (id, tag, run key or key prefix): settings, metrics and allocation per block."""
     found = _store(db_url).require_run(run)
     if fmt == "json":
         click.echo(json.dumps(found, indent=2))
         return
-    from ecoflap.evaluation.results.leaderboard import method_name
     from ecoflap.evaluation.results.tables import table
 
-    click.echo(f"{_label(found)}: {found['model']}, {method_name(found)}")
+    click.echo(f"{_label(found)}: {found['model']}, {found['method_label']}")
+    click.echo(f"  {'method_key':<18} {found['method_key']}")
+    for name, value in (found["method"] or {}).items():
+        click.echo(f"  {'method.' + name:<18} {json.dumps(value)}")
     for name in ("run_key", "target_sparsity", "measured_sparsity", "status", "checkpoint", "model_hash", "git_hash"):
         click.echo(f"  {name:<18} {found[name]}")
     for name in ("created_at", "updated_at", "timings", "peak_memory_mb", "seeds", "library_versions"):
@@ -185,7 +194,7 @@ def _weighted(rows: list[dict[str, Any]]) -> dict[str, Any]:
 @click.argument("first")
 @click.argument("second")
 @_format_option("table", "json", "csv")
-@_db_option
+@database_option
 def compare_command(first: str, second: str, fmt: str, db_url: str | None) -> None:
     """Two runs metric by metric: a = FIRST, b = SECOND, delta = b - a, better = the better run."""
     from ecoflap.evaluation.results.comparison import compare_runs
@@ -193,14 +202,27 @@ def compare_command(first: str, second: str, fmt: str, db_url: str | None) -> No
     store = _store(db_url)
     a, b = store.require_run(first), store.require_run(second)
     if fmt == "table":
-        click.echo(f"a: {_label(a)}\nb: {_label(b)}")
+        from ecoflap.evaluation.results.tables import table
+
+        click.echo(f"a: {_label(a)}, {a['method_label']}\nb: {_label(b)}, {b['method_label']}")
+        click.echo(table(_method_rows(a, b), ["setting", "a", "b", "same"]) + "\n")
     _emit(compare_runs(a["metrics"], b["metrics"]), fmt, COMPARE_COLUMNS)
+
+
+def _method_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
+    """Both runs' method settings side by side (every key of either, the key first)."""
+    first, second = a["method"] or {}, b["method"] or {}
+    rows = [{"setting": "method_key", "a": a["method_key"], "b": b["method_key"]}]
+    rows += [
+        {"setting": name, "a": first.get(name), "b": second.get(name)} for name in dict.fromkeys([*first, *second])
+    ]
+    return [row | {"same": row["a"] == row["b"]} for row in rows]
 
 
 @results.command("export")
 @_format_option("json", "csv")
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="file to write [stdout]")
-@_db_option
+@database_option
 def export_command(fmt: str, output: Path | None, db_url: str | None) -> None:
     """All runs with their metrics (JSON: everything, with allocations; CSV: one row per metric)."""
     from ecoflap.evaluation.results.tables import csv_text
@@ -228,7 +250,7 @@ def export_command(fmt: str, output: Path | None, db_url: str | None) -> None:
 @results.command("tag")
 @click.argument("run")
 @click.argument("tag")
-@_db_option
+@database_option
 def tag_command(run: str, tag: str, db_url: str | None) -> None:
     """Name a run (the tag moves if another run had it)."""
     store = _store(db_url)
@@ -241,7 +263,7 @@ def tag_command(run: str, tag: str, db_url: str | None) -> None:
 @click.option("--candidate", help="run id, tag, run key or results.json file [the latest recorded run]")
 @click.option("--tolerance", "tolerances", multiple=True, metavar="TASK:METRIC=DROP", help="allowed drop (repeatable)")
 @click.option("--floors", type=click.Path(path_type=Path, dir_okay=False), help="YAML {task: {metric: floor}}")
-@_db_option
+@database_option
 def regress(
     baseline: str | None, candidate: str | None, tolerances: tuple[str, ...], floors: Path | None, db_url: str | None
 ) -> None:

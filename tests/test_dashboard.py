@@ -82,7 +82,7 @@ def test_leaderboard_page_json_and_csv_agree(client: TestClient):
     table = csv_rows(client.get("/leaderboard.csv"))
     # mini: 2 metrics x (dense + 2 methods x 2 sparsities) = 10 rows; EVIL model: 2 rows
     assert data["total"] == len(data["rows"]) == len(table) == 12 == len(rows(page.text, "leaderboard"))
-    eco50 = next(r for r in data["rows"] if r["metric"] == "acc" and r["method"] == "wanda/zeroth-order/ecoflap"
+    eco50 = next(r for r in data["rows"] if r["metric"] == "acc" and r["method"] == "wanda / ecoflap zeroth-order"
                  and r["sparsity"] == 0.5 and r["model"] == "mini")  # fmt: skip
     assert eco50["dense_value"] == 0.80 and eco50["delta"] == pytest.approx(-0.04) and eco50["rank"] == 1
     assert {row["run_key"] for row in table} >= {"k-dense", "k-eco-50", "k-eco-60", "k-uni-50", "k-uni-60"}
@@ -94,8 +94,8 @@ def test_leaderboard_page_json_and_csv_agree(client: TestClient):
     [
         ("model=mini&metric=acc", 5),
         ("model=mini&metric=acc&sparsity=0.6", 2),
-        ("method=wanda/-/uniform", 4),
-        ("model=mini&task=vqa&metric=invalid_rate&sparsity=0.5&method=wanda/zeroth-order/ecoflap", 1),
+        ("method=wanda%20/%20uniform", 4),
+        ("model=mini&task=vqa&metric=invalid_rate&sparsity=0.5&method=wanda%20/%20ecoflap%20zeroth-order", 1),
         ("model=nobody", 0),
     ],
 )
@@ -122,7 +122,7 @@ def test_leaderboard_sorts_by_any_column_both_ways(client: TestClient):
 
 def test_curves_one_series_per_method(client: TestClient):
     data = client.get("/curves.json?model=mini&task=vqa&metric=acc").json()
-    assert [s["method"] for s in data["series"]] == ["wanda/-/uniform", "wanda/zeroth-order/ecoflap"]
+    assert [s["method"] for s in data["series"]] == ["wanda / ecoflap zeroth-order", "wanda / uniform"]
     assert [[p["sparsity"] for p in s["points"]] for s in data["series"]] == [[0.5, 0.6], [0.5, 0.6]]
     assert data["dense"]["value"] == 0.80
     html = client.get("/curves?model=mini&task=vqa&metric=acc").text
@@ -131,8 +131,8 @@ def test_curves_one_series_per_method(client: TestClient):
     assert len(lines) == 2 and all(len(points.split()) == 2 for points in lines)
     assert chart.count("<circle") == 4 and 'class="baseline"' in chart
     table = csv_rows(client.get("/curves.csv?model=mini&task=vqa&metric=acc"))
-    assert len(table) == 5 and {row["method"] for row in table} == {"dense", "wanda/-/uniform",
-                                                                      "wanda/zeroth-order/ecoflap"}  # fmt: skip
+    assert len(table) == 5 and {row["method"] for row in table} == {"dense", "wanda / uniform",
+                                                                      "wanda / ecoflap zeroth-order"}  # fmt: skip
 
 
 def test_curves_defaults_and_bad_choices(client: TestClient):
@@ -148,7 +148,7 @@ def test_run_page_shows_settings_and_allocation_by_tower(client: TestClient):
     page = client.get("/runs/candidate")  # a tag; ids and run keys work too
     assert page.status_code == 200
     html = page.text
-    for text_ in ("k-eco-50", "wanda/zeroth-order/ecoflap", "12.5", "calibration", "1234", "ecoflap</dt>"):
+    for text_ in ("k-eco-50", "wanda / ecoflap zeroth-order", "12.5", "calibration", "1234", "ecoflap</dt>"):
         assert text_ in html
     chart = re.search(r'<svg id="allocation-chart".*?</svg>', html, re.S).group(0)
     bars = re.findall(r'<rect class="bar" data-tower="([^"]+)"[^>]*fill="([^"]+)"', chart)
@@ -177,7 +177,7 @@ def test_runs_and_compare(client: TestClient):
     assert (acc["value_a"], acc["value_b"], acc["better"]) == (0.80, 0.76, "a")
     assert acc["delta"] == pytest.approx(-0.04)
     method = next(s for s in compare["settings"] if s["setting"] == "method")
-    assert (method["a"], method["b"], method["same"]) == ("dense", "wanda/zeroth-order/ecoflap", False)
+    assert (method["a"], method["b"], method["same"]) == ("dense", "wanda / ecoflap zeroth-order", False)
     html = client.get("/compare?a=k-dense&b=candidate").text
     assert len(rows(html, "compare-metrics")) == 2 and "compare-chart" in html
     assert len(csv_rows(client.get("/compare.csv?a=k-dense&b=candidate"))) == 2

@@ -55,9 +55,9 @@ def test_record_list_show_and_tag(db, files):
     listed = json.loads(run("results", "list", "--format", "json", "--db", db).output)
     assert [(r["id"], r["run_key"], r["method"], r["tags"]) for r in listed] == [
         (1, "key-dense", "dense", "baseline"),
-        (2, "key-w1", "wanda/zeroth-order/ecoflap", ""),
-        (3, "key-w2", "wanda/zeroth-order/ecoflap", ""),
-        (4, "key-s1", "sparsegpt/zeroth-order/ecoflap", ""),
+        (2, "key-w1", "wanda / ecoflap zeroth-order", ""),
+        (3, "key-w2", "wanda / ecoflap zeroth-order", ""),
+        (4, "key-s1", "sparsegpt / ecoflap zeroth-order", ""),
     ]
     table = run("results", "list", "--db", db).output.splitlines()
     assert table[0].split() == ["id", "key", "model", "method", "sparsity", "measured", "status", "tags", "updated_at"]
@@ -68,7 +68,7 @@ def test_record_list_show_and_tag(db, files):
     assert shown["run_key"] == "key-dense" and shown["tags"] == ["baseline"]
     assert {a["kind"] for a in shown["artefacts"]} == {"results"}
     text = run("results", "show", "key-w2", "--db", db).output
-    assert text.startswith("run 3 (key-w2): mini, wanda/zeroth-order/ecoflap")
+    assert text.startswith("run 3 (key-w2): mini, wanda / ecoflap zeroth-order")
     assert "acc" in text and "0.7400" in text and "blocks.2" in text
     assert run("results", "tag", "key-w2", "best", "--db", db).output == "tagged run 3 (key-w2, tag best)\n"
     run("results", "show", "nothing", "--db", db, code=1)
@@ -80,8 +80,8 @@ def test_leaderboard_formats(db, files):
     got = [(r["sparsity"], r["rank"], r["method"], r["value"], round(r["delta"], 10), r["runs"]) for r in rows]
     assert got == [
         (0.0, 1, "dense", 0.80, 0.0, 1),
-        (0.5, 1, "sparsegpt/zeroth-order/ecoflap", 0.76, -0.04, 1),
-        (0.5, 2, "wanda/zeroth-order/ecoflap", 0.74, -0.06, 2),
+        (0.5, 1, "sparsegpt / ecoflap zeroth-order", 0.76, -0.04, 1),
+        (0.5, 2, "wanda / ecoflap zeroth-order", 0.74, -0.06, 2),
     ]
     lower = json.loads(
         run(
@@ -89,23 +89,15 @@ def test_leaderboard_formats(db, files):
         ).output
     )
     assert [(r["method"], r["value"]) for r in lower] == [
-        ("sparsegpt/zeroth-order/ecoflap", 0.03),  # lower is better
-        ("wanda/zeroth-order/ecoflap", 0.04),
+        ("sparsegpt / ecoflap zeroth-order", 0.03),  # lower is better
+        ("wanda / ecoflap zeroth-order", 0.04),
     ]
     table = run("results", "leaderboard", "--task", "vqa", "--metric", "acc", "--sparsity", "0.5", "--db", db).output
     lines = table.splitlines()
     assert lines[0].split()[:6] == ["model", "task", "metric", "sparsity", "rank", "method"]
-    assert lines[2].split()[:9] == [
-        "mini",
-        "vqa",
-        "acc",
-        "0.5000",
-        "1",
-        "sparsegpt/zeroth-order/ecoflap",
-        "0.7600",
-        "0.0200",
-        "0.8000",
-    ]
+    label = "sparsegpt / ecoflap zeroth-order"
+    assert lines[2].split()[:5] == ["mini", "vqa", "acc", "0.5000", "1"]
+    assert lines[2].split(label)[1].split()[:3] == ["0.7600", "0.0200", "0.8000"]
     parsed = list(csv.DictReader(io.StringIO(run("results", "leaderboard", "--format", "csv", "--db", db).output)))
     assert len(parsed) == 6 and {"pruner", "scorer", "allocator", "run_key"} <= set(parsed[0])
     empty = run("results", "leaderboard", "--model", "nothing", "--db", db)
@@ -120,7 +112,7 @@ def test_compare_and_export(db, files, tmp_path):
         ("invalid_rate", 0.01, 0.04, 0.03, "a"),  # higher invalid rate: worse
     ]
     table = run("results", "compare", "1", "4", "--db", db).output
-    assert table.startswith("a: run 1 (key-dense, tag baseline)\nb: run 4 (key-s1)\n")
+    assert table.startswith("a: run 1 (key-dense, tag baseline), dense\nb: run 4 (key-s1), sparsegpt / ecoflap zeroth-order\n")
     exported = json.loads(run("results", "export", "--db", db).output)
     assert [r["run_key"] for r in exported] == ["key-dense", "key-w1", "key-w2", "key-s1"]
     assert all(len(r["metrics"]) == 2 and len(r["allocation"]) == 3 for r in exported)

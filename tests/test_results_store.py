@@ -366,14 +366,14 @@ def test_leaderboard_against_hand_computed_values(tmp_path):
         for r in acc
     ]
     assert got == [
-        (1, "sparsegpt/-/uniform", 0.76, 0.012, 0.80, -0.04, 1),
-        (2, "wanda/zeroth-order/ecoflap", 0.74, 0.015, 0.80, -0.06, 2),  # best of w1 0.70, w2 0.74; w4 failed
+        (1, "sparsegpt / uniform", 0.76, 0.012, 0.80, -0.04, 1),
+        (2, "wanda / ecoflap zeroth-order", 0.74, 0.015, 0.80, -0.06, 2),  # best of w1 0.70, w2 0.74; w4 failed
     ]
     assert acc[1]["run_key"] == "w2"
     loss = store.leaderboard(model="mini", metric="loss", sparsity=0.5)  # lower is better
     assert [(r["method"], r["value"], round(r["delta"], 10)) for r in loss] == [
-        ("wanda/zeroth-order/ecoflap", 2.4, 0.4),
-        ("sparsegpt/-/uniform", 2.6, 0.6),
+        ("wanda / ecoflap zeroth-order", 2.4, 0.4),
+        ("sparsegpt / uniform", 2.6, 0.6),
     ]
     dense = store.leaderboard(metric="acc", sparsity=0)
     assert [(r["model"], r["method"], r["value"], r["delta"], r["runs"]) for r in dense] == [

@@ -19,6 +19,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
+from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.dashboard import charts, views
+from ecoflap.evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
+from ecoflap.evaluation.results.store import StoreUnavailable, masked, resolve_url
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -28,11 +32,6 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
-
-from ecoflap.core.errors import EcoflapError
-from ecoflap.evaluation.dashboard import charts, views
-from ecoflap.evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
-from ecoflap.evaluation.results.store import StoreUnavailable, masked, resolve_url
 
 HERE = Path(__file__).resolve().parent
 SECURITY_HEADERS = {
@@ -134,7 +133,7 @@ def _run(store: Any, ref: str) -> dict[str, Any]:
 def run_page(request: Request, store: Any) -> Page:
     run = views.run_view(_run(store, request.path_params["ref"]))
     chart = charts.allocation_chart(run["allocation"], run["target_sparsity"])
-    title = f"Run {run['id']}: {run['model']}, {run['method']}, sparsity {run['target_sparsity']:g}"
+    title = f"Run {run['id']}: {run['model']}, {run['method_label']}, sparsity {run['target_sparsity']:g}"
     return Page("run", title, {"run": run, "chart": chart}, run, run["metrics"], views.METRIC_COLUMNS)
 
 
@@ -282,7 +281,9 @@ def _routes(dashboard: Dashboard) -> list[Any]:
 def _handlers(dashboard: Dashboard) -> dict[Any, Callable[..., Response]]:
     def unavailable(request: Request, exc: Exception) -> Response:
         dashboard.holder.close()
-        hint = "Check --db / $ECOFLAP_DATABASE_URL and that the database server is running; nothing was changed."
+        hint = (
+            "Check --database-url / $ECOFLAP_DATABASE_URL and that the database server is running; nothing was changed."
+        )
         return dashboard.error(request, 503, str(exc), hint)
 
     def http(request: Request, exc: Exception) -> Response:

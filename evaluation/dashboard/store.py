@@ -5,10 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable, create_store_engine, masked, resolve_url
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL
-
-from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable, create_store_engine, masked, resolve_url
 
 
 class ReadOnlyStore(ResultsStore):
@@ -50,7 +49,7 @@ def _require_sqlite_file(url: URL) -> None:
     if not path.is_file():
         raise StoreUnavailable(
             f"no results database at {path} (record runs with `ecoflap run` or `ecoflap results record`, "
-            "or give --db URL)"
+            "or give --database-url URL)"
         )
 
 

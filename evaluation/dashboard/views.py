@@ -11,7 +11,7 @@ from typing import Any
 from ecoflap.core.errors import EcoflapError
 from ecoflap.evaluation.results.comparison import compare_runs
 from ecoflap.evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
-from ecoflap.evaluation.results.leaderboard import SPARSITY_DIGITS, method_name
+from ecoflap.evaluation.results.method import SPARSITY_DIGITS
 
 FILTERS = ("model", "task", "metric", "sparsity", "method")
 CURVE_COLUMNS = ["model", "task", "metric", "method", "sparsity", "value", "stderr", "delta", "run_id"]
@@ -21,9 +21,9 @@ METRIC_COLUMNS = ["task", "metric", "filter", "value", "stderr", "n_samples", "h
 ALLOCATION_COLUMNS = ["layer", "tower", "block", "target", "measured", "params"]
 COMPARE_COLUMNS = ["task", "metric", "filter", "value_a", "stderr_a", "value_b", "stderr_b", "delta",
                    "higher_is_better", "better"]  # fmt: skip
-SETTINGS = ["model", "model_hash", "method", "target_sparsity", "measured_sparsity", "status", "checkpoint",
-            "git_hash", "code_version", "seeds", "library_versions", "timings", "peak_memory_mb", "evaluated_at",
-            "updated_at"]  # fmt: skip
+SETTINGS = ["model", "model_hash", "method", "method_key", "target_sparsity", "measured_sparsity", "status",
+            "checkpoint", "git_hash", "code_version", "seeds", "library_versions", "timings", "peak_memory_mb",
+            "evaluated_at", "updated_at"]  # fmt: skip
 
 
 class BadRequest(EcoflapError):
@@ -174,14 +174,13 @@ def run_rows(store: Any) -> list[dict[str, Any]]:
     rows = []
     for run in reversed(store.runs()):
         row = {key: run[key] for key in RUN_COLUMNS if key in run}
-        rows.append(row | {"method": method_name(run), "tags": ",".join(run["tags"])})
+        rows.append(row | {"method": run["method_label"], "tags": ",".join(run["tags"])})
     return rows
 
 
 def run_view(run: dict[str, Any]) -> dict[str, Any]:
-    """A run with its method name, per-tower and per-block sparsity (parameter-weighted)."""
+    """A run (``method``: its full identity, ``method_label``: its name), per-tower and per-block sparsity."""
     return run | {
-        "method": method_name(run),
         "towers": grouped(run["allocation"], "tower"),
         "blocks": grouped(run["allocation"], "block"),
     }
@@ -216,7 +215,8 @@ def weighted(rows: list[dict[str, Any]], part: str) -> float | None:
 
 def comparison(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Two runs: metric by metric (delta = b - a), their settings side by side, their sparsity per block."""
-    pairs = [(name, _setting(a, name), _setting(b, name)) for name in SETTINGS]
+    names = SETTINGS + [f"method.{key}" for key in dict.fromkeys([*(a["method"] or {}), *(b["method"] or {})])]
+    pairs = [(name, _setting(a, name), _setting(b, name)) for name in names]
     settings = [{"setting": name, "a": left, "b": right, "same": left == right} for name, left, right in pairs]
     blocks_a = {row["block"]: row for row in grouped(a["allocation"], "block")}
     blocks_b = {row["block"]: row for row in grouped(b["allocation"], "block")}
@@ -227,8 +227,8 @@ def comparison(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         for name in list(dict.fromkeys([*blocks_a, *blocks_b]))
     ]  # fmt: skip
     return {
-        "a": {key: a[key] for key in ("id", "run_key", "model", "tags")} | {"method": method_name(a)},
-        "b": {key: b[key] for key in ("id", "run_key", "model", "tags")} | {"method": method_name(b)},
+        "a": {key: a[key] for key in ("id", "run_key", "model", "tags", "method_key")} | {"method": a["method_label"]},
+        "b": {key: b[key] for key in ("id", "run_key", "model", "tags", "method_key")} | {"method": b["method_label"]},
         "metrics": compare_runs(a["metrics"], b["metrics"]),
         "settings": settings,
         "blocks": blocks,
@@ -236,4 +236,9 @@ def comparison(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def _setting(run: dict[str, Any], name: str) -> Any:
-    return method_name(run) if name == "method" else run.get(name)
+    """A run's setting; ``method`` is its label, ``method.KEY`` one setting of its method."""
+    if name == "method":
+        return run["method_label"]
+    if name.startswith("method."):
+        return (run["method"] or {}).get(name.removeprefix("method."))
+    return run.get(name)

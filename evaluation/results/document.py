@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
 from ecoflap.core.errors import EcoflapError, describe_validation_error
+from ecoflap.evaluation.results.method import legacy_method, method_columns, method_key
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class AllocationEntry(BaseModel):
@@ -30,6 +30,28 @@ class ArtefactEntry(BaseModel):
     path: str = Field(min_length=1, max_length=1024)
 
 
+class MethodBlock(BaseModel):
+    """``ecoflap.method``: the full method identity (unknown keys are kept: they are part of the identity)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pruner: str | None = Field(None, max_length=64)
+    pruner_options: dict[str, Any] | None = None
+    nm: str | None = Field(None, max_length=16, pattern=r"^\d+:\d+$")
+    scorer: str | None = Field(None, max_length=64)
+    scorer_options: dict[str, Any] | None = None
+    allocator: str | None = Field(None, max_length=64)
+    allocation_file: str | None = None
+    granularity: str | None = Field(None, max_length=16)
+    aggregation: str | None = Field(None, max_length=16)
+    max_sparsity: float | None = Field(None, ge=0.0, le=1.0)
+    per_tower: bool | None = None
+    towers: list[str] | None = None
+    targets: list[str] | None = None
+    ignore: list[str] | None = None
+    calibration: dict[str, Any] | None = None
+
+
 class EcoflapBlock(BaseModel):
     """The ``ecoflap`` block: what was pruned, how, and with which seeds and libraries."""
 
@@ -43,6 +65,8 @@ class EcoflapBlock(BaseModel):
     pruner: str | None = None
     scorer: str | None = None
     allocator: str | None = None
+    method: MethodBlock | None = None
+    method_key: str | None = Field(None, min_length=1, max_length=64)
     target_sparsity: float | None = None
     measured_sparsity: float | None = None
     allocation: list[AllocationEntry] = Field(default_factory=list)
@@ -65,6 +89,14 @@ class EcoflapBlock(BaseModel):
             twice = sorted({name for name in layers if layers.count(name) > 1})
             raise ValueError(f"allocation lists layer {twice[0]!r} more than once")
         return self
+
+    def identity(self) -> dict[str, Any] | None:
+        """The method as written (None for a dense run); an older document's from its flat names."""
+        if self.dense:
+            return None
+        if self.method is None:
+            return legacy_method(self.pruner, self.scorer, self.allocator)
+        return self.method.model_dump(exclude_unset=True)
 
 
 class ResultsDocument(BaseModel):
@@ -123,14 +155,16 @@ def parse_document(document: Any, artefacts: dict[str, str] | None = None) -> Pa
 def _run_columns(doc: ResultsDocument) -> dict[str, Any]:
     block = doc.ecoflap
     extra = {"calibration": block.calibration, "tasks": doc.configs, "skipped": doc.skipped}
+    method = block.identity()
     return {
         "model": block.model,
         "model_hash": block.model_hash,
         "checkpoint": block.checkpoint,
         "dense": block.dense,
-        "pruner": block.pruner,
-        "scorer": block.scorer,
-        "allocator": block.allocator,
+        **{name: getattr(block, name) or (method or {}).get(name) for name in ("pruner", "scorer", "allocator")},
+        "method": method,
+        "method_key": None if method is None else (block.method_key or method_key(method)),
+        **method_columns(method),
         "target_sparsity": block.target_sparsity,
         "measured_sparsity": block.measured_sparsity,
         "config": {"run": doc.config, **extra},

@@ -1,23 +1,24 @@
-"""Leaderboard: the best run of each method per model/task/metric/sparsity, against the dense baseline."""
+"""Leaderboard: the best run of each method per model/task/metric/sparsity, against the dense baseline.
+
+A method is its full identity (``method_key``): runs that differ in any setting are separate rows.
+Two methods whose labels read the same (an old run's method, known only by its names, beside a new
+run's) get the first characters of their key appended, so that every row can be told apart.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from typing import Any
 
-SPARSITY_DIGITS = 6  # target sparsities equal to this many digits are the same sparsity
+from ecoflap.evaluation.results.method import COLUMNS as METHOD_COLUMNS
+from ecoflap.evaluation.results.method import SPARSITY_DIGITS, method_of, run_label, series_key
 
 COLUMNS = [
     "model", "task", "metric", "filter", "sparsity", "rank", "method", "pruner", "scorer", "allocator",
-    "value", "stderr", "dense_value", "delta", "higher_is_better", "runs", "run_id", "run_key",
+    *METHOD_COLUMNS, "value", "stderr", "dense_value", "delta", "higher_is_better", "runs", "run_id", "run_key",
+    "method_key",
 ]  # fmt: skip
-
-
-def method_name(entry: dict[str, Any]) -> str:
-    """``pruner/scorer/allocator`` (``-`` for a part not used); ``dense`` for a dense baseline."""
-    if entry["dense"]:
-        return "dense"
-    return "/".join(entry[part] or "-" for part in ("pruner", "scorer", "allocator"))
+KEY_CHARS = 8  # characters of the series key appended to a label that two methods share
 
 
 def leaderboard_rows(entries: list[dict[str, Any]], sparsity: float | None = None) -> list[dict[str, Any]]:
@@ -27,14 +28,25 @@ def leaderboard_rows(entries: list[dict[str, Any]], sparsity: float | None = Non
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = defaultdict(list)
     for entry in entries:
         if not entry["dense"]:
-            groups[(*_metric_key(entry), round(entry["target_sparsity"], SPARSITY_DIGITS), method_name(entry))].append(
+            groups[(*_metric_key(entry), round(entry["target_sparsity"], SPARSITY_DIGITS), entry["method_key"])].append(
                 entry
             )
     rows = [_row(_best(group), len(group), baselines.get(_metric_key(group[0]))) for group in groups.values()]
     rows += [_row(entry, _dense_count(entries, entry), entry) for entry in baselines.values()]
+    _tell_apart(rows)
     if sparsity is not None:
         rows = [row for row in rows if round(row["sparsity"], SPARSITY_DIGITS) == round(sparsity, SPARSITY_DIGITS)]
     return _ranked(rows)
+
+
+def _tell_apart(rows: list[dict[str, Any]]) -> None:
+    """Append ``#key`` to each label that methods with different settings (sparsity aside) share."""
+    series: dict[str, set[str | None]] = defaultdict(set)
+    for row in rows:
+        series[row["method"]].add(row["series"])
+    for row in rows:
+        if len(series[row["method"]]) > 1:
+            row["method"] = f"{row['method']} #{row['series'][:KEY_CHARS]}"
 
 
 def _metric_key(entry: dict[str, Any]) -> tuple[str, str, str, str]:
@@ -76,10 +88,13 @@ def _row(entry: dict[str, Any], runs: int, baseline: dict[str, Any] | None) -> d
         "metric": entry["metric"],
         "filter": entry["filter"],
         "sparsity": entry["target_sparsity"],
-        "method": method_name(entry),
+        "method": run_label(entry),
+        "series": series_key(method_of(entry)),
+        "method_key": entry["method_key"],
         "pruner": entry["pruner"],
         "scorer": entry["scorer"],
         "allocator": entry["allocator"],
+        **{name: entry[name] for name in METHOD_COLUMNS},
         "value": entry["value"],
         "stderr": entry["stderr"],
         "dense_value": dense_value,

@@ -37,6 +37,15 @@ class Run(Base):
     pruner: Mapped[str | None] = mapped_column(String(64))
     scorer: Mapped[str | None] = mapped_column(String(64))
     allocator: Mapped[str | None] = mapped_column(String(64))
+    # the full method identity (results document's ``ecoflap.method``) and its sha256; None: dense
+    method: Mapped[dict[str, Any] | None] = mapped_column(JSON(none_as_null=True))
+    method_key: Mapped[str | None] = mapped_column(String(64), index=True)
+    # the settings of the method that leaderboard queries filter or group by (None: unknown or dense)
+    nm: Mapped[str | None] = mapped_column(String(16))
+    max_sparsity: Mapped[float | None]
+    granularity: Mapped[str | None] = mapped_column(String(16))
+    aggregation: Mapped[str | None] = mapped_column(String(16))
+    per_tower: Mapped[bool | None]
     target_sparsity: Mapped[float]
     measured_sparsity: Mapped[float | None]
     config: Mapped[dict[str, Any]]

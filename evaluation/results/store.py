@@ -8,103 +8,42 @@ immediate transaction; PostgreSQL: an advisory lock), so several processes may o
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, delete, event, insert, select, text
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
+from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.results.database import (
+    ENV_DATA_DIR,
+    ENV_URL,
+    StoreUnavailable,
+    create_store_engine,
+    default_url,
+    masked,
+    resolve_url,
+)
+from ecoflap.evaluation.results.document import ParsedRun, parse_document
+from ecoflap.evaluation.results.method import COLUMNS, run_label
+from ecoflap.evaluation.results.migrations import current_revision, head_revision, upgrade
+from ecoflap.evaluation.results.models import Artefact, LayerAllocation, Run, RunTag, TaskMetric
+from sqlalchemy import delete, insert, select, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
-from ecoflap.core.errors import EcoflapError
-from ecoflap.evaluation.results.document import ParsedRun, parse_document
-from ecoflap.evaluation.results.models import Artefact, LayerAllocation, Run, RunTag, TaskMetric
-
-ENV_URL = "ECOFLAP_DATABASE_URL"
-ENV_DATA_DIR = "ECOFLAP_DATA_DIR"
-BUSY_TIMEOUT_S = 60
 ATTEMPTS = 8
 MIGRATION_LOCK = 0x65636F666C6170  # "ecoflap": the PostgreSQL advisory lock held while migrating
 TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 T = TypeVar("T")
-
-
-class StoreUnavailable(EcoflapError):
-    """The results database cannot be reached or opened."""
+__all__ = [  # the connection helpers live in database.py; importers of this module find them here too
+    "ENV_DATA_DIR", "ENV_URL", "ResultsStore", "StoreUnavailable", "create_store_engine", "default_url", "masked",
+    "resolve_url",
+]  # fmt: skip
 
 
 class _KeyRace(Exception):
     """Another process inserted the same run key first: retry as an update."""
-
-
-def default_url() -> str:
-    """``$ECOFLAP_DATABASE_URL``, else the SQLite file in the user data folder."""
-    if os.environ.get(ENV_URL):
-        return os.environ[ENV_URL]
-    folder = os.environ.get(ENV_DATA_DIR)
-    if not folder:
-        import platformdirs
-
-        folder = platformdirs.user_data_dir("ecoflap", appauthor=False)
-    return f"sqlite:///{Path(folder).expanduser() / 'results.db'}"
-
-
-def resolve_url(url: str | URL | None) -> URL:
-    """The URL to open; ``postgresql://`` means psycopg 3 (``postgres://`` is accepted too)."""
-    raw = url if url is not None else default_url()
-    try:
-        parsed = make_url(raw)
-    except ArgumentError:
-        raise EcoflapError(f"invalid database URL {str(raw)!r} (e.g. sqlite:///results.db, postgresql://...)") from None
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed
-
-
-def masked(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
-
-
-def create_store_engine(url: URL) -> Engine:
-    """An engine with the settings concurrent writers need (SQLite: WAL, busy timeout, real BEGIN)."""
-    if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
-    connect_args = {"connect_timeout": 10} if url.get_backend_name() == "postgresql" else {}
-    try:
-        return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
-    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        raise EcoflapError(f"cannot use database URL {masked(url)}: {exc} (is its driver installed?)") from None
-
-
-def _sqlite_engine(url: URL) -> Engine:
-    in_memory = url.database in (None, "", ":memory:")
-    if not in_memory:
-        try:
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot create the folder of {masked(url)}: {exc.strerror}") from None
-    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
-
-    @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None  # SQLAlchemy's BEGIN below, not the driver's
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
-        cursor.execute("PRAGMA foreign_keys = ON")
-        if not in_memory:
-            cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(connection: Any) -> None:
-        writing = connection.get_execution_options().get("ecoflap_write", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
-
-    return engine
 
 
 class ResultsStore:
@@ -126,8 +65,6 @@ class ResultsStore:
     # ---- schema -------------------------------------------------------------------------------
 
     def _upgrade(self) -> None:
-        from ecoflap.evaluation.results.migrations import current_revision, head_revision, upgrade
-
         with self.engine.connect() as connection:
             if current_revision(connection) == head_revision():
                 return
@@ -271,6 +208,7 @@ def _write_run(session: Session, parsed: ParsedRun) -> int:
                 raise
             raise _KeyRace from exc
     else:
+        _same_method(run, parsed)
         for name, value in {**parsed.columns, "updated_at": now}.items():
             setattr(run, name, value)
         for table in (LayerAllocation, TaskMetric, Artefact):
@@ -280,6 +218,16 @@ def _write_run(session: Session, parsed: ParsedRun) -> int:
         if rows:
             session.execute(insert(table), [{**row, "run_id": run.id} for row in rows])
     return run.id
+
+
+def _same_method(run: Run, parsed: ParsedRun) -> None:
+    """A run key names one method: a document with another method under the same key is refused, not merged."""
+    if run.dense != parsed.columns["dense"] or run.method_key != parsed.columns["method_key"]:
+        found, given = run.method_key or "dense", parsed.columns["method_key"] or "dense"
+        raise EcoflapError(
+            f"run key {parsed.run_key} is recorded for method {found[:12]}, this document has method {given[:12]}: "
+            "a run key must include the method (write the document with a new run key)"
+        )
 
 
 def _resolve(session: Session, ref: str) -> int | None:
@@ -308,6 +256,7 @@ METRIC_FIELDS = ["task", "metric", "filter", "value", "stderr", "n_samples", "hi
 def run_dict(run: Run) -> dict[str, Any]:
     """A run as plain JSON-ready values (times as ISO strings)."""
     values = {name: _plain(getattr(run, name)) for name in RUN_FIELDS}
+    values["method_label"] = run_label(values)
     values["tags"] = [tag.tag for tag in run.tags]
     values["allocation"] = [
         {key: getattr(row, key) for key in ("layer", "tower", "block", "target", "measured", "params")}
@@ -319,7 +268,8 @@ def run_dict(run: Run) -> dict[str, Any]:
 
 
 def _entry(run: Run, row: TaskMetric) -> dict[str, Any]:
-    values = {name: getattr(run, name) for name in ("id", "run_key", "model", "dense", "pruner", "scorer", "allocator")}
+    names = ("id", "run_key", "model", "dense", "pruner", "scorer", "allocator", "method", "method_key", *COLUMNS)
+    values = {name: getattr(run, name) for name in names}
     values |= {"target_sparsity": run.target_sparsity, "updated_at": run.updated_at}
     return values | {key: getattr(row, key) for key in METRIC_FIELDS}
 

@@ -13,9 +13,8 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Connection
-
 from ecoflap.core.errors import EcoflapError
+from sqlalchemy import Connection
 
 FOLDER = Path(__file__).resolve().parent
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import Connection
-
+from ecoflap.evaluation.results.database import create_store_engine, resolve_url
 from ecoflap.evaluation.results.models import Base
+from sqlalchemy import Connection
 
 config = context.config
 
@@ -26,8 +26,6 @@ def run_online() -> None:
     if connection is not None:
         run(connection)
         return
-    from ecoflap.evaluation.results.store import create_store_engine, resolve_url
-
     engine = create_store_engine(resolve_url(config.get_main_option("sqlalchemy.url") or None))
     with engine.connect() as connection:
         run(connection)
