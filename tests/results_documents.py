@@ -4,6 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
+DEFAULT_METHOD: dict[str, Any] = {
+    "pruner": "wanda",
+    "pruner_options": {"comparison": "auto"},
+    "nm": None,
+    "scorer": "zeroth-order",
+    "scorer_options": {"zo_eps": 0.001, "zo_noise": 1, "zo_group": 1, "zo_level": "tensor"},
+    "allocator": "ecoflap",
+    "allocation_file": None,
+    "granularity": "block",
+    "aggregation": "sum",
+    "max_sparsity": 0.6,
+    "per_tower": False,
+    "towers": [],
+    "targets": [],
+    "ignore": [],
+    "calibration": {"corpus": "wikipedia", "nsamples": 32, "seqlen": 512, "score_nsamples": 8, "score_seqlen": 128,
+                    "seed": 42},
+}  # fmt: skip
+
+
+def method(**changes: Any) -> dict[str, Any]:
+    """The default job's method block (the schema of ``ecoflap.method``) with ``changes``."""
+    return DEFAULT_METHOD | changes
+
 
 def document(
     key: str,
@@ -17,8 +41,12 @@ def document(
     sparsity: float = 0.5,
     layers: int = 3,
     writer: int = 0,
+    method: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A document; ``metrics``: {task: {metric: value or (value, stderr)}}; acc is higher-, loss lower-is-better."""
+    """A document; ``metrics``: {task: {metric: value or (value, stderr)}}; acc is higher-, loss lower-is-better.
+
+    ``method``: the ``ecoflap.method`` block (its names replace pruner, scorer and allocator); none: an older document.
+    """
     metrics = metrics if metrics is not None else {"vqa": {"acc": (0.8, 0.01), "invalid_rate": 0.02}}
     results: dict[str, dict[str, Any]] = {}
     for task, values in metrics.items():
@@ -26,10 +54,12 @@ def document(
         for name, value in values.items():
             value, stderr = value if isinstance(value, tuple) else (value, "N/A")
             results[task] |= {f"{name},none": value, f"{name}_stderr,none": stderr}
+    if method is not None:
+        pruner, scorer, allocator = method["pruner"], method["scorer"], method["allocator"]
     if dense:
-        pruner = scorer = allocator = None
+        pruner = scorer = allocator = method = None
         sparsity = 0.0
-    return {
+    doc = {
         "results": results,
         "configs": {task: {"task": task, "limit": None} for task in metrics},
         "versions": {task: "1.0" for task in metrics},
@@ -68,3 +98,4 @@ def document(
             "status": "complete",
         },
     }
+    return doc | {"ecoflap": doc["ecoflap"] | {"method": method}} if method is not None else doc

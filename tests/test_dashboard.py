@@ -10,15 +10,14 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from results_documents import document
+from ecoflap.evaluation.dashboard.app import create_app
+from ecoflap.evaluation.dashboard.store import ReadOnlyStore
+from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable
+from results_documents import document, method
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.testclient import TestClient
 from test_results_store import postgres_databases  # noqa: F401  (fresh databases on the local server)
-
-from ecoflap.evaluation.dashboard.app import create_app
-from ecoflap.evaluation.dashboard.store import ReadOnlyStore
-from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable
 
 EVIL = "<script>alert('x')</script>"
 
@@ -327,3 +326,26 @@ def test_dashboard_command_help_and_taken_port(db_url: str):
         result = CliRunner().invoke(cli, ["dashboard", "--db", db_url, "--port", str(port)])
     assert result.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in result.output
     assert "Traceback" not in result.output
+
+
+def test_methods_differing_in_one_setting_are_separate_rows_in_the_html(tmp_path):
+    uniform = method(allocator="uniform", scorer=None, scorer_options={})
+    url = f"sqlite:///{tmp_path / 'methods.db'}"
+    store = ResultsStore(url)
+    settings = [uniform, uniform | {"nm": "2:4"}, method(), method(max_sparsity=0.7), method(granularity="layer")]
+    for i, chosen in enumerate(settings):
+        store.record(mini(f"m-{i}", 0.6 + i / 100, method=chosen))
+    store.close()
+    labels = ["wanda / uniform", "wanda 2:4 / uniform", "wanda / ecoflap zeroth-order",
+              "wanda / ecoflap zeroth-order cap 0.7", "wanda / ecoflap zeroth-order layer"]  # fmt: skip
+    with TestClient(create_app(url)) as client:
+        html = client.get("/?metric=acc").text
+        cells = [re.findall(r"<td>([^<]*)</td>", row) for row in rows(html, "leaderboard")]
+        assert sorted(label for row in cells for label in row if " / " in label) == sorted(labels)
+        curves = client.get("/curves.json?metric=acc").json()
+        assert sorted(s["method"] for s in curves["series"]) == sorted(labels)
+        page = client.get("/runs/m-1").text
+        assert "wanda 2:4 / uniform" in page and "<dt>nm</dt><dd>2:4</dd>" in page
+        compared = client.get("/compare.json?a=m-2&b=m-3").json()
+        cap = next(row for row in compared["settings"] if row["setting"] == "method.max_sparsity")
+        assert (cap["a"], cap["b"], cap["same"]) == (0.6, 0.7, False)

@@ -9,9 +9,8 @@ import socket
 
 import pytest
 from click.testing import CliRunner
-from results_documents import document
-
 from ecoflap.pipelines.cli import cli
+from results_documents import document, method
 
 
 @pytest.fixture
@@ -112,7 +111,9 @@ def test_compare_and_export(db, files, tmp_path):
         ("invalid_rate", 0.01, 0.04, 0.03, "a"),  # higher invalid rate: worse
     ]
     table = run("results", "compare", "1", "4", "--db", db).output
-    assert table.startswith("a: run 1 (key-dense, tag baseline), dense\nb: run 4 (key-s1), sparsegpt / ecoflap zeroth-order\n")
+    assert table.startswith(
+        "a: run 1 (key-dense, tag baseline), dense\nb: run 4 (key-s1), sparsegpt / ecoflap zeroth-order\n"
+    )
     exported = json.loads(run("results", "export", "--db", db).output)
     assert [r["run_key"] for r in exported] == ["key-dense", "key-w1", "key-w2", "key-s1"]
     assert all(len(r["metrics"]) == 2 and len(r["allocation"]) == 3 for r in exported)
@@ -159,3 +160,50 @@ def test_unreachable_database_exits_1_with_one_line():
     )
     assert "hunter2" not in result.output and result.stdout == ""
     run("regress", "--baseline", "1", "--tolerance", "vqa:acc=0.01", "--db", url, code=1)
+
+
+def test_leaderboard_show_compare_and_export_tell_methods_apart(db, tmp_path):
+    """Runs differing only in N:M, only in the cap or only in granularity: separate rows, labels that say so."""
+    uniform = method(allocator="uniform", scorer=None, scorer_options={})
+    methods = {
+        "m-uni": uniform, "m-nm": uniform | {"nm": "2:4"},
+        "m-eco": method(), "m-cap": method(max_sparsity=0.7), "m-layer": method(scorer="first-order",
+        scorer_options={"fo_variant": "grad-mag-abs"}, granularity="layer"),
+    }  # fmt: skip
+    for i, (key, settings) in enumerate(methods.items()):
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps(document(key, {"vqa": {"acc": 0.6 + i / 100}}, method=settings)))
+        run("results", "record", str(path), "--database-url", db)
+    table = run("results", "leaderboard", "--metric", "acc", "--database-url", db).output
+    labels = ["wanda / uniform", "wanda 2:4 / uniform", "wanda / ecoflap zeroth-order",
+              "wanda / ecoflap zeroth-order cap 0.7", "wanda / ecoflap first-order layer"]  # fmt: skip
+    body = table.splitlines()[2:]
+    assert len(body) == 5 and all(sum(f"  {label}  " in line for line in body) == 1 for label in labels)
+    shown = run("results", "show", "m-nm", "--db", db).output
+    assert shown.startswith("run 2 (m-nm): mini, wanda 2:4 / uniform\n") and '  method.nm          "2:4"' in shown
+    compared = run("results", "compare", "m-eco", "m-cap", "--db", db).output.splitlines()
+    assert compared[1] == "b: run 4 (m-cap), wanda / ecoflap zeroth-order cap 0.7"
+    assert next(line for line in compared if line.startswith("max_sparsity")).split() == [
+        "max_sparsity",
+        "0.6",
+        "0.7",
+        "no",
+    ]
+    exported = list(csv.DictReader(io.StringIO(run("results", "export", "--format", "csv", "--db", db).output)))
+    assert [(r["run_key"], r["method_label"], r["nm"]) for r in exported][:2] == [
+        ("m-uni", "wanda / uniform", ""), ("m-nm", "wanda 2:4 / uniform", "2:4")
+    ]  # fmt: skip
+    assert json.loads(exported[3]["method"])["max_sparsity"] == 0.7
+
+
+def test_one_spelling_of_the_database_option(tmp_path, files):
+    url = f"sqlite:///{tmp_path / 'spelled.db'}"
+    run("results", "record", str(files["w1"]), "--database-url", url)
+    for args in (["results", "list"], ["regress", "--candidate", "key-w1", "--floors", str(tmp_path / "f.yaml")]):
+        (tmp_path / "f.yaml").write_text("vqa: {acc: 0.5}\n")
+        assert "key-w1" in run(*args, "--database-url", url).output
+        assert "key-w1" in run(*args, "--db", url).output
+        assert "key-w1" in run(*args, env={"ECOFLAP_DATABASE_URL": url}).output
+    for command in (["results", "list"], ["results", "leaderboard"], ["regress"], ["dashboard"]):
+        help_text = run(*command, "--help").output
+        assert "--database-url, --db URL" in help_text and "ECOFLAP_DATABASE_URL" in help_text

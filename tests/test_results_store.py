@@ -10,20 +10,27 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 
+import ecoflap.evaluation.results.store as store_module
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from results_documents import document
-from sqlalchemy import Column, Integer, MetaData, event, func, inspect, select
-
-import ecoflap.evaluation.results.store as store_module
 from ecoflap.core.errors import EcoflapError
 from ecoflap.evaluation.results.document import parse_document
+from ecoflap.evaluation.results.method import legacy_method, method_label
 from ecoflap.evaluation.results.migrations import upgrade
 from ecoflap.evaluation.results.models import Base, LayerAllocation, Run, TaskMetric
-from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable, create_store_engine, default_url, resolve_url
+from ecoflap.evaluation.results.store import (
+    ResultsStore,
+    StoreUnavailable,
+    create_store_engine,
+    default_url,
+    resolve_url,
+)
+from results_documents import document, method
+from sqlalchemy import Column, Integer, MetaData, Table, event, func, inspect, select
 
 ROOT = Path(__file__).resolve().parents[1]
 # libpq connection string of the server's maintenance database (override: $ECOFLAP_TEST_POSTGRES)
@@ -385,3 +392,119 @@ def test_leaderboard_against_hand_computed_values(tmp_path):
     big = [r for r in every if r["model"] == "big" and r["sparsity"] == 0.5]
     assert [(r["value"], round(r["delta"], 10)) for r in big] == [(0.85, -0.05)]
     assert store.leaderboard(task="nothing") == []
+
+
+# ---- the method identity ------------------------------------------------------------------------
+
+
+def _record_with_0001_code(connection, doc: dict, key: str) -> None:
+    """Insert a run and its metrics as the code of revision 0001 did: the columns of its runs table only."""
+    parsed = parse_document(doc)
+    runs = Table("runs", MetaData(), autoload_with=connection)
+    metrics = Table("task_metrics", MetaData(), autoload_with=connection)
+    now = datetime(2026, 11, 28)
+    columns = {name: value for name, value in parsed.columns.items() if name in runs.c}
+    run_id = connection.execute(
+        runs.insert().values(run_key=key, created_at=now, updated_at=now, **columns).returning(runs.c.id)
+    ).scalar_one()
+    connection.execute(metrics.insert(), [{**row, "run_id": run_id} for row in parsed.metrics])
+
+
+def test_upgrade_from_0001_keeps_old_runs_and_backfills_their_method(db_url):
+    old = document("old-w", {"vqa": {"acc": (0.7, 0.02)}})
+    dense = document("old-dense", {"vqa": {"acc": 0.8}}, dense=True)
+    engine = create_store_engine(resolve_url(db_url))
+    with engine.connect() as connection, connection.begin():
+        upgrade(connection, "0001")
+        assert "method_key" not in {column["name"] for column in inspect(connection).get_columns("runs")}
+        _record_with_0001_code(connection, old, "old-w")
+        _record_with_0001_code(connection, dense, "old-dense")
+    engine.dispose()
+    store = ResultsStore(db_url)  # upgrades to head
+    run = store.get_run("old-w")
+    assert (run["pruner"], run["target_sparsity"], run["metrics"][0]["value"]) == ("wanda", 0.5, 0.7)
+    assert run["method"] == legacy_method("wanda", "zeroth-order", "ecoflap") and run["method"]["nm"] is None
+    assert run["method_key"] == parse_document(old).columns["method_key"]  # the migration's key is the reader's
+    assert (run["nm"], run["max_sparsity"], run["granularity"], run["per_tower"]) == (None, None, None, None)
+    assert run["method_label"] == "wanda / ecoflap zeroth-order"
+    assert store.get_run("old-dense")["method"] is None and store.get_run("old-dense")["method_key"] is None
+    assert store.record(old) == run["id"] and count(store, Run) == 2  # re-recording the old file updates its row
+    assert _schema_diffs(db_url, Base.metadata) == []
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "labels"),
+    [
+        (
+            method(allocator="uniform", scorer=None, scorer_options={}),
+            method(allocator="uniform", scorer=None, scorer_options={}, nm="2:4"),
+            ["wanda / uniform", "wanda 2:4 / uniform"],
+        ),
+        (method(), method(max_sparsity=0.7), ["wanda / ecoflap zeroth-order", "wanda / ecoflap zeroth-order cap 0.7"]),
+        (method(), method(granularity="layer"), ["wanda / ecoflap zeroth-order", "wanda / ecoflap zeroth-order layer"]),
+    ],
+    ids=["nm", "max_sparsity", "granularity"],
+)
+def test_methods_differing_in_one_setting_are_separate_rows(db_url, first, second, labels):
+    store = ResultsStore(db_url)
+    store.record(document("m-a", {"vqa": {"acc": 0.70}}, method=first))
+    store.record(document("m-b", {"vqa": {"acc": 0.74}}, method=second))
+    rows = store.leaderboard(metric="acc", sparsity=0.5)
+    assert [(r["method"], r["value"], r["runs"]) for r in rows] == [(labels[1], 0.74, 1), (labels[0], 0.70, 1)]
+    assert len({r["method_key"] for r in rows}) == 2
+    assert store.get_run("m-b")["method"] == second and store.get_run("m-b")["method_label"] == labels[1]
+
+
+def test_columns_of_the_method_and_the_writers_key(tmp_path):
+    store = ResultsStore(f"sqlite:///{tmp_path / 'r.db'}")
+    doc = document("m-nm", method=method(nm="2:4", granularity="layer", aggregation="avg", per_tower=True))
+    doc["ecoflap"]["method_key"] = "f" * 64  # the writer's key is kept as written
+    run = store.get_run(store.record(doc))
+    assert (run["nm"], run["max_sparsity"], run["granularity"], run["aggregation"], run["per_tower"]) == (
+        "2:4", 0.6, "layer", "avg", True
+    )  # fmt: skip
+    assert run["method_key"] == "f" * 64
+    assert run["method_label"] == "wanda 2:4 / ecoflap zeroth-order layer avg per-tower"
+    with store.engine.connect() as connection:
+        assert connection.scalar(select(Run.id).where(Run.nm == "2:4", Run.granularity == "layer")) == run["id"]
+    bad = document("m-bad", method=method(max_sparsity="lots"))
+    with pytest.raises(EcoflapError, match=r"ecoflap\.method\.max_sparsity"):
+        store.record(bad)
+
+
+def test_a_run_key_names_one_method(tmp_path):
+    store = ResultsStore(f"sqlite:///{tmp_path / 'r.db'}")
+    store.record(document("same", method=method()))
+    with pytest.raises(EcoflapError, match="run key same is recorded for method .* a run key must include the method"):
+        store.record(document("same", method=method(nm="2:4")))
+    assert count(store, Run) == 1 and store.get_run("same")["nm"] is None
+    assert store.record(document("same", {"vqa": {"acc": 0.9}}, method=method())) == 1  # same method: an update
+
+
+def test_an_old_and_a_new_method_with_one_label_are_told_apart(tmp_path):
+    store = ResultsStore(f"sqlite:///{tmp_path / 'r.db'}")
+    store.record(document("old", {"vqa": {"acc": 0.70}}))  # recorded before the method block: settings unknown
+    store.record(document("new", {"vqa": {"acc": 0.74}}, method=method()))
+    labels = [r["method"] for r in store.leaderboard(metric="acc")]
+    assert len(labels) == 2 and len(set(labels)) == 2
+    assert all(label.startswith("wanda / ecoflap zeroth-order #") for label in labels)
+
+
+def test_labels_of_the_writers_methods():
+    """The label's defaults are the default job's: PruneConfig.method() at its defaults shows no setting."""
+    from ecoflap.core.config import PruneConfig
+
+    cases = {
+        "wanda / ecoflap zeroth-order": {},
+        "wanda 2:4 / uniform": {"allocator": "uniform", "nm": "2:4"},
+        "wanda / ecoflap zeroth-order cap 0.7": {"max_sparsity": 0.7},
+        "wanda / ecoflap first-order layer": {"scorer": "first-order", "granularity": "layer"},
+        "sparsegpt / uniform cap 0.9": {"pruner": "sparsegpt", "allocator": "uniform", "max_sparsity": 0.9},
+        "wanda comparison=row / ecoflap zeroth-order zo_eps=0.01 calibration nsamples=4 seed=1": {
+            "comparison": "row", "zo_eps": 0.01, "nsamples": 4, "seed": 1,
+        },
+    }  # fmt: skip
+    for label, settings in cases.items():
+        config = PruneConfig(**settings)
+        assert method_label(config.method(), config.target) == label
+    assert method_label(None) == "dense"
