@@ -1,9 +1,16 @@
-"""Shared fixtures: tiny random models (built from configs, no files) and a seeded toy corpus."""
+"""Shared fixtures: tiny random models (built from configs, no files) and a seeded toy corpus.
+
+The tiny models are a test plugin (tests/plugins/tiny_models), never in the production registry: its
+folder goes on ``sys.path`` (``importlib.metadata`` finds its ``*.dist-info`` when plugins load) and on
+``PYTHONPATH`` (for the ``python -m ecoflap.pipelines.cli`` subprocesses of the tests).
+"""
 
 from __future__ import annotations
 
 import os
 import random
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +19,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(int(os.environ.get("ECOFLAP_TEST_THREADS", "1")))
+
+TINY_MODELS = Path(__file__).parent / "plugins" / "tiny_models"
+
+
+def _add_tiny_models() -> None:
+    if str(TINY_MODELS) not in sys.path:
+        sys.path.insert(0, str(TINY_MODELS))
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(TINY_MODELS) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(TINY_MODELS), *paths])
+
+
+_add_tiny_models()
 
 
 @pytest.fixture(scope="session")
@@ -23,10 +43,10 @@ def toy_text() -> str:
 
 def tiny_adapter(kind: str = "tiny-llama", dtype: torch.dtype = torch.float32, **patterns):
     from ecoflap.core.adapters import LoadOptions
-    from ecoflap.plugins.models.hf_causal_lm import _tiny, tiny_llama_config, tiny_opt_config
+    from ecoflap_tiny_models import text
 
-    config = {"tiny-llama": tiny_llama_config, "tiny-opt": tiny_opt_config}[kind]
-    adapter = _tiny(kind, config)(LoadOptions(kind, **patterns))
+    config = {"tiny-llama": text.tiny_llama_config, "tiny-opt": text.tiny_opt_config}[kind]
+    adapter = text.causal_lm(kind, config)(LoadOptions(kind, **patterns))
     adapter.model.to(dtype)
     return adapter
 

@@ -41,27 +41,39 @@ def test_a_corpus_too_short_and_a_missing_model_file(tmp_path: Path) -> None:
     corpus.write_text("only a few words here")
     result = CliRunner().invoke(
         cli,
-        ["prune", "--model", "tiny-llama", "--corpus", str(corpus), "--nsamples", "4", "--seqlen", "64", "--no-save"],
+        ["prune", "--model", "tiny-llama", "--corpus", str(corpus), "--nsamples", "4", "--seqlen", "64"]
+        + ["--score-nsamples", "4", "--score-seqlen", "64", "--no-eval"],
     )
     assert result.exit_code == 1
     assert "too few for 4 x 64 calibration tokens" in result.output
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}))
-    result = CliRunner().invoke(cli, ["prune", "--model", str(folder), "--no-save"])
+    result = CliRunner().invoke(cli, ["prune", "--model", str(folder), "--no-eval"])
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: cannot load the model in {folder}")
 
 
-def test_config_file_unknown_key_and_flags_override(tmp_path: Path) -> None:
+def test_config_file_unknown_key(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
     config.write_text("model: tiny-llama\nsparsity: 0.3\nsparsty: 0.4\n")
     result = CliRunner().invoke(cli, ["prune", "-C", str(config)])
     assert result.exit_code == 1
     assert result.output.strip() == "Error: invalid configuration: sparsty: unknown key"
-    config.write_text("model: tiny-llama\nsparsity: 2\n")
-    result = CliRunner().invoke(cli, ["prune", "-C", str(config), "--sparsity", "1.5"])
-    assert "sparsity: Input should be less than 1" in result.output
+
+
+def test_a_flag_overrides_the_file_and_the_file_the_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both values valid: the validated run config has the flag's sparsity and the file's nsamples."""
+    from ecoflap.pipelines import prune_cli
+
+    runs: list = []
+    monkeypatch.setattr(prune_cli, "execute", lambda target, strict: runs.append(target))
+    config = tmp_path / "run.yaml"
+    config.write_text("model: tiny-llama\nsparsity: 0.3\nnsamples: 7\n")
+    result = CliRunner().invoke(cli, ["prune", "-C", str(config), "--sparsity", "0.2"])
+    assert result.exit_code == 0, result.output
+    (run,) = runs
+    assert (run.model, run.sparsity, run.nsamples) == ("tiny-llama", 0.2, 7)
 
 
 def test_register_commands_adds_a_subcommand() -> None:

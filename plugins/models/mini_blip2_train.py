@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,17 +22,19 @@ import torch
 
 from ecoflap.core.cache import cache_dir
 from ecoflap.core.errors import EcoflapError
-from ecoflap.plugins.models.mini_blip2 import (
+from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
+from ecoflap.plugins.models.hf_causal_lm import smollm2_folder
+from ecoflap.plugins.models.mini_blip2_model import (
     BRIDGE_FILE,
-    WEIGHTS,
+    BRIDGE_META,
     BridgeConfig,
     GenerationConfig,
     MiniBlip2,
     QFormerBridge,
     bridge_state,
-    pixel_values,
     text_batch,
 )
+from ecoflap.plugins.models.mini_common import git_hash, image_features, sha256_of
 
 
 @dataclass(frozen=True)
@@ -55,32 +56,6 @@ class Example:
     instruction: str
     prompt: str
     target: str
-
-
-def feature_cache(split: str, size: int) -> Path:
-    return cache_dir() / "features" / f"dinov2s-{size}-easyvqa-{split}.pt"
-
-
-@torch.no_grad()
-def image_features(vision: torch.nn.Module, split: str, size: int, log: Any = print) -> dict[int, torch.Tensor]:
-    """Frozen DINOv2 features of every image of ``split``, computed once (fp16 on disk)."""
-    from ecoflap.core.datasets import easy_vqa
-
-    path = feature_cache(split, size)
-    if path.is_file():
-        return torch.load(path)
-    paths = easy_vqa.image_paths(split)
-    ids = sorted(paths)
-    chunks = []
-    start = time.perf_counter()
-    for i in range(0, len(ids), 64):
-        chunks.append(vision(pixel_values=pixel_values([paths[j] for j in ids[i : i + 64]], size)).last_hidden_state)
-        log(f"features {split}: {min(i + 64, len(ids))}/{len(ids)} images, {time.perf_counter() - start:.0f} s")
-    features = dict(zip(ids, torch.cat(chunks).half(), strict=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(features, path.with_suffix(".partial"))
-    path.with_suffix(".partial").rename(path)
-    return features
 
 
 def examples(split: str, generation: GenerationConfig) -> tuple[list[Example], list[Example]]:
@@ -202,19 +177,6 @@ def train_bridge(
     }
 
 
-def git_hash() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def write_weights(bridge: QFormerBridge, record: dict[str, Any], config: TrainConfig, out: Path) -> Path:
     """The bridge in fp16 safetensors + its settings and training record, side by side."""
     from safetensors.torch import save_file
@@ -222,6 +184,7 @@ def write_weights(bridge: QFormerBridge, record: dict[str, Any], config: TrainCo
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.half() for k, v in bridge_state(bridge).items()}, out / BRIDGE_FILE)
     meta = {
+        "sha256": sha256_of(out / BRIDGE_FILE),
         "bridge": asdict(bridge.config),
         "train": asdict(config),
         "record": record,
@@ -233,16 +196,13 @@ def write_weights(bridge: QFormerBridge, record: dict[str, Any], config: TrainCo
         "git_hash": git_hash(),
         "parameters": sum(p.numel() for p in bridge.parameters()),
     }
-    (out / "mini_blip2_bridge.json").write_text(json.dumps(meta, indent=1))
+    (out / BRIDGE_META).write_text(json.dumps(meta, indent=1))
     return out / BRIDGE_FILE
 
 
 def build_untrained(bridge_config: BridgeConfig, seed: int) -> tuple[MiniBlip2, Any]:
     """DINOv2-S + a freshly initialised bridge + SmolLM2, frozen towers."""
     from transformers import AutoTokenizer, Dinov2Model, LlamaForCausalLM
-
-    from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
-    from ecoflap.plugins.models.hf_causal_lm import smollm2_folder
 
     torch.manual_seed(seed)
     bridge = QFormerBridge(bridge_config)
@@ -254,7 +214,8 @@ def build_untrained(bridge_config: BridgeConfig, seed: int) -> tuple[MiniBlip2, 
     return model, AutoTokenizer.from_pretrained(smollm2_folder())
 
 
-def train(config: TrainConfig, out: Path = WEIGHTS, log: Any = print) -> Path:
+def train(config: TrainConfig, out: Path, log: Any = print) -> Path:
+    """Train a bridge and write it into ``out`` (the cache's zoo/mini-blip2 from the command, never the package)."""
     if config.steps < 1 or config.batch_size < 2 or not config.lr > 0:
         raise EcoflapError("--steps must be >= 1, --batch-size >= 2 and --lr > 0")
     model, tokenizer = build_untrained(BridgeConfig(), config.seed)

