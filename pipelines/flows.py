@@ -303,9 +303,7 @@ def run_evaluation(request: EvalRequest, tasks: list[str], output: str, refresh:
     """The evaluate flow in this process; the path of results.json (a failure is one EcoflapError line)."""
     with results_in_run_cache():
         state = evaluate_model(request, tasks, output, refresh, return_state=True)
-    if not state.is_completed():
-        raise EcoflapError(state.message or f"the flow ended in state {state.name}")
-    return state.result()
+    return _outcome(state)
 
 
 def run_flow(target: RunConfig | SweepConfig) -> Step | list[Step]:
@@ -313,6 +311,17 @@ def run_flow(target: RunConfig | SweepConfig) -> Step | list[Step]:
     chosen = sweep if isinstance(target, SweepConfig) else prune_and_evaluate
     with results_in_run_cache():
         state = chosen(target, return_state=True)
-    if not state.is_completed():
-        raise EcoflapError(state.message or f"the flow ended in state {state.name}")
-    return state.result()
+    return _outcome(state)
+
+
+def _outcome(state: State) -> Any:
+    """A finished flow's result; a user mistake raised inside it stays its own one line (EcoflapError)."""
+    if state.is_completed():
+        return state.result()
+    try:
+        state.result()
+    except EcoflapError:
+        raise
+    except Exception:  # noqa: BLE001 - any other failure: the state's message, one line
+        pass
+    raise EcoflapError(state.message or f"the flow ended in state {state.name}")
