@@ -51,12 +51,12 @@ def run_variant(variant: str, nsamples: int, seqlen: int, micro_batch: int, seed
     import torch
 
     from ecoflap.core.adapters import LoadOptions, split_batch
+    from ecoflap.core.datasets.corpora import load_corpus, split_corpus
     from ecoflap.core.scoring import (
         first_order_scores,
         zeroth_order_scores,
         zeroth_order_scores_naive,
     )
-    from ecoflap.core.datasets.corpora import load_corpus, split_corpus
     from ecoflap.plugins.models.hf_causal_lm import load_smollm2
 
     torch.set_num_threads(int(os.environ.get("ECOFLAP_THREADS", "2")))

@@ -23,9 +23,9 @@ import torch
 
 from ecoflap.core.compress import PruneResult, allocate, layer_infos, prune_fine
 from ecoflap.core.config import PruneConfig
-from ecoflap.core.plugins import load_plugins
 from ecoflap.core.datasets.easy_vqa import question_sample
 from ecoflap.core.job import calibration_data, load_model, resolve_methods
+from ecoflap.core.plugins import load_plugins
 from ecoflap.evaluation.metrics.vqa import vqa_scores
 
 METHODS = {

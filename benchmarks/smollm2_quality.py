@@ -22,8 +22,8 @@ import torch
 from ecoflap.core.adapters import LoadOptions
 from ecoflap.core.compress import Methods, compress
 from ecoflap.core.config import PruneConfig
-from ecoflap.core.plugins import load_plugins
 from ecoflap.core.datasets.corpora import load_corpus, split_corpus
+from ecoflap.core.plugins import load_plugins
 from ecoflap.evaluation.perplexity import perplexity
 from ecoflap.plugins.models.hf_causal_lm import load_smollm2
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 import yaml
+
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
 from ecoflap.pipelines.run_cli import load_target, prefect_defaults

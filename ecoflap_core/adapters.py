@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from ecoflap.core.errors import EcoflapError
 from torch import nn
+
+from ecoflap.core.errors import EcoflapError
 
 Batch = dict[str, torch.Tensor]
 

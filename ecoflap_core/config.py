@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from ecoflap.core.errors import EcoflapError, describe_validation_error
 from ecoflap.core.provenance import fingerprint
 from ecoflap.core.pruning import NMPattern
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class PruneConfig(BaseModel):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from ecoflap.core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
 from ecoflap.core.allocation import Allocation, LayerInfo
 from ecoflap.core.compress import Methods, PruneResult, allocate, layer_infos, prune_fine, select_towers

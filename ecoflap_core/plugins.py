@@ -16,6 +16,7 @@ from importlib import metadata
 from typing import Any
 
 import pluggy
+
 from ecoflap.core import hookspecs
 from ecoflap.core.adapters import ModelSpec
 from ecoflap.core.allocation import Allocator

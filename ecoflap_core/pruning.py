@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from ecoflap.core.errors import EcoflapError
 from torch import nn
+
+from ecoflap.core.errors import EcoflapError
 
 Comparison = Literal["row", "matrix"]
 

@@ -23,10 +23,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
+from torch import nn
+
 from ecoflap.core.adapters import Batch, Block, ModelAdapter, Tower, batch_size, linears, split_batch
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.progress import ProgressFactory, no_progress
-from torch import nn
 
 FirstOrderVariant = Literal["grad-mag-abs", "grad-only", "grad-mag-square"]
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch import nn
+
 from ecoflap.core.adapters import Batch, Block, ModelAdapter, Tower, linears, split_batch
 from ecoflap.core.progress import ProgressFactory, no_progress
 from ecoflap.core.pruning import Comparison, LayerPruner, NMPattern
-from torch import nn
 
 PrunerFactory = Callable[[nn.Linear, str], LayerPruner]
 

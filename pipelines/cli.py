@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import click
+
 from ecoflap.core.errors import EcoflapError
 from ecoflap.pipelines import dashboard_cli, eval_cli, prune_cli, results_cli, run_cli
 from ecoflap.pipelines.common import registries as loaded_plugins

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import click
-from ecoflap.core.errors import EcoflapError
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
+
+from ecoflap.core.errors import EcoflapError
 
 
 @functools.cache

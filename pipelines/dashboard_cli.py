@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import click
+
 from ecoflap.core.errors import EcoflapError
 from ecoflap.pipelines.results_cli import database_option
 
@@ -24,6 +25,7 @@ Examples:
 def dashboard(db_url: str | None, host: str, port: int, log_level: str) -> None:
     """Leaderboard, curves against sparsity, runs and comparisons in the browser (read-only; GET pages only)."""
     import uvicorn
+
     from ecoflap.evaluation.dashboard.app import create_app
     from ecoflap.evaluation.dashboard.store import ReadOnlyStore
     from ecoflap.evaluation.results.store import StoreUnavailable, masked, resolve_url

@@ -6,10 +6,11 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.provenance import read_json
 from ecoflap.pipelines import common
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 EVAL_EXAMPLES = """
 \b

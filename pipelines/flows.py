@@ -14,15 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ecoflap.core.errors import EcoflapError
-from ecoflap.core.provenance import read_json
-from ecoflap.pipelines import steps
-from ecoflap.pipelines.run_config import EvalRequest, RunConfig, SweepConfig
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE, CachePolicy
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.states import Failed, State
+
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.provenance import read_json
+from ecoflap.pipelines import steps
+from ecoflap.pipelines.run_config import EvalRequest, RunConfig, SweepConfig
 
 Step = dict[str, Any]
 _SLOTS: dict[str, threading.Semaphore] = {}  # sweep id -> how many of its runs may work at once

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from ecoflap.pipelines.common import GroupedCommand
 from ecoflap.pipelines.run_cli import execute, load_target, run_options
 

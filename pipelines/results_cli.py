@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+
 from ecoflap.core.errors import EcoflapError
 
 RESULTS_EXAMPLES = """

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 import yaml
+
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.provenance import read_json
 from ecoflap.evaluation.runner import format_table
@@ -20,7 +21,7 @@ RUN_EXAMPLES = """
 \b
 Examples:
   ecoflap run                                     # mini-blip2, ECoFLaP + Wanda at 50%, easy-vqa
-  ecoflap run --model tiny-llama --task wikitext --limit 8
+  ecoflap run --model smollm2-135m --allocator uniform --limit 8
   ecoflap run -C run.yaml --seed 1                # flags override the file
   ecoflap run --grid sparsity=0.5,0.6 --grid pruner=wanda,sparsegpt --parallel 2
   PREFECT_API_URL=http://127.0.0.1:4200/api ecoflap run -C run.yaml   # against a Prefect server

@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from ecoflap.core.config import PruneConfig, describe_validation_error
 from ecoflap.core.errors import EcoflapError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 DEFAULT_TASKS = ["auto"]
 #: keys of a run file that describe a sweep rather than one run

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ecoflap.core.errors import EcoflapError
 from ecoflap.core.datasets import corpora
 from ecoflap.core.datasets.corpora import load_corpus, read_text_corpus, split_corpus, wikipedia_articles
+from ecoflap.core.errors import EcoflapError
 
 WIKITEXT_LINES = [  # the WikiText-2 raw layout: every line ends with " \n"
     "",

@@ -10,14 +10,15 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from ecoflap.evaluation.dashboard.app import create_app
-from ecoflap.evaluation.dashboard.store import ReadOnlyStore
-from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable
 from results_documents import document, method
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.testclient import TestClient
 from test_results_store import postgres_databases  # noqa: F401  (fresh databases on the local server)
+
+from ecoflap.evaluation.dashboard.app import create_app
+from ecoflap.evaluation.dashboard.store import ReadOnlyStore
+from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable
 
 EVIL = "<script>alert('x')</script>"
 

@@ -12,10 +12,10 @@ import torch
 from ecoflap.core.compress import Methods, compress
 from ecoflap.core.config import PruneConfig
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.job import load_model, resolve_methods
 from ecoflap.core.plugins import load_plugins
 from ecoflap.core.scoring import ordered_blocks
 from ecoflap.core.sequential import measure_sparsity
-from ecoflap.core.job import load_model, resolve_methods
 from ecoflap.plugins.pruners import WandaPruner
 
 REGISTRIES = load_plugins()
@@ -149,8 +149,8 @@ def test_targets_and_ignore_select_the_prunable_layers(make_adapter) -> None:
 def test_a_failed_save_leaves_the_previous_output_intact(tmp_path: Path, make_adapter) -> None:
     from ecoflap.core.allocation import Allocation
     from ecoflap.core.compress import PruneResult
-    from ecoflap.core.sequential import LayerSparsity
     from ecoflap.core.job import save_checkpoint
+    from ecoflap.core.sequential import LayerSparsity
 
     out = tmp_path / "run"
     out.mkdir()

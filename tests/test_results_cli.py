@@ -9,8 +9,9 @@ import socket
 
 import pytest
 from click.testing import CliRunner
-from ecoflap.pipelines.cli import cli
 from results_documents import document, method
+
+from ecoflap.pipelines.cli import cli
 
 
 @pytest.fixture

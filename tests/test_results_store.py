@@ -13,10 +13,13 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-import ecoflap.evaluation.results.store as store_module
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from results_documents import document, method
+from sqlalchemy import Column, Integer, MetaData, Table, event, func, inspect, select
+
+import ecoflap.evaluation.results.store as store_module
 from ecoflap.core.errors import EcoflapError
 from ecoflap.evaluation.results.document import parse_document
 from ecoflap.evaluation.results.method import legacy_method, method_label
@@ -29,8 +32,6 @@ from ecoflap.evaluation.results.store import (
     default_url,
     resolve_url,
 )
-from results_documents import document, method
-from sqlalchemy import Column, Integer, MetaData, Table, event, func, inspect, select
 
 ROOT = Path(__file__).resolve().parents[1]
 # libpq connection string of the server's maintenance database (override: $ECOFLAP_TEST_POSTGRES)

@@ -6,9 +6,9 @@ import pytest
 
 from ecoflap.core.compress import compress
 from ecoflap.core.config import PruneConfig
-from ecoflap.core.plugins import load_plugins
 from ecoflap.core.datasets.corpora import load_corpus, split_corpus
 from ecoflap.core.job import load_model, resolve_methods
+from ecoflap.core.plugins import load_plugins
 
 pytestmark = pytest.mark.slow
 REG = load_plugins()

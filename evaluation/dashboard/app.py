@@ -19,10 +19,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jinja2
-from ecoflap.core.errors import EcoflapError
-from ecoflap.evaluation.dashboard import charts, views
-from ecoflap.evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
-from ecoflap.evaluation.results.store import StoreUnavailable, masked, resolve_url
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -32,6 +28,11 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+
+from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.dashboard import charts, views
+from ecoflap.evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
+from ecoflap.evaluation.results.store import StoreUnavailable, masked, resolve_url
 
 HERE = Path(__file__).resolve().parent
 SECURITY_HEADERS = {

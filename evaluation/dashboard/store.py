@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable, create_store_engine, masked, resolve_url
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import URL
+
+from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable, create_store_engine, masked, resolve_url
 
 
 class ReadOnlyStore(ResultsStore):

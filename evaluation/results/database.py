@@ -9,10 +9,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ecoflap.core.errors import EcoflapError
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+from ecoflap.core.errors import EcoflapError
 
 ENV_URL = "ECOFLAP_DATABASE_URL"
 ENV_DATA_DIR = "ECOFLAP_DATA_DIR"

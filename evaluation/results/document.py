@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
 from ecoflap.core.errors import EcoflapError, describe_validation_error
 from ecoflap.evaluation.results.method import legacy_method, method_columns, method_key
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class AllocationEntry(BaseModel):

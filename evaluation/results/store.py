@@ -13,6 +13,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
+from sqlalchemy import delete, insert, select, text
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, selectinload
+
 from ecoflap.core.errors import EcoflapError
 from ecoflap.evaluation.results.database import (
     ENV_DATA_DIR,
@@ -27,10 +32,6 @@ from ecoflap.evaluation.results.document import ParsedRun, parse_document
 from ecoflap.evaluation.results.method import COLUMNS, run_label
 from ecoflap.evaluation.results.migrations import current_revision, head_revision, upgrade
 from ecoflap.evaluation.results.models import Artefact, LayerAllocation, Run, RunTag, TaskMetric
-from sqlalchemy import delete, insert, select, text
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import Session, selectinload
 
 ATTEMPTS = 8
 MIGRATION_LOCK = 0x65636F666C6170  # "ecoflap": the PostgreSQL advisory lock held while migrating

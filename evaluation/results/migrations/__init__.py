@@ -13,8 +13,9 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from ecoflap.core.errors import EcoflapError
 from sqlalchemy import Connection
+
+from ecoflap.core.errors import EcoflapError
 
 FOLDER = Path(__file__).resolve().parent
 

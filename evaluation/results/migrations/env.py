@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import Connection
+
 from ecoflap.evaluation.results.database import create_store_engine, resolve_url
 from ecoflap.evaluation.results.models import Base
-from sqlalchemy import Connection
 
 config = context.config
 
