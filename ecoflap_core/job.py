@@ -102,7 +102,8 @@ def calibration_data(adapter: ModelAdapter, corpus: str) -> list[Any]:
     source = "easy-vqa" if corpus == "wikipedia" else corpus
     if source not in IMAGE_TEXT_SOURCES:
         raise EcoflapError(
-            f"{adapter.model_id} calibrates on image-caption pairs: --corpus must be one of {', '.join(IMAGE_TEXT_SOURCES)}"
+            f"{adapter.model_id} calibrates on image-caption pairs: "
+            f"--corpus must be one of {', '.join(IMAGE_TEXT_SOURCES)}"
         )
     from ecoflap.core.datasets.easy_vqa import image_caption_pairs
 

@@ -58,10 +58,17 @@ def fingerprint(source: str | Path | None) -> str | None:
     digest = hashlib.sha256()
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-        with file.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
+        digest.update(file_sha256(file).encode())
     return f"{source}@{digest.hexdigest()}"
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of one file's bytes (a weights file, recorded in its JSON sidecar)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def versions() -> dict[str, str]:

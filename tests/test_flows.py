@@ -132,7 +132,7 @@ def test_step_keys_follow_what_each_step_depends_on(prefect_api, workspace, scor
 
 
 def test_prune_then_run_reuses_the_coarse_scores_and_reports_the_same_metrics(prefect_api, workspace, score_calls):
-    """`ecoflap prune -o A` then `ecoflap run` of the same settings: one coarse step, Cached in Prefect, same figures."""
+    """`ecoflap prune -o A` then `ecoflap run`, same settings: one coarse step, Cached in Prefect, same figures."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
 

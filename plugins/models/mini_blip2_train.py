@@ -22,6 +22,7 @@ import torch
 
 from ecoflap.core.cache import cache_dir
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.provenance import file_sha256, git_hash
 from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
 from ecoflap.plugins.models.hf_causal_lm import smollm2_folder
 from ecoflap.plugins.models.mini_blip2_model import (
@@ -34,7 +35,7 @@ from ecoflap.plugins.models.mini_blip2_model import (
     bridge_state,
     text_batch,
 )
-from ecoflap.plugins.models.mini_common import git_hash, image_features, sha256_of
+from ecoflap.plugins.models.mini_common import image_features
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,7 @@ def write_weights(bridge: QFormerBridge, record: dict[str, Any], config: TrainCo
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.half() for k, v in bridge_state(bridge).items()}, out / BRIDGE_FILE)
     meta = {
-        "sha256": sha256_of(out / BRIDGE_FILE),
+        "sha256": file_sha256(out / BRIDGE_FILE),
         "bridge": asdict(bridge.config),
         "train": asdict(config),
         "record": record,

@@ -27,8 +27,9 @@ from ecoflap.core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
 from ecoflap.core.calibration import choose_pairs
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
+from ecoflap.core.provenance import file_sha256, git_hash
 from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
-from ecoflap.plugins.models.mini_common import WEIGHTS, git_hash, image_features, pixel_values, sha256_of
+from ecoflap.plugins.models.mini_common import WEIGHTS, image_features, pixel_values
 
 HEADS_FILE = "mini_clip_heads.safetensors"
 HEADS_META = "mini_clip_heads.json"
@@ -277,7 +278,7 @@ def write_heads(model: MiniClip, record: dict[str, Any], out: Path) -> Path:
 
     out.mkdir(parents=True, exist_ok=True)
     save_file(head_state(model), out / HEADS_FILE)
-    meta = {"sha256": sha256_of(out / HEADS_FILE), "heads": asdict(model.config), **record}
+    meta = {"sha256": file_sha256(out / HEADS_FILE), "heads": asdict(model.config), **record}
     meta |= {
         "data": "easy-vqa==1.0 train images with their captions",
         "git_hash": git_hash(),

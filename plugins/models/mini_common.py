@@ -3,8 +3,6 @@ DINOv2 features of easy-vqa's images that their training reads, and the provenan
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -69,28 +67,6 @@ def image_features(vision: torch.nn.Module, split: str, size: int, log: Any = pr
     torch.save(features, path.with_suffix(".partial"))
     path.with_suffix(".partial").rename(path)
     return features
-
-
-def git_hash() -> str | None:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-def sha256_of(path: Path) -> str:
-    """The sha256 of a weights file, recorded in its JSON sidecar."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def zoo_output(name: str, out: Path | None) -> Path:

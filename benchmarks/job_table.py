@@ -1,0 +1,80 @@
+"""Benchmark tables through the one job: every row is one run of the prune-and-evaluate flow.
+
+The benchmarks do not re-assemble the method: each row is a :class:`RunConfig` run by
+``ecoflap.pipelines.flows.run_flow`` (Prefect caches its steps, so rows that share coarse scores or an
+allocation compute them once), and the row keeps what the run's results.json says: run key, method
+identity, measured sparsity per tower, metrics and timings. The table file records the git hash and the
+command that produced it; a rerun from another code version stops with one line instead of mixing rows.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from ecoflap.core.provenance import git_hash, read_json, write_json
+from ecoflap.evaluation.results.method import method_label
+from ecoflap.pipelines.run_config import RunConfig
+
+
+class Table:
+    """The rows of one benchmark file, resumable, all from one code version."""
+
+    def __init__(self, path: Path, fresh: bool = False) -> None:
+        self.path = path
+        self.version = git_hash()
+        saved = read_json(path) if path.is_file() and not fresh else {}
+        if saved.get("rows") and saved.get("git_hash") != self.version:
+            sys.exit(
+                f"Error: {path} holds rows of code version {saved.get('git_hash') or 'unknown'}, this is "
+                f"{self.version}: rerun with --fresh (or another output file) so that versions never mix"
+            )
+        self.rows: list[dict[str, Any]] = saved.get("rows", [])
+        self.command = shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
+
+    def has(self, label: str) -> bool:
+        return any(row["label"] == label for row in self.rows)
+
+    def run(self, label: str, config: RunConfig) -> dict[str, Any]:
+        """Run the job for one row (unless the table has it) and save the table."""
+        if not self.has(label):
+            from ecoflap.pipelines.flows import run_flow
+
+            summary = run_flow(config)
+            self.rows.append(row(label, read_json(summary["results"])))
+            write_json(self.path, {"git_hash": self.version, "command": self.command, "rows": self.rows})
+        return next(r for r in self.rows if r["label"] == label)
+
+
+def row(label: str, document: dict[str, Any]) -> dict[str, Any]:
+    """One table row from a run's results document."""
+    block = document["ecoflap"]
+    return {
+        "label": label,
+        "method": method_label(block.get("method")) if block.get("method") else "dense",
+        "run_key": block["run_key"],
+        "method_key": block.get("method_key"),
+        "target_sparsity": block["target_sparsity"],
+        "measured_sparsity": block["measured_sparsity"],
+        "per_tower": per_tower(block["allocation"]),
+        "results": document["results"],
+        "timings_s": block["timings_s"],
+        "git_hash": block.get("git_hash"),
+    }
+
+
+def per_tower(allocation: list[dict[str, Any]]) -> dict[str, float]:
+    """Measured sparsity of each tower, weighted by parameters."""
+    zeros: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    for layer in allocation:
+        zeros[layer["tower"]] = zeros.get(layer["tower"], 0.0) + (layer["measured"] or 0.0) * layer["params"]
+        sizes[layer["tower"]] = sizes.get(layer["tower"], 0) + layer["params"]
+    return {tower: zeros[tower] / sizes[tower] for tower in sizes}
+
+
+def metric(row_: dict[str, Any], task: str, name: str) -> float:
+    value = row_["results"][task][f"{name},none"]
+    return float("nan") if value == "N/A" else float(value)
