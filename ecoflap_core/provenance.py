@@ -34,6 +34,17 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def method_key(method: Mapping[str, Any] | None) -> str | None:
+    """sha256 hex of the method's canonical JSON (sorted keys, no spaces); None for a dense model.
+
+    Migration 0002 keeps a frozen copy of this formula to backfill recorded runs: change both or neither.
+    """
+    if method is None:
+        return None
+    text = json.dumps(method, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 # ---- identities --------------------------------------------------------------------------------------
 def weights_hash(model: Any) -> str:
     """sha256 over every tensor of ``model.state_dict()`` (name, dtype, shape, bytes)."""

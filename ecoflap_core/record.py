@@ -13,14 +13,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ecoflap.core.config import PruneConfig
-from ecoflap.core.provenance import cache_key, git_hash, versions
+from ecoflap.core.provenance import cache_key, git_hash, method_key, versions
 
 BLOCK_VERSION = "ecoflap-block/v2"
-
-
-def method_key(method: Mapping[str, Any] | None) -> str | None:
-    """sha256 of the method identity (None for a dense model)."""
-    return None if method is None else cache_key("method/v1", method)
 
 
 def run_key(model: str, model_hash: str | None, method: Mapping[str, Any] | None, tasks: Sequence[str],

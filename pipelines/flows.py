@@ -296,7 +296,11 @@ def _sweep_artifact(summaries: list[Step]) -> None:
 
 
 def results_in_run_cache() -> Any:
-    """Prefect persists the cached steps' results beside their artefacts, in the run cache."""
+    """Prefect persists the cached steps' results beside their artefacts, in the run cache.
+
+    Set around the whole flow run: Prefect fixes a flow run's result store when the run starts. Workers
+    of a deployment get the same through ``PREFECT_LOCAL_STORAGE_PATH`` (deployments/prefect.yaml).
+    """
     return temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(steps.run_cache() / "prefect")})
 
 

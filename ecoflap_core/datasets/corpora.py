@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ecoflap.core.cache import cache_dir
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.provenance import write_json
 
 WIKIPEDIA_FILE = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 MIN_WORDS = 200
@@ -101,19 +102,11 @@ def wikipedia_articles() -> list[str]:
         except (OSError, ValueError):
             pass  # a damaged cache is rebuilt below
     articles = parse_wikipedia(path)
-    _write_json_atomically(cache, articles)
-    return articles
-
-
-def _write_json_atomically(path: Path, data: object) -> None:
-    """Write JSON through a temporary file so a reader never sees half a file."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.part")
-        partial.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
-        os.replace(partial, path)
-    except OSError:
+        write_json(cache, articles)
+    except EcoflapError:
         pass  # an unwritable cache only costs time
+    return articles
 
 
 # --------------------------------------------------------------------------- split

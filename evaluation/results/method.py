@@ -8,10 +8,10 @@ their identity holds those and leaves every other setting None (unknown).
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from typing import Any
+
+from ecoflap.core.provenance import method_key
 
 SPARSITY_DIGITS = 6  # target sparsities equal to this many digits are the same sparsity
 CAP_STEP = 0.1  # the default cap is the target + 0.1 (the paper's p_max)
@@ -39,14 +39,6 @@ SPARSITY_KEYS = ("target_sparsity",)  # what a method block may hold besides the
 def legacy_method(pruner: str | None, scorer: str | None, allocator: str | None) -> dict[str, Any]:
     """The identity of a run recorded before the method block: the three names, every other setting unknown."""
     return {name: None for name in FIELDS} | {"pruner": pruner, "scorer": scorer, "allocator": allocator}
-
-
-def method_key(method: Mapping[str, Any] | None) -> str | None:
-    """sha256 hex of the method's canonical JSON (sorted keys, no spaces); None for a dense run."""
-    if method is None:
-        return None
-    text = json.dumps(method, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def series_key(method: Mapping[str, Any] | None) -> str | None:
