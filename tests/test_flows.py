@@ -257,3 +257,20 @@ def test_the_deployments_file_serves_one_deployment_per_suite() -> None:
     served = file_deployments()
     assert [d.name for d in served] == [e["name"] for e in entries]
     assert all(d.schedules[0].schedule.cron == "0 2 * * *" for d in served if d.name in {s["name"] for s in suites})
+
+
+def test_an_output_folder_of_the_user_is_never_replaced(workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """-o naming a folder with the user's files: one Error line before any model loads, the files untouched."""
+
+    def no_loading(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(job, "load_model", no_loading)
+    mine = workspace["root"] / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    (workspace["root"] / "run.yaml").write_text(yaml.safe_dump(workspace["settings"]))
+    for command in ("prune", "run"):
+        result = CliRunner().invoke(cli, [command, "-C", str(workspace["root"] / "run.yaml"), "-o", str(mine)])
+        assert result.exit_code == 1 and result.output.startswith(f"Error: {mine} exists and is not an ecoflap run")
+    assert [p.name for p in mine.iterdir()] == ["thesis.tex"] and (mine / "thesis.tex").read_text() == "years of work"
