@@ -1,9 +1,9 @@
-"""A results database seeded by real pipeline runs on the tiny models, for the dashboard tests.
+"""A results database seeded by real runs of the job on the tiny models, for the dashboard tests.
 
-Each run goes through the steps of ``ecoflap run`` (``pipelines/steps.py``: coarse scores -> allocation
--> fine step -> evaluation -> results document) in this process, without Prefect, and is recorded with
-``ResultsStore.record``: tiny-llama dense and pruned by two methods at two sparsities (WikiText
-perplexity on two documents), tiny-mini-blip2 dense and pruned once (VQA on a few questions).
+Each run is the prune-and-evaluate flow of ``ecoflap run`` (in this process, against Prefect's
+ephemeral API unless one is set), recorded by the flow in ``root/results.db``: tiny-llama dense and
+pruned by two methods at two sparsities (WikiText perplexity on two documents), tiny-mini-blip2 dense
+and pruned once (VQA on a few questions).
 """
 
 from __future__ import annotations
@@ -38,38 +38,18 @@ def run_configs(corpus: Path) -> list[Any]:
     return configs
 
 
-def pipeline_document(config: Any, registries: Any, log: Any = print) -> dict[str, Any]:
-    """The results document of one run, through the same steps as the prune-and-evaluate flow."""
-    from ecoflap.pipelines import steps
-
-    identity = steps.identify(config, registries, log)
-    done: dict[str, Any] = {}
-    if not config.dense:
-        done["scores"] = steps.coarse_scores(config, identity, registries, log)
-        done["allocation"] = steps.allocation_step(config, identity, done["scores"], registries, log)
-        done["checkpoint"] = steps.fine_step(config, done["allocation"], registries, log)
-    checkpoint = done.get("checkpoint")
-    model_key = checkpoint["key"] if checkpoint else steps.dense_key(identity)
-    path = checkpoint["path"] if checkpoint else None
-    evaluations = [steps.evaluate_step(config, model_key, path, task, registries, log) for task in config.tasks]
-    return steps.assemble(config, identity, done, evaluations)
-
-
-def seed_database(root: Path, log: Any = print) -> str:
+def seed_database(root: Path) -> str:
     """Run every seeded configuration and record it in ``root/results.db``; returns the database URL."""
-    from ecoflap.evaluation.results.store import ResultsStore
     from ecoflap.pipelines import steps
+    from ecoflap.pipelines.flows import run_flow
 
     url = f"sqlite:///{root / 'results.db'}"
-    store = ResultsStore(url)
-    registries = steps.default_registries()
     previous = os.environ.get(steps.RUN_CACHE_ENV)
     os.environ[steps.RUN_CACHE_ENV] = str(root / "cache")  # a fresh step cache: every step runs for real
     try:
-        for config in run_configs(write_corpus(root / "corpus.txt")):
-            store.record(pipeline_document(config, registries, log))
+        for n, config in enumerate(run_configs(write_corpus(root / "corpus.txt"))):
+            run_flow(config.model_copy(update={"database_url": url, "output": str(root / "runs" / str(n))}))
     finally:
-        store.close()
         if previous is None:
             os.environ.pop(steps.RUN_CACHE_ENV, None)
         else:

@@ -57,7 +57,7 @@ def serve(app: Any) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory) -> dict[str, Any]:
     """The seeded database's URL and its runs (as the store returns them)."""
-    url = seed_database(tmp_path_factory.mktemp("dashboard-seed"), log=lambda _message: None)
+    url = seed_database(tmp_path_factory.mktemp("dashboard-seed"))
     store = ResultsStore(url)
     runs = store.runs()
     store.close()
