@@ -115,7 +115,7 @@ def test_kill_9_during_the_fine_step_then_the_same_command_finishes_from_the_cac
     took = time.monotonic() - start
     time.sleep(0.5)
     log = second.output()
-    assert "coarse scores: reused" in log and "coarse scores: computing" not in log
+    assert "coarse-scores: Cached" in log and "coarse scores: computing" not in log
     assert "fine step: measured sparsity" in log  # the interrupted step ran again, whole
     runs = ResultsStore(url).runs()
     assert len(runs) == 1 and runs[0]["status"] == "complete" and runs[0]["metrics"]
