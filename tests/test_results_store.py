@@ -509,3 +509,15 @@ def test_labels_of_the_writers_methods():
         config = PruneConfig(**settings)
         assert method_label(config.method(), config.target) == label
     assert method_label(None) == "dense"
+
+
+def test_a_default_cap_follows_the_sparsity_within_one_curve() -> None:
+    from ecoflap.core.config import PruneConfig
+    from ecoflap.evaluation.results.method import series_key
+
+    def key(**settings: float) -> str | None:
+        return series_key(PruneConfig(**settings).method())
+
+    assert key(sparsity=0.5) == key(sparsity=0.6)  # caps 0.6 and 0.7: the default rule, one curve
+    assert key(sparsity=0.5, max_sparsity=0.8) != key(sparsity=0.5)  # an explicit cap is another method
+    assert key(sparsity=0.5, max_sparsity=0.8) == key(sparsity=0.6, max_sparsity=0.8)  # one fixed cap: one curve

@@ -43,7 +43,17 @@ def legacy_method(pruner: str | None, scorer: str | None, allocator: str | None)
 
 def series_key(method: Mapping[str, Any] | None) -> str | None:
     """The key of the method without its target sparsity: one curve against sparsity."""
-    return None if method is None else method_key({k: v for k, v in method.items() if k not in SPARSITY_KEYS})
+    if method is None:
+        return None
+    rest = {k: v for k, v in method.items() if k not in SPARSITY_KEYS}
+    target, cap = method.get("target_sparsity"), rest.get("max_sparsity")
+    if (
+        target is not None
+        and cap is not None
+        and round(cap, SPARSITY_DIGITS) == round(target + CAP_STEP, SPARSITY_DIGITS)
+    ):
+        rest["max_sparsity"] = "target + 0.1"  # the default cap moves with the sparsity: one curve
+    return method_key(rest)
 
 
 def method_columns(method: Mapping[str, Any] | None) -> dict[str, Any]:
