@@ -26,7 +26,7 @@ class Table:
         self.path = path
         self.version = git_hash()
         saved = read_json(path) if path.is_file() and not fresh else {}
-        if saved.get("rows") and saved.get("git_hash") != self.version:
+        if path.is_file() and not fresh and saved.get("git_hash") != self.version:
             sys.exit(
                 f"Error: {path} holds rows of code version {saved.get('git_hash') or 'unknown'}, this is "
                 f"{self.version}: rerun with --fresh (or another output file) so that versions never mix"
