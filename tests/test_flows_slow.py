@@ -74,7 +74,8 @@ def environment(tmp_path: Path, **extra: str) -> dict[str, str]:
             "HF_DATASETS_OFFLINE": "1",
             "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
             "ECOFLAP_THREADS": os.environ.get("ECOFLAP_THREADS", "1"),
-            "PYTHONPATH": str(ROOT),
+            # the tests' plugins (conftest puts them on PYTHONPATH) stay visible to the subprocesses
+            "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
         }
         | extra
     )
