@@ -73,5 +73,7 @@ def _backfill(connection: sa.Connection) -> None:
 
 def _legacy(run_id: int, pruner: str | None, scorer: str | None, allocator: str | None) -> dict[str, Any]:
     method = {name: None for name in FIELDS} | {"pruner": pruner, "scorer": scorer, "allocator": allocator}
+    # a frozen copy of ecoflap.core.provenance.method_key as it was at this revision: migrations never
+    # import code that may change after them
     text = json.dumps(method, sort_keys=True, separators=(",", ":"), default=str)
     return {"run_id": run_id, "m": method, "k": hashlib.sha256(text.encode()).hexdigest()}
