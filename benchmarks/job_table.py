@@ -26,11 +26,8 @@ class Table:
         self.path = path
         self.version = git_hash()
         saved = read_json(path) if path.is_file() and not fresh else {}
-        if path.is_file() and not fresh and saved.get("git_hash") != self.version:
-            sys.exit(
-                f"Error: {path} holds rows of code version {saved.get('git_hash') or 'unknown'}, this is "
-                f"{self.version}: rerun with --fresh (or another output file) so that versions never mix"
-            )
+        self.other_version = path.is_file() and not fresh and saved.get("git_hash") != self.version
+        self.saved_version = saved.get("git_hash")
         self.rows: list[dict[str, Any]] = saved.get("rows", [])
         self.command = shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
 
@@ -42,6 +39,11 @@ class Table:
         if not self.has(label):
             from ecoflap.pipelines.flows import run_flow
 
+            if self.other_version:
+                sys.exit(
+                    f"Error: {self.path} holds rows of code version {self.saved_version or 'unknown'}, this is "
+                    f"{self.version}: rerun with --fresh (or another output file) so that versions never mix"
+                )
             summary = run_flow(config)
             self.rows.append(row(label, read_json(summary["results"])))
             write_json(self.path, {"git_hash": self.version, "command": self.command, "rows": self.rows})
