@@ -65,14 +65,6 @@ class StepKey(CachePolicy):
         return self.key(**inputs)
 
 
-def _scores_key(config: RunConfig, identity: Step) -> str:
-    return steps.scores_key(config, identity)
-
-
-def _allocation_key(config: RunConfig, identity: Step, scores: Step | None) -> str:
-    return steps.allocation_key(config, identity, scores)
-
-
 def _checkpoint_key(config: RunConfig, identity: Step, allocated: Step, scores: Step | None) -> str:
     return steps.checkpoint_key(config, allocated)
 
@@ -87,12 +79,12 @@ def identify_model(config: RunConfig) -> Step:
     return steps.identify(config, _registries(), _log)
 
 
-@task(name="coarse-scores", cache_policy=StepKey(_scores_key), persist_result=True, result_serializer="json")
+@task(name="coarse-scores", cache_policy=StepKey(steps.scores_key), persist_result=True, result_serializer="json")
 def coarse_scores(config: RunConfig, identity: Step) -> Step | None:
     return steps.coarse_scores(config, identity, _registries(), _log, LoggedProgress)
 
 
-@task(name="allocation", cache_policy=StepKey(_allocation_key), persist_result=True, result_serializer="json")
+@task(name="allocation", cache_policy=StepKey(steps.allocation_key), persist_result=True, result_serializer="json")
 def allocation(config: RunConfig, identity: Step, scores: Step | None) -> Step:
     return steps.allocation_step(config, identity, scores, _registries(), _log)
 
@@ -110,7 +102,7 @@ def fine_step(config: RunConfig, identity: Step, allocated: Step, scores: Step |
     task_run_name="evaluate-{name}",
 )
 def evaluate(request: EvalRequest, name: str) -> Step:
-    return steps.evaluate_task(request, name, _registries(), _log)
+    return steps.evaluate_task(request, name, _registries(), _log, LoggedProgress)
 
 
 @task(name="identify-evaluated-model", cache_policy=NO_CACHE)

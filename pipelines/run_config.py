@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ecoflap.core.config import PruneConfig, describe_validation_error
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.provenance import fingerprint
+from ecoflap.core.record import evaluation_settings
 
 DEFAULT_TASKS = ["auto"]
 #: keys of a run file that describe a sweep rather than one run
@@ -80,10 +82,16 @@ class EvalRequest(BaseModel):
     seed: int = 1234
     task_args: dict[str, Any] = Field(default_factory=dict)
     data_dir: str | None = None
+    data_fingerprint: str | None = Field(None, description="content hash of data_dir, taken once per evaluation")
 
     def identity(self) -> dict[str, Any]:
         """The evaluated model: the same for a checkpoint in the run cache and its copy in a run folder."""
         return {"model": self.model, "model_hash": self.model_hash, "method_key": self.method_key}
+
+    def evaluation(self) -> dict[str, Any]:
+        """The evaluation settings that change a metric (the data by its content hash)."""
+        data = self.data_fingerprint or fingerprint(self.data_dir)
+        return evaluation_settings(self.limit, self.seed, self.task_args, data)
 
     def data_path(self) -> Path | None:
         return Path(self.data_dir).expanduser() if self.data_dir else None

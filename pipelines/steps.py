@@ -24,7 +24,7 @@ from ecoflap.core.errors import EcoflapError
 from ecoflap.core.plugins import Registries
 from ecoflap.core.progress import ProgressFactory, no_progress
 from ecoflap.core.provenance import cache_key, fingerprint, read_json, staged_folder, weights_hash, write_json
-from ecoflap.core.record import allocation_rows, evaluation_settings, method_key, results_block
+from ecoflap.core.record import allocation_rows, method_key, results_block
 from ecoflap.core.tasks import TaskOptions
 from ecoflap.evaluation.runner import evaluate, merge_documents
 from ecoflap.pipelines.run_config import EvalRequest, RunConfig
@@ -74,8 +74,7 @@ def checkpoint_key(config: RunConfig, allocated: Step) -> str:
 
 def eval_key(request: EvalRequest, task: str, registries: Registries) -> str:
     task_cls = registries.tasks.get(task)
-    settings = evaluation_settings(request.limit, request.seed, request.task_args, fingerprint(request.data_dir))
-    return cache_key("eval/v2", request.identity(), task, task_cls.version, settings)
+    return cache_key("eval/v2", request.identity(), task, task_cls.version, request.evaluation())
 
 
 # ---- the job's steps ---------------------------------------------------------------------------------
@@ -146,20 +145,22 @@ def fine_step(
         adapter, config, job.resolve_methods(registries, config), Allocation(**read_json(allocated["path"])), progress
     )
     coarse = read_json(scores["path"]) if scores else None
-    layers = read_json(identity["layers_path"])
+    dense = read_json(identity["layers_path"])  # the dense model's identity and prunable layers
     folder = job.save_checkpoint(
-        adapter, result, job.report(config, layers, result, coarse), run_cache() / "checkpoints" / key
+        adapter, result, job.report(config, dense, result, coarse), run_cache() / "checkpoints" / key
     )
     log(f"fine step: measured sparsity {result.measured.overall():.4f} in {result.timings['fine']:.1f} s -> {folder}")
     return {"key": key, "path": str(folder)}
 
 
-def evaluate_task(request: EvalRequest, task: str, registries: Registries, log: Log = print) -> Step:
+def evaluate_task(
+    request: EvalRequest, task: str, registries: Registries, log: Log = print, progress: ProgressFactory = no_progress
+) -> Step:
     """One task on the model of ``request``; its results document is saved under its key."""
     key = eval_key(request, task, registries)
     config = job.PruneConfig.build(model=request.model, seed=request.seed)
     adapter = job.load_model(registries, config, request.checkpoint)
-    options = TaskOptions(request.data_path(), request.limit, request.seed, dict(request.task_args))
+    options = TaskOptions(request.data_path(), request.limit, request.seed, dict(request.task_args), progress)
     start = time.perf_counter()
     document = evaluate(adapter, [task], options, registries, log=log)
     seconds = time.perf_counter() - start
@@ -185,7 +186,7 @@ def assemble(request: EvalRequest, tasks: Sequence[str], evaluations: Sequence[S
         report=report,
         allocation=_allocation(request, report),
         tasks=tasks,
-        evaluation=evaluation_settings(request.limit, request.seed, request.task_args, fingerprint(request.data_dir)),
+        evaluation=request.evaluation(),
         timings=timings | {"eval": sum(s["seconds"] for s in saved)},
         peak_memory_mb=max((p for p in peaks if p is not None), default=None),
     )
@@ -214,6 +215,7 @@ def request_for(config: RunConfig, identity: Step, checkpoint: Step | None) -> E
 
 def identify_request(request: EvalRequest, registries: Registries, log: Log = print) -> EvalRequest:
     """Fill in the evaluated model's identity: from the checkpoint's report, else by hashing its weights."""
+    request = request.model_copy(update={"data_fingerprint": fingerprint(request.data_dir)})  # hashed once
     report = request.report()
     if report and report.get("model_hash"):
         return request.model_copy(
