@@ -46,12 +46,12 @@ class EvalConfig(BaseModel):
         except ValidationError as exc:
             raise EcoflapError(describe_validation_error(exc)) from None
 
-    def options(self, progress: Any = None) -> Any:
-        from ecoflap.core.progress import no_progress
+    def options(self) -> Any:
+        """The task options ``validate`` reads the data with (no model, no progress)."""
         from ecoflap.core.tasks import TaskOptions
 
         data_dir = Path(self.data_dir).expanduser() if self.data_dir else None
-        return TaskOptions(data_dir, self.limit, self.seed, dict(self.task_args), progress or no_progress)
+        return TaskOptions(data_dir, self.limit, self.seed, dict(self.task_args))
 
 
 def _values(config_file: Path | None, flags: dict[str, Any]) -> dict[str, Any]:
