@@ -25,9 +25,10 @@ from ecoflap.core.compress import Methods, PruneResult, allocate, layer_infos, p
 from ecoflap.core.config import PruneConfig
 from ecoflap.core.datasets.corpora import load_corpus, split_corpus
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.outputs import staged_folder
 from ecoflap.core.plugins import Registries
 from ecoflap.core.progress import ProgressFactory, no_progress
-from ecoflap.core.provenance import staged_folder, versions, weights_hash, write_json
+from ecoflap.core.provenance import versions, weights_hash, write_json
 
 Log = Callable[[str], Any]
 REPORT_VERSION = "ecoflap-report/v2"

@@ -2,8 +2,8 @@
 
 One module for every entry point (prune, run, eval, record, the benchmarks), torch-free at import so
 the results store and the dashboard can use it; ``weights_hash`` imports torch when it is called.
-Writes are atomic (a temporary file or folder, then a rename) and readable by the group: a reader
-sees the old file or the whole new one, never half of it.
+JSON writes are atomic (a temporary file, then a rename; folders: ``ecoflap.core.outputs``) and readable
+by the group: a reader sees the old file or the whole new one, never half of it.
 """
 
 from __future__ import annotations
@@ -12,11 +12,9 @@ import hashlib
 import json
 import os
 import platform
-import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -119,7 +117,7 @@ def write_json(path: str | Path, data: Any) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(data, handle, indent=2, default=str)
@@ -131,27 +129,6 @@ def write_json(path: str | Path, data: Any) -> Path:
     except OSError as exc:
         raise EcoflapError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
-
-
-@contextmanager
-def staged_folder(output: Path) -> Iterator[Path]:
-    """A sibling temporary folder that becomes ``output`` when the block ends without an error.
-
-    An existing ``output`` is replaced only after the new one is complete, so an interrupted write
-    never leaves a half-written folder where a finished one was.
-    """
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
-        yield staging
-        os.chmod(staging, FOLDER_MODE)
-        if output.is_symlink() or output.is_file():
-            output.unlink()
-        elif output.exists():
-            shutil.rmtree(output)
-        staging.rename(output)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def canonical(data: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,11 +47,23 @@ class RunConfig(PruneConfig):
     output: str | None = Field(None, description="folder for results.json (and the pruned model) [runs/NAME]")
     dense: bool = Field(False, description="evaluate the model as loaded (the dense baseline)")
     save_model: bool = Field(False, description="copy the pruned model into the output folder (else a link)")
+    overwrite: bool = Field(
+        False, description="replace an output folder that is not an ecoflap run folder (its files are deleted)"
+    )
     refresh: bool = Field(False, description="recompute every cached step")
     record: bool = Field(True, description="record the results in the results database")
 
     GROUPS: ClassVar[dict[str, tuple[str, ...]]] = PruneConfig.GROUPS | {
-        "Evaluation and results": ("tasks", "limit", "eval_seed", "database_url", "output", "dense", "save_model"),
+        "Evaluation and results": (
+            "tasks",
+            "limit",
+            "eval_seed",
+            "database_url",
+            "output",
+            "overwrite",
+            "dense",
+            "save_model",
+        ),
     }
 
     def dense_baseline(self) -> RunConfig:

@@ -20,10 +20,10 @@ from typing import Any
 from ecoflap.core import job
 from ecoflap.core.allocation import Allocation
 from ecoflap.core.cache import cache_dir
-from ecoflap.core.errors import EcoflapError
+from ecoflap.core.outputs import check_output, mark, staged_folder
 from ecoflap.core.plugins import Registries
 from ecoflap.core.progress import ProgressFactory, no_progress
-from ecoflap.core.provenance import cache_key, fingerprint, read_json, staged_folder, weights_hash, write_json
+from ecoflap.core.provenance import cache_key, fingerprint, read_json, weights_hash, write_json
 from ecoflap.core.record import allocation_rows, method_key, results_block
 from ecoflap.core.tasks import TaskOptions
 from ecoflap.evaluation.runner import evaluate, merge_documents
@@ -227,33 +227,30 @@ def identify_request(request: EvalRequest, registries: Registries, log: Log = pr
     return request.model_copy(update={"model_hash": digest, "method_key": None})
 
 
-RUN_FILES = ("results.json", "report.json")
+def output_is_checkpoint(output: Path, checkpoint: str | None) -> bool:
+    """An evaluation written into its checkpoint's own folder adds results.json there, replacing nothing else."""
+    return checkpoint is not None and output.expanduser().resolve() == Path(checkpoint).expanduser().resolve()
 
 
-def check_output(output: Path) -> None:
-    """An output folder may be new, empty or a previous ecoflap run; anything else is the user's: stop."""
-    ours = any((output / name).is_file() for name in RUN_FILES)
-    if output.is_file() or (output.is_dir() and any(output.iterdir()) and not ours):
-        raise EcoflapError(f"{output} exists and is not an ecoflap run folder: choose another -o (nothing replaced)")
-
-
-def write_run_folder(document: dict[str, Any], output: Path, checkpoint: str | None, save_model: bool) -> Path:
-    """``output/results.json``, and the pruned model: copied into ``output`` (``save_model``) or linked as
-    ``output/checkpoint`` to the run cache. The folder is replaced atomically when the model is copied."""
-    check_output(output)
-    if save_model and checkpoint:
-        with staged_folder(output) as staging:
-            shutil.copytree(checkpoint, staging, dirs_exist_ok=True)
-            write_json(staging / "results.json", document)
+def write_run_folder(
+    document: dict[str, Any], output: Path, checkpoint: str | None, save_model: bool, overwrite: bool = False
+) -> Path:
+    """The run folder: ``results.json``, the marker, and the pruned model, copied (``save_model``) or linked as
+    ``checkpoint`` to the run cache; staged and renamed into place. An evaluation into its checkpoint's own
+    folder adds ``results.json`` there (and no marker). Checked again here: the folder may have changed
+    during the compute."""
+    if output_is_checkpoint(output, checkpoint):
+        check_output(output, overwrite)
+        write_json(output / "results.json", document)
         return (output / "results.json").resolve()
-    write_json(output / "results.json", document)
-    if checkpoint is not None:
-        link = output / "checkpoint"
-        if link.is_symlink():
-            link.unlink()
-        if link.exists():
-            raise EcoflapError(f"{link} exists and is not a link to a checkpoint: move it away (results.json written)")
-        link.symlink_to(Path(checkpoint).resolve(), target_is_directory=True)
+    check_output(output, overwrite)
+    with staged_folder(output) as staging:
+        if checkpoint is not None and save_model:
+            shutil.copytree(checkpoint, staging, dirs_exist_ok=True)
+        elif checkpoint is not None:
+            (staging / "checkpoint").symlink_to(Path(checkpoint).resolve(), target_is_directory=True)
+        write_json(staging / "results.json", document)
+        mark(staging)
     return (output / "results.json").resolve()
 
 

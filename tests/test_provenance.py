@@ -1,4 +1,4 @@
-"""The one provenance module: content fingerprints, keys, atomic group-readable writes, staged folders."""
+"""The one provenance module: content fingerprints, keys, atomic group-readable writes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ecoflap.core.provenance import cache_key, fingerprint, staged_folder, weights_hash, write_json
+from ecoflap.core.provenance import cache_key, fingerprint, weights_hash, write_json
 
 
 def test_a_fingerprint_follows_the_content_not_the_timestamp(tmp_path: Path) -> None:
@@ -36,17 +36,6 @@ def test_written_results_are_readable_by_the_group(tmp_path: Path) -> None:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert sorted(p.name for p in path.parent.iterdir()) == ["results.json"]  # no temporary file left
-
-
-def test_a_failed_staged_folder_leaves_the_previous_one(tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    out.mkdir()
-    (out / "report.json").write_text("previous")
-    with pytest.raises(OSError), staged_folder(out) as staging:
-        (staging / "report.json").write_text("half")
-        raise OSError("disk full")
-    assert (out / "report.json").read_text() == "previous"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
 def test_the_weights_hash_sees_one_changed_weight(make_adapter) -> None:
