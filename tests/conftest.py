@@ -52,5 +52,13 @@ def tiny_adapter(kind: str = "tiny-llama", dtype: torch.dtype = torch.float32, *
 
 
 @pytest.fixture
+def toy_corpus(tmp_path: Path, toy_text: str) -> Path:
+    path = tmp_path / "corpus.txt"
+    words = toy_text.split()
+    path.write_text("\n\n".join(" ".join(words[i : i + 300]) for i in range(0, len(words), 300)))
+    return path
+
+
+@pytest.fixture
 def make_adapter():
     return tiny_adapter

@@ -122,14 +122,6 @@ def prune_job(config: PruneConfig, out: Path) -> dict:
     return report
 
 
-@pytest.fixture
-def toy_corpus(tmp_path: Path, toy_text: str) -> Path:
-    path = tmp_path / "corpus.txt"
-    words = toy_text.split()
-    path.write_text("\n\n".join(" ".join(words[i : i + 300]) for i in range(0, len(words), 300)))
-    return path
-
-
 def test_methods_resolve_before_the_model_loads() -> None:
     config = PruneConfig.build(model="tiny-llama", scorer="first-order")
     methods = resolve_methods(REGISTRIES, config)
