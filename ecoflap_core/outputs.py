@@ -70,7 +70,7 @@ def check_output(output: Path, overwrite: bool = False) -> None:
         raise EcoflapError(f"output {output} is a file, not a folder: choose another -o (nothing was replaced)")
     if path.is_dir():
         _check_folder(path, output, overwrite)
-    _check_writable(path, output)
+    check_writable(path, f"the output {output}")
 
 
 def _check_not_a_parent(path: Path, output: Path) -> None:
@@ -94,16 +94,16 @@ def _check_folder(path: Path, output: Path, overwrite: bool) -> None:
         )
 
 
-def _check_writable(path: Path, output: Path) -> None:
-    """The nearest existing folder at or above ``path`` must be a folder this process may write in."""
-    existing = path
+def check_writable(path: Path, what: str) -> None:
+    """``path`` can be created or written: the nearest existing folder at or above it is one this user may write."""
+    existing = path.expanduser()
     while not (existing.exists() or existing.is_symlink()):
         existing = existing.parent
     if not existing.is_dir():
-        raise EcoflapError(f"cannot create the output {output}: {existing} is a file, not a folder")
-    for folder in (existing, existing.parent) if existing == path else (existing,):
+        raise EcoflapError(f"cannot create {what}: {existing} is a file, not a folder")
+    for folder in (existing, existing.parent) if existing == path.expanduser() else (existing,):
         if not os.access(folder, os.W_OK | os.X_OK):
-            raise EcoflapError(f"cannot write the output {output}: {folder} is not writable by this user")
+            raise EcoflapError(f"cannot write {what}: {folder} is not writable by this user")
 
 
 # ---- writing -----------------------------------------------------------------------------------------

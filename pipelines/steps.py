@@ -20,7 +20,7 @@ from typing import Any
 from ecoflap.core import job
 from ecoflap.core.allocation import Allocation
 from ecoflap.core.cache import cache_dir
-from ecoflap.core.outputs import check_output, mark, staged_folder
+from ecoflap.core.outputs import check_output, check_writable, mark, staged_folder
 from ecoflap.core.plugins import Registries
 from ecoflap.core.progress import ProgressFactory, no_progress
 from ecoflap.core.provenance import cache_key, fingerprint, read_json, weights_hash, write_json
@@ -263,6 +263,13 @@ def record(document: dict[str, Any], url: str | None, artefacts: dict[str, str] 
         return store.record(document, artefacts)
     finally:
         store.close()
+
+
+def preflight(config: RunConfig, registries: Registries, output: Path | None = None) -> None:
+    """Everything a run needs that can be checked before any model loads: names, the output folder, the run cache."""
+    check_names(config, registries)
+    check_output(output or config.output_dir(), config.overwrite)
+    check_writable(run_cache(), f"the run cache {run_cache()} (set ${RUN_CACHE_ENV})")
 
 
 def check_names(config: RunConfig, registries: Registries) -> None:

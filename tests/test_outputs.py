@@ -48,7 +48,9 @@ def test_overwrite_replaces_the_folder_of_the_user_on_request(tmp_path: Path, ch
     mine.mkdir()
     (mine / "old.txt").write_text("replace me")
     write_run_folder(DOCUMENT, mine, str(checkpoint), save_model=True, overwrite=True)
-    assert sorted(p.name for p in mine.iterdir()) == sorted([MARKER, "model.safetensors", "report.json", "results.json"])
+    assert sorted(p.name for p in mine.iterdir()) == sorted(
+        [MARKER, "model.safetensors", "report.json", "results.json"]
+    )
 
 
 def test_a_run_folder_is_replaced_whole_and_marked(tmp_path: Path, checkpoint: Path) -> None:
@@ -146,3 +148,23 @@ def _file(path: Path) -> Path:
 def _dangling(path: Path) -> Path:
     path.symlink_to(path.parent / "nowhere")
     return path
+
+
+def test_preflight_checks_the_output_and_the_run_cache_before_any_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ecoflap.pipelines.common import registries
+    from ecoflap.pipelines.run_config import RunConfig
+    from ecoflap.pipelines.steps import preflight
+
+    config = RunConfig.build(model="tiny-llama", output=str(tmp_path / "run"))
+    monkeypatch.setenv("ECOFLAP_RUN_CACHE", str(_file(tmp_path / "afile") / "cache"))
+    with pytest.raises(EcoflapError, match=r"cannot create the run cache .*afile is a file, not a folder"):
+        preflight(config, registries(False))
+    monkeypatch.setenv("ECOFLAP_RUN_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    with pytest.raises(EcoflapError, match="is not an ecoflap run folder"):
+        preflight(config, registries(False))
+    preflight(config.model_copy(update={"overwrite": True}), registries(False))  # asked for: accepted
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # a check replaces nothing
