@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ecoflap.core.datasets.corpora import check_corpus
 from ecoflap.core.errors import EcoflapError, describe_validation_error
 from ecoflap.core.provenance import fingerprint
 from ecoflap.core.pruning import NMPattern
+
+#: seeds reach numpy (lm-eval seeds it), whose seeds are unsigned 32-bit integers
+MAX_SEED = 2**32 - 1
+#: generous bounds that keep a typo (an extra zero or three) from reaching torch as an overflow
+MAX_SAMPLES = 1_000_000
+MAX_SEQLEN = 1_048_576
+#: examples per evaluation task (the results database's integer columns are 32-bit)
+MAX_EXAMPLES = 2**31 - 1
+#: the largest M of an N:M pattern (layers' input widths are multiples of the usual 4, 8, 16, 32)
+MAX_NM_GROUP = 1024
 
 
 class PruneConfig(BaseModel):
@@ -29,9 +41,9 @@ class PruneConfig(BaseModel):
     allocator: str = Field("ecoflap", description="sparsity allocator: ecoflap, uniform, from-file")
     pruner: str = Field("wanda", description="layer pruner: wanda, sparsegpt, magnitude")
     allocation_file: str | None = Field(None, description="JSON sparsity per layer for --allocator from-file")
-    sparsity: float = Field(0.5, ge=0.0, lt=1.0, description="global target sparsity in [0, 1)")
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0, allow_inf_nan=False, description="global target sparsity in [0, 1)")
     max_sparsity: float | None = Field(
-        None, ge=0.0, le=1.0, description="cap per group (the paper's p_max) [target + 0.1]"
+        None, ge=0.0, le=1.0, allow_inf_nan=False, description="cap per group (the paper's p_max) [target + 0.1]"
     )
     granularity: Literal["layer", "block", "tower"] = Field("block", description="allocation groups")
     aggregation: Literal["sum", "avg"] = Field("sum", description="group score: sum or mean of its tensors")
@@ -40,19 +52,19 @@ class PruneConfig(BaseModel):
     comparison: Literal["auto", "row", "matrix"] = Field("auto", description="Wanda's comparison group")
 
     # group "calibration"
-    nsamples: int = Field(32, ge=1, description="fine-step calibration samples")
-    seqlen: int = Field(512, ge=2, description="tokens per fine-step calibration sample")
+    nsamples: int = Field(32, ge=1, le=MAX_SAMPLES, description="fine-step calibration samples")
+    seqlen: int = Field(512, ge=2, le=MAX_SEQLEN, description="tokens per fine-step calibration sample")
     # The coarse step's own calibration set. The paper scores on 32 samples; zeroth-order costs
     # two partial forward passes per tensor per sample, so the default keeps it to minutes on a CPU.
-    score_nsamples: int = Field(8, ge=1, description="coarse-step calibration samples")
-    score_seqlen: int = Field(128, ge=2, description="tokens per coarse-step sample")
-    seed: int = Field(42, description="seed of calibration windows and perturbations")
-    micro_batch: int = Field(4, ge=1, description="samples per forward pass")
+    score_nsamples: int = Field(8, ge=1, le=MAX_SAMPLES, description="coarse-step calibration samples")
+    score_seqlen: int = Field(128, ge=2, le=MAX_SEQLEN, description="tokens per coarse-step sample")
+    seed: int = Field(42, ge=0, le=MAX_SEED, description="seed of calibration windows and perturbations")
+    micro_batch: int = Field(4, ge=1, le=MAX_SAMPLES, description="samples per forward pass")
 
     # group "zeroth-order / first-order"
-    zo_eps: float = Field(1e-3, gt=0.0, description="zeroth-order perturbation size")
-    zo_noise: int = Field(1, ge=1, description="perturbations per tensor per group")
-    zo_group: int = Field(1, ge=1, description="calibration samples sharing one perturbation")
+    zo_eps: float = Field(1e-3, gt=0.0, le=1.0, allow_inf_nan=False, description="zeroth-order perturbation size")
+    zo_noise: int = Field(1, ge=1, le=1000, description="perturbations per tensor per group")
+    zo_group: int = Field(1, ge=1, le=MAX_SAMPLES, description="calibration samples sharing one perturbation")
     zo_level: Literal["tensor", "block"] = Field("tensor", description="perturb one tensor or a whole block")
     fo_variant: Literal["grad-mag-abs", "grad-only", "grad-mag-square"] = Field(
         "grad-mag-abs", description="first-order score variant"
@@ -67,12 +79,34 @@ class PruneConfig(BaseModel):
         "Coarse-step scorers": ("zo_eps", "zo_noise", "zo_group", "zo_level", "fo_variant"),
     }  # fmt: skip
 
+    @field_validator("targets", "ignore")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        for pattern in patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{pattern!r} is not a regular expression: {exc}") from None
+        return patterns
+
+    @field_validator("nm")
+    @classmethod
+    def _nm_pattern(cls, nm: str | None) -> str | None:
+        if nm is not None and NMPattern.parse(nm).m > MAX_NM_GROUP:
+            raise ValueError(f"N:M pattern {nm}: M must be at most {MAX_NM_GROUP}")
+        return nm
+
+    @field_validator("corpus")
+    @classmethod
+    def _corpus(cls, corpus: str, info: ValidationInfo) -> str:
+        if info.context and info.context.get("check_files"):  # user input; a report's config is read as it was
+            check_corpus(corpus)
+        return corpus
+
     @model_validator(mode="after")
     def _consistent(self) -> PruneConfig:
         if self.max_sparsity is not None and self.max_sparsity < self.sparsity:
             raise ValueError(f"max_sparsity {self.max_sparsity} is below the target sparsity {self.sparsity}")
-        if self.nm is not None:
-            NMPattern.parse(self.nm)
         return self
 
     @property
@@ -136,8 +170,8 @@ class PruneConfig(BaseModel):
 
     @classmethod
     def build(cls, **values: object) -> PruneConfig:
-        """Validate ``values``; a mistake becomes one EcoflapError line naming the key."""
+        """Validate user input (the files it names checked too); a mistake is one EcoflapError line naming the key."""
         try:
-            return cls(**values)
+            return cls.model_validate(values, context={"check_files": True})
         except ValidationError as exc:
             raise EcoflapError(describe_validation_error(exc)) from None

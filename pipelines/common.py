@@ -28,26 +28,116 @@ def registries(strict: bool) -> Any:
         return load_plugins(strict=strict)
 
 
+THREADS_ENV = ("ECOFLAP_THREADS", "OMP_NUM_THREADS")
+MAX_THREADS = 4096
+
+
 def threads() -> None:
     """Torch threads = the cores this process may use, unless ECOFLAP_THREADS / OMP_NUM_THREADS say."""
     import torch
 
-    wanted = os.environ.get("ECOFLAP_THREADS") or os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(int(wanted) if wanted else max(len(os.sched_getaffinity(0)), 1))
+    torch.set_num_threads(wanted_threads() or max(len(os.sched_getaffinity(0)), 1))
+
+
+def wanted_threads() -> int | None:
+    """The thread count ECOFLAP_THREADS (else OMP_NUM_THREADS) asks for; a bad value is one error line."""
+    for name in THREADS_ENV:
+        value = os.environ.get(name, "").strip()
+        if value:
+            if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_THREADS:
+                raise EcoflapError(f"{name}={value!r}: give a whole number of threads from 1 to {MAX_THREADS}")
+            return int(value)
+    return None
+
+
+# ---- config files --------------------------------------------------------------------------------------
+#: a config file expands to at most this many values (YAML aliases can make a small file huge)
+MAX_CONFIG_VALUES = 100_000
 
 
 def read_yaml(path: Path | None) -> dict[str, Any]:
+    """A YAML config file as a mapping of option names (``-`` read as ``_``); any mistake is one line."""
     if path is None:
         return {}
+    try:
+        data = parse_yaml(_read_text(path))
+    except EcoflapError as exc:
+        raise EcoflapError(f"config file {path} {exc}") from None
+    if data is None:
+        raise EcoflapError(f"config file {path} holds no settings: give KEY: VALUE lines (e.g. sparsity: 0.5)")
+    if not isinstance(data, dict):
+        raise EcoflapError(f"config file {path} must be a mapping of keys to values, not a {type(data).__name__}")
+    return {k.replace("-", "_"): v for k, v in data.items()}
+
+
+def _read_text(path: Path) -> str:
+    if path.is_dir():
+        raise EcoflapError("is a folder: give a YAML file")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise EcoflapError(f"cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise EcoflapError(f"is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML text -> Python values (safe types only); keys must be names, given once, and aliases may not
+    expand the document beyond MAX_CONFIG_VALUES values (the "billion laughs")."""
     import yaml
 
+    loader = _strict_loader()(text)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise EcoflapError(f"cannot read config file {path}: {str(exc).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise EcoflapError(f"config file {path} must be a mapping of keys to values")
-    return {k.replace("-", "_"): v for k, v in data.items()}
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if expanded_size(node, {}, set()) > MAX_CONFIG_VALUES:
+            raise EcoflapError(f"expands to more than {MAX_CONFIG_VALUES} values through YAML aliases")
+        return loader.construct_document(node)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise EcoflapError(f"is not valid YAML: {exc.problem or exc.context}{where}") from None
+    except yaml.YAMLError as exc:
+        raise EcoflapError(f"is not valid YAML: {' '.join(str(exc).split())}") from None
+    finally:
+        loader.dispose()
+
+
+def expanded_size(node: Any, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values a YAML node stands for once its aliases are expanded; a node inside itself fails."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise EcoflapError("has a YAML alias inside the value it names (a loop)")
+    open_nodes.add(id(node))
+    value = node.value if isinstance(node.value, list) else []
+    children = [n for item in value for n in (item if isinstance(item, tuple) else (item,))]
+    sizes[id(node)] = 1 + sum(expanded_size(child, sizes, open_nodes) for child in children)
+    open_nodes.discard(id(node))
+    return sizes[id(node)]
+
+
+@functools.cache
+def _strict_loader() -> type:
+    """yaml.SafeLoader refusing keys that are not names and keys given twice (YAML would keep the last)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                if not isinstance(key, str):
+                    raise EcoflapError(f"has the key {key!r} (line {line}): keys are names, like sparsity")
+                if key in seen:
+                    raise EcoflapError(f"gives the key {key!r} twice (lines {seen[key]} and {line})")
+                seen[key] = line
+            return super().construct_mapping(node, deep)
+
+    return StrictLoader
 
 
 def merge(file_values: dict[str, Any], flags: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ecoflap.core.config import PruneConfig, describe_validation_error
+from ecoflap.core.config import MAX_EXAMPLES, MAX_SEED, PruneConfig, describe_validation_error
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.provenance import fingerprint
 from ecoflap.core.record import evaluation_settings
@@ -40,8 +40,8 @@ class RunConfig(PruneConfig):
         default_factory=lambda: list(DEFAULT_TASKS),
         description="evaluation task (repeatable); auto: the model's own measure (VQA or WikiText perplexity) [auto]",
     )
-    limit: int | None = Field(300, ge=1, description="at most this many examples per task")
-    eval_seed: int = Field(1234, description="seed of the evaluation")
+    limit: int | None = Field(300, ge=1, le=MAX_EXAMPLES, description="at most this many examples per task")
+    eval_seed: int = Field(1234, ge=0, le=MAX_SEED, description="seed of the evaluation")
     task_args: dict[str, Any] = Field(default_factory=dict, description="task-specific settings")
     database_url: str | None = Field(None, description="results database [$ECOFLAP_DATABASE_URL, else SQLite]")
     output: str | None = Field(None, description="folder for results.json (and the pruned model) [runs/NAME]")
@@ -90,8 +90,8 @@ class EvalRequest(BaseModel):
     checkpoint: str | None = None
     model_hash: str | None = Field(None, description="sha256 of the dense weights (of the checkpoint without a report)")
     method_key: str | None = Field(None, description="the pruning method's identity; None: dense")
-    limit: int | None = Field(None, ge=1)
-    seed: int = 1234
+    limit: int | None = Field(None, ge=1, le=MAX_EXAMPLES)
+    seed: int = Field(1234, ge=0, le=MAX_SEED)
     task_args: dict[str, Any] = Field(default_factory=dict)
     data_dir: str | None = None
     data_fingerprint: str | None = Field(None, description="content hash of data_dir, taken once per evaluation")
@@ -127,7 +127,7 @@ class SweepConfig(BaseModel):
     base: RunConfig
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     dense_baseline: bool = True
-    parallel: int = Field(1, ge=1, description="runs at once in this process")
+    parallel: int = Field(1, ge=1, le=256, description="runs at once in this process")
     deployment: str | None = Field(None, description="fan out as runs of this deployment (workers)")
 
     def runs(self) -> list[RunConfig]:

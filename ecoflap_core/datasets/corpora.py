@@ -205,11 +205,59 @@ def _read_txt_folder(folder: Path) -> list[str]:
     return [text for text in (_read(p).strip() for p in files) if text]
 
 
+#: calibration sources known by name (easy-vqa: image-caption pairs for image-text models)
+NAMED_CORPORA = ("wikipedia", "easy-vqa")
+#: how much of a corpus file ``check_corpus`` reads to tell text from binary
+CHECKED_BYTES = 1 << 16
+
+
+def check_corpus(name_or_path: str) -> None:
+    """A corpus name, or a corpus file or folder that exists and holds text; reads at most 64 KiB per file."""
+    if name_or_path in NAMED_CORPORA:
+        return
+    path = Path(name_or_path).expanduser()
+    if not _looks_like_path(name_or_path):
+        raise EcoflapError(f"unknown corpus '{name_or_path}': use {CORPUS_CHOICES}")
+    if not path.exists():
+        raise EcoflapError(f"corpus not found: {path} (use {CORPUS_CHOICES})")
+    if path.is_dir():
+        if not any(p.suffix.lower() == ".txt" and p.is_file() for p in path.rglob("*")):
+            raise EcoflapError(f"corpus folder {path} holds no .txt files")
+        return
+    if path.suffix.lower() not in (".txt", ".jsonl"):
+        raise EcoflapError(f"unknown corpus file type '{path.suffix}' ({path}): use a .txt or .jsonl file, or a folder")
+    _check_text_head(path)
+
+
+def _check_text_head(path: Path) -> None:
+    import codecs
+
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(CHECKED_BYTES)
+    except OSError as exc:
+        raise EcoflapError(f"cannot read the corpus file {path}: {exc.strerror or exc}") from None
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=len(head) < CHECKED_BYTES)
+    except UnicodeDecodeError as exc:
+        raise EcoflapError(
+            f"corpus file {path} is not UTF-8 text (byte 0x{head[exc.start]:02x} at offset {exc.start})"
+        ) from None
+    if "\x00" in text:
+        raise EcoflapError(f"corpus file {path} is not text (it holds NUL bytes)")
+    if not text.strip():
+        raise EcoflapError(f"corpus {path} holds no text")
+
+
+def _looks_like_path(name_or_path: str) -> bool:
+    path = Path(name_or_path)
+    return "/" in name_or_path or os.sep in name_or_path or bool(path.suffix) or path.exists()
+
+
 def load_corpus(name_or_path: str = "wikipedia") -> list[str]:
     """A corpus by name ('wikipedia') or by path (see read_text_corpus)."""
     if name_or_path == "wikipedia":
         return wikipedia_articles()
-    path = Path(name_or_path)
-    if "/" in name_or_path or os.sep in name_or_path or path.suffix or path.exists():
+    if _looks_like_path(name_or_path):
         return read_text_corpus(name_or_path)
     raise EcoflapError(f"unknown corpus '{name_or_path}': use {CORPUS_CHOICES}")
