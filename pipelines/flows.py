@@ -15,14 +15,17 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.futures import as_completed
 from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.states import Failed, State
 
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.provenance import read_json
 from ecoflap.pipelines import steps
+from ecoflap.pipelines.deployment_runs import through_deployment
+from ecoflap.pipelines.prefect_server import ensure_temporary_server
 from ecoflap.pipelines.run_config import EvalRequest, RunConfig, SweepConfig
 
 Step = dict[str, Any]
@@ -30,10 +33,11 @@ _SLOTS: dict[str, threading.Semaphore] = {}  # sweep id -> how many of its runs 
 
 
 class LoggedProgress:
-    """A progress bar that logs each quarter of the way (Prefect's logs, not a terminal bar)."""
+    """A long step's progress: logged at each quarter, and a Prefect progress artifact of the task run."""
 
     def __init__(self, *, total: int, desc: str) -> None:
-        self.total, self.desc, self.done, self.logged = max(total, 1), desc, 0, 0
+        self.total, self.desc, self.done, self.logged, self.shown = max(total, 1), desc, 0, 0, 0
+        self.artifact = create_progress_artifact(0.0, description=desc)
 
     def update(self, n: int = 1) -> None:
         self.done += n
@@ -41,6 +45,12 @@ class LoggedProgress:
         if quarter > self.logged:
             self.logged = quarter
             get_run_logger().info(f"{self.desc}: {self.done}/{self.total}")
+        percent = min(100 * self.done // self.total, 100)
+        if percent >= self.shown + 5 or (percent == 100 and self.shown < 100):  # at most 20 artifact updates
+            self.shown = percent
+            update_progress_artifact(
+                self.artifact, float(percent), description=f"{self.desc}: {self.done}/{self.total}"
+            )
 
     def close(self) -> None:
         return None
@@ -74,6 +84,14 @@ def _eval_key(request: EvalRequest, name: str) -> str:
 
 
 # ---- tasks: one step each ---------------------------------------------------------------------------
+@task(name="check-database", cache_policy=NO_CACHE)
+def check_database(url: str | None) -> None:
+    """The results database opens (a one-line StoreUnavailable if not), before any model loads."""
+    from ecoflap.evaluation.results.store import ResultsStore
+
+    ResultsStore(url).close()  # connects and brings the schema up to date, or raises StoreUnavailable
+
+
 @task(name="identify-model", cache_policy=NO_CACHE)
 def identify_model(config: RunConfig) -> Step:
     return steps.identify(config, _registries(), _log)
@@ -113,10 +131,10 @@ def identify_evaluated(request: EvalRequest) -> EvalRequest:
 
 @task(name="write-results", cache_policy=NO_CACHE)
 def write_results(
-    request: EvalRequest, tasks: list[str], evaluations: list[Step], output: str, save_model: bool
+    request: EvalRequest, tasks: list[str], evaluations: list[Step], output: str, save_model: bool, overwrite: bool
 ) -> str:
     document = steps.assemble(request, tasks, evaluations)
-    return str(steps.write_run_folder(document, Path(output), request.checkpoint, save_model))
+    return str(steps.write_run_folder(document, Path(output), request.checkpoint, save_model, overwrite))
 
 
 @task(name="record-results", cache_policy=NO_CACHE)
@@ -145,7 +163,10 @@ def _cached(step: Any, refresh: bool, *args: Any) -> tuple[Any, bool]:
 # ---- flows ------------------------------------------------------------------------------------------
 @flow(name="prune-and-evaluate", persist_result=True, result_serializer="json")
 def prune_and_evaluate(config: RunConfig) -> Step | State:
-    """Calibration -> coarse scores -> allocation -> fine step -> checkpoint -> tasks -> recorded results."""
+    """Database check -> calibration -> coarse scores -> allocation -> fine step -> checkpoint -> tasks -> recorded
+    results."""
+    if config.record:
+        check_database(config.database_url)
     identity = identify_model(config)
     done: dict[str, Step | None] = {}
     reused: dict[str, bool] = {}
@@ -160,7 +181,8 @@ def prune_and_evaluate(config: RunConfig) -> Step | State:
     for name in identity["tasks"]:
         evaluation, reused[f"task:{name}"] = _cached(evaluate, config.refresh, request, name)
         evaluations.append(evaluation)
-    results_path = write_results(request, identity["tasks"], evaluations, str(config.output_dir()), config.save_model)
+    output = str(config.output_dir())
+    results_path = write_results(request, identity["tasks"], evaluations, output, config.save_model, config.overwrite)
     recorded = record_results(results_path, config.database_url) if config.record else {}
     summary = _summary(config, results_path, recorded.get("run_id"), reused)
     _artifact(summary)
@@ -174,7 +196,7 @@ def evaluate_model(request: EvalRequest, tasks: list[str], output: str, refresh:
     """Tasks on a dense model or a pruned checkpoint (the same cached evaluations as prune-and-evaluate)."""
     request = identify_evaluated(request)
     evaluations = [_cached(evaluate, refresh, request, name)[0] for name in tasks]
-    return write_results(request, tasks, evaluations, output, False)
+    return write_results(request, tasks, evaluations, output, False, False)
 
 
 def _summary(config: RunConfig, results_path: str, run_id: int | None, reused: dict[str, bool]) -> Step:
@@ -234,46 +256,60 @@ def run_one(config: RunConfig, name: str, slots: str) -> Step:
 
 
 @flow(name="sweep")
-def sweep(config: SweepConfig) -> list[Step] | State:
-    """Every grid point (and one dense run per model) as parallel flow runs; a table of all of them."""
-    runs = [
-        run.model_copy(update={"output": str(run.output_dir(config.root(), config.with_seed()))})
-        for run in config.runs()
-    ]
+def sweep(config: SweepConfig, timeout_s: float | None = None) -> list[Step] | State:
+    """Every grid point (and one dense run per model) as child flow runs, here or on the workers of
+    ``config.deployment``, ``config.parallel`` at a time; a table of all of them. ``timeout_s``: how long
+    to wait for the deployment's runs (None: as long as they take)."""
+    runs = placed_runs(config)
     names = [run.run_name(config.with_seed()) for run in runs]
+    for url in dict.fromkeys(run.database_url for run in runs if run.record):
+        check_database(url)
+    progress = ChildrenProgress(len(runs))
     if config.deployment:
-        summaries = _through_deployment(config.deployment, runs, names)
+        summaries = through_deployment(config.deployment, runs, names, config.parallel, timeout_s, progress)
     else:
-        slots = str(uuid.uuid4())
-        _SLOTS[slots] = threading.Semaphore(config.parallel)
-        try:
-            futures = [run_one.submit(run, name, slots) for run, name in zip(runs, names, strict=True)]
-            summaries = [future.result() for future in futures]
-        finally:
-            _SLOTS.pop(slots, None)
+        summaries = _in_this_process(runs, names, config.parallel, progress)
     _sweep_artifact(summaries)
     failed = [s for s in summaries if "failed" in s]
     if failed:
-        first = f"{failed[0]['run_name']}: {failed[0]['failed']}"
-        return Failed(message=f"{len(failed)} of {len(summaries)} runs failed (first: {first})")
+        listed = "; ".join(f"{s['run_name']}: {s['failed']}" for s in failed[:3])
+        return Failed(message=f"{len(failed)} of {len(summaries)} runs failed ({listed})")
     return summaries
 
 
-def _through_deployment(deployment: str, runs: list[RunConfig], names: list[str]) -> list[Step]:
-    """Fan out as flow runs of a deployment (picked up by workers), then wait for all of them."""
-    from prefect.deployments import run_deployment
-    from prefect.flow_runs import wait_for_flow_run
-
-    started = [
-        run_deployment(deployment, parameters={"config": run.model_dump()}, flow_run_name=name, timeout=0)
-        for run, name in zip(runs, names, strict=True)
+def placed_runs(config: SweepConfig) -> list[RunConfig]:
+    """The sweep's runs with absolute output folders, so a run's results land where the caller said
+    wherever it executes (a worker starts in its own working folder)."""
+    return [
+        run.model_copy(update={"output": str(run.output_dir(config.root(), config.with_seed()).expanduser().resolve())})
+        for run in config.runs()
     ]
-    summaries = []
-    for flow_run, name in zip(started, names, strict=True):
-        state = wait_for_flow_run(flow_run.id, timeout=None).state
-        ok = state is not None and state.is_completed()
-        summaries.append(state.result() if ok else {"run_name": name, "failed": state.message if state else "lost"})
-    return summaries
+
+
+class ChildrenProgress:
+    """The sweep's progress artifact: runs finished of the total."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.artifact = create_progress_artifact(0.0, description=f"sweep: 0/{total} runs done")
+
+    def update(self, done: int) -> None:
+        update_progress_artifact(
+            self.artifact, 100.0 * done / self.total, description=f"sweep: {done}/{self.total} runs done"
+        )
+        _log(f"sweep: {done}/{self.total} runs done")
+
+
+def _in_this_process(runs: list[RunConfig], names: list[str], parallel: int, progress: ChildrenProgress) -> list[Step]:
+    slots = str(uuid.uuid4())
+    _SLOTS[slots] = threading.Semaphore(parallel)
+    try:
+        futures = [run_one.submit(run, name, slots) for run, name in zip(runs, names, strict=True)]
+        for done, _ in enumerate(as_completed(futures), start=1):
+            progress.update(done)
+        return [future.result() for future in futures]
+    finally:
+        _SLOTS.pop(slots, None)
 
 
 def _sweep_artifact(summaries: list[Step]) -> None:
@@ -298,16 +334,21 @@ def results_in_run_cache() -> Any:
 
 def run_evaluation(request: EvalRequest, tasks: list[str], output: str, refresh: bool = False) -> str:
     """The evaluate flow in this process; the path of results.json (a failure is one EcoflapError line)."""
+    ensure_temporary_server()
     with results_in_run_cache():
         state = evaluate_model(request, tasks, output, refresh, return_state=True)
     return _outcome(state)
 
 
-def run_flow(target: RunConfig | SweepConfig) -> Step | list[Step]:
-    """Run one flow in this process; a failed run becomes one EcoflapError line."""
-    chosen = sweep if isinstance(target, SweepConfig) else prune_and_evaluate
+def run_flow(target: RunConfig | SweepConfig, timeout_s: float | None = None) -> Step | list[Step]:
+    """Run one flow in this process (a sweep waits ``timeout_s`` for a deployment's runs); a failed run becomes
+    one EcoflapError line."""
+    ensure_temporary_server()
     with results_in_run_cache():
-        state = chosen(target, return_state=True)
+        if isinstance(target, SweepConfig):
+            state = sweep(target, timeout_s, return_state=True)
+        else:
+            state = prune_and_evaluate(target, return_state=True)
     return _outcome(state)
 
 

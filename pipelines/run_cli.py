@@ -87,19 +87,22 @@ def run_options(command: Any) -> Any:
     return config_options(RunConfig, skip=RUN_ONLY)(command)
 
 
-def execute(target: Any, strict: bool) -> list[dict[str, Any]]:
-    """Check names and output folders, then run the flow; the summaries of its runs."""
-    from ecoflap.pipelines.steps import check_names, check_output
+def execute(target: Any, strict: bool, timeout_s: float | None = None) -> list[dict[str, Any]]:
+    """Check names, the results database and the output folders, then run the flow; the summaries of its runs."""
+    from ecoflap.pipelines.steps import preflight
 
     registries = common.registries(strict)
-    for run in target.runs() if isinstance(target, SweepConfig) else [target]:
-        check_names(run, registries)
-        check_output(run.output_dir())
+    target = placed(target)
+    runs = target.runs() if isinstance(target, SweepConfig) else [target]
+    for run in runs:
+        preflight(run, registries, output_dir(target, run))
+    for url in dict.fromkeys(run.database_url for run in runs if run.record):
+        check_database(url)
     common.threads()
     prefect_defaults()
     from ecoflap.pipelines.flows import run_flow
 
-    result = run_flow(target)
+    result = run_flow(target, timeout_s)
     summaries = result if isinstance(result, list) else [result]
     if len(summaries) == 1:
         click.echo(format_table(read_json(summaries[0]["results"])))
@@ -108,16 +111,45 @@ def execute(target: Any, strict: bool) -> list[dict[str, Any]]:
     return summaries
 
 
+def check_database(url: str | None) -> None:
+    """The results database opens, its schema up to date (else one line: StoreUnavailable), before Prefect starts."""
+    from ecoflap.evaluation.results.store import ResultsStore
+
+    ResultsStore(url).close()
+
+
+def placed(target: Any) -> Any:
+    """The run's output folder, or the sweep's root folder, made absolute: results land where the caller said,
+    even when a worker elsewhere (its own working folder) runs them."""
+    if isinstance(target, SweepConfig):
+        return target.model_copy(update={"base": placed(target.base.model_copy(update={"output": str(target.root())}))})
+    return target.model_copy(update={"output": str(target.output_dir().expanduser().resolve())})
+
+
+def output_dir(target: Any, run: Any) -> Path:
+    return run.output_dir(target.root(), target.with_seed()) if isinstance(target, SweepConfig) else run.output_dir()
+
+
 @click.command("run", cls=GroupedCommand, epilog=RUN_EXAMPLES)
 @run_options
 @click.option("--grid", multiple=True, help="KEY=V1,V2: sweep over these values (repeatable)")
 @click.option("--dense-baseline/--no-dense-baseline", default=None, help="a sweep's dense run per model [yes]")
-@click.option("--parallel", type=int, help="sweep runs at once in this process [1]")
-@click.option("--deployment", help="fan a sweep out as runs of this deployment (workers in a pool)")
-def run_command(config_file: Path | None, grid: tuple[str, ...], strict: bool, cache: bool, **flags: Any) -> None:
+@click.option("--parallel", type=int, help="sweep runs at once: in this process, or on the workers [1]")
+@click.option("--deployment", help="fan a sweep out as runs of this deployment (FLOW/NAME; workers in a pool)")
+@click.option(
+    "--deployment-timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    help="seconds to wait for the deployment's runs; unfinished ones are then cancelled [no limit]",
+)
+def run_command(
+    config_file: Path | None, grid: tuple[str, ...], strict: bool, cache: bool, timeout_s: float | None, **flags: Any
+) -> None:
     """Prune, evaluate and record as a Prefect flow (resumable; no server needed)."""
     target = load_target(config_file, flags | {"refresh": None if cache else True}, grid)
-    execute(target, strict)
+    if timeout_s is not None and not getattr(target, "deployment", None):
+        raise EcoflapError("--deployment-timeout applies to a sweep with --deployment: give both, or neither")
+    execute(target, strict, timeout_s)
 
 
 def _summary_line(summary: dict[str, Any]) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 
 from ecoflap.core import job  # noqa: E402
-from ecoflap.evaluation.results.store import ResultsStore  # noqa: E402
+from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable  # noqa: E402
 from ecoflap.pipelines import steps  # noqa: E402
 from ecoflap.pipelines.cli import cli  # noqa: E402
 from ecoflap.pipelines.run_config import RunConfig  # noqa: E402
@@ -222,9 +223,54 @@ def test_bad_configuration_is_one_line_and_exit_1_before_any_model_loads(
     assert len(lines) == 1 and lines[0].startswith(message), result.output
 
 
-def test_an_unreachable_database_is_one_line_exit_1_and_the_results_are_kept(prefect_api, workspace) -> None:
+def no_loading(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError("a model was loaded")
+
+
+def test_an_unreachable_database_is_one_line_within_seconds_before_any_model_loads(
+    workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Checked before Prefect starts: no server, no model, no output folder."""
+    monkeypatch.setattr(job, "load_model", no_loading)
+    start = time.monotonic()
+    result = run_cli(
+        workspace["root"], workspace["settings"] | {"database_url": "postgresql://127.0.0.1:1/x"}, "-o", "out"
+    )
+    took = time.monotonic() - start
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: cannot use the results database postgresql"), result.output
+    assert took < 5, f"{took:.1f} s"
+    assert not (workspace["root"] / "out").exists()
+
+
+def test_the_flow_checks_the_database_before_any_model_loads(prefect_api, workspace, monkeypatch) -> None:
+    """A flow run on a worker (no CLI in front of it) fails at its first task, before the compute."""
+    from ecoflap.pipelines.flows import run_flow
+
+    monkeypatch.setattr(job, "load_model", no_loading)
     nobody = "postgresql+psycopg://ecoflap:secret@127.0.0.1:9/results"  # the discard port: refused
-    result = run_cli(workspace["root"], workspace["settings"] | {"database_url": nobody}, "-o", "kept")
+    config = RunConfig.build(**workspace["settings"] | {"database_url": nobody, "output": "out"})
+    with pytest.raises(
+        StoreUnavailable, match=r"^cannot use the results database postgresql\+psycopg://ecoflap:\*\*\*@"
+    ):
+        run_flow(config)
+    assert not (workspace["root"] / "out").exists()
+
+
+def test_a_database_lost_during_the_compute_is_one_line_exit_1_and_the_results_are_kept(
+    prefect_api, workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect import task
+
+    from ecoflap.pipelines import flows
+    from ecoflap.pipelines import run_cli as run_module
+
+    nobody = "postgresql+psycopg://ecoflap:secret@127.0.0.1:9/results"
+    with pytest.MonkeyPatch.context() as patch:  # the checks pass: the database goes away during the compute
+        patch.setattr(run_module, "check_database", lambda url: None)
+        patch.setattr(flows, "check_database", task(name="check-database")(lambda url: None))
+        result = run_cli(workspace["root"], workspace["settings"] | {"database_url": nobody}, "-o", "kept")
     assert result.exit_code == 1
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and result.output.strip().endswith(errors[0]), result.output
