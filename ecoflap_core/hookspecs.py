@@ -4,6 +4,13 @@ Plugins are modules or objects with functions marked ``@hookimpl``; they are fou
 entry-point group ``ecoflap`` (the built-in ones too, declared in ecoflap's own pyproject.toml).
 Each ``register_*`` hook receives a ``register`` callback: call it once per object. The host checks
 each object at once and records which plugin registered it, so a mistake names its plugin.
+
+Each hook of each plugin is called on its own: a plugin that raises in any hook (or at import, even
+through ``sys.exit``) is named in a warning and skipped, and the other plugins load. A name has one
+owner: a name that ecoflap's own (built-in) plugins register stays theirs, and a third-party plugin
+registering it too fails, naming both; a name two third-party plugins register goes to neither.
+The user may give a contested name to one plugin with ``ECOFLAP_OVERRIDE=KIND:NAME=PLUGIN[,...]``
+(KIND: pruner, scorer, allocator, model, task or command).
 """
 
 from __future__ import annotations
@@ -100,7 +107,10 @@ def register_tasks(register: Callable[[Any], None]) -> None:
 def register_commands(cli: Any) -> None:
     """Add sub-commands to the ``ecoflap`` command line.
 
-    :param cli: the root :class:`click.Group`; decorate new commands with ``@cli.command()``.
+    :param cli: a copy of the root :class:`click.Group` for this plugin alone; decorate new commands
+        with ``@cli.command()`` (or call ``cli.add_command``). The commands it holds afterwards that
+        the root does not are added to the root; a plugin that replaces or removes one of the root's
+        commands (``prune``, ``run``, ...) or raises adds none.
 
-    Returns nothing; every implementation is called.
+    Returns nothing; every implementation is called, each on its own.
     """

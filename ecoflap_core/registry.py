@@ -12,13 +12,33 @@ from ecoflap.core.errors import UnknownNameError
 T = TypeVar("T")
 
 
+def qualified_name(obj: object) -> str:
+    """``module.qualname`` of a registered class, or of a model spec's loader (specs are instances)."""
+    target = obj if hasattr(obj, "__qualname__") else getattr(obj, "load", type(obj))
+    if not hasattr(target, "__qualname__"):  # a loader that is itself an instance (functools.partial, ...)
+        target = type(target)
+    return f"{target.__module__}.{target.__qualname__}"
+
+
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """One registered object and the plugin that registered it."""
+    """One registered object and the plugin (and distribution) that registered it."""
 
     name: str
     obj: T
     plugin: str
+    distribution: str | None = None
+    version: str | None = None
+
+    @property
+    def implementation(self) -> dict[str, str | None]:
+        """Who implements this name: plugin, distribution, its version and the object's ``module.qualname``."""
+        return {
+            "plugin": self.plugin,
+            "distribution": self.distribution,
+            "version": self.version,
+            "object": qualified_name(self.obj),
+        }
 
 
 class Registry(Generic[T]):
@@ -29,12 +49,12 @@ class Registry(Generic[T]):
         self.base = base
         self._entries: dict[str, Entry[T]] = {}
 
-    def add(self, name: str, obj: T, plugin: str) -> None:
+    def add(self, name: str, obj: T, plugin: str, distribution: str | None = None, version: str | None = None) -> None:
         """Register ``obj`` under ``name``; a name already taken by another plugin is an error."""
         if name in self._entries:
             other = self._entries[name].plugin
             raise ValueError(f"{self.kind} {name!r} from plugin {plugin!r} is already registered by {other!r}")
-        self._entries[name] = Entry(name, obj, plugin)
+        self._entries[name] = Entry(name, obj, plugin, distribution, version)
 
     def get(self, name: str) -> T:
         return self.entry(name).obj

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
 
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.plugins import add_commands, raise_first_failure
 from ecoflap.pipelines import dashboard_cli, eval_cli, prune_cli, results_cli, run_cli
 from ecoflap.pipelines.common import registries as loaded_plugins
 
@@ -31,17 +35,20 @@ def cli() -> None:
 
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@click.option("--strict", is_flag=True, help="fail if a plugin fails to load")
+@click.option("--strict", is_flag=True, help="fail if a plugin failed to load or in any hook")
 def plugins_command(as_json: bool, strict: bool) -> None:
-    """List plugins, their versions and what each registered."""
+    """List plugins, their versions and what each registered (commands included)."""
     from dataclasses import asdict
 
-    infos = [asdict(info) for info in loaded_plugins(strict).plugins.values()]
+    registries = loaded_plugins(False)  # the command failures are recorded on it, by main()
+    if strict:
+        raise_first_failure(registries)
+    infos = [asdict(info) for info in registries.plugins.values()]
     if as_json:
         click.echo(json.dumps(infos, indent=2))
         return
     for info in infos:
-        status = f"  FAILED: {info['error']}" if info["error"] else ""
+        status = f"  FAILED {info['failed']}: {info['error']}" if info["error"] else ""
         click.echo(f"{info['name']} ({info['distribution'] or '-'} {info['version'] or ''}){status}")
         for kind, names in info["registered"].items():
             click.echo(f"    {kind}: {', '.join(names)}")
@@ -57,14 +64,26 @@ def ls_command(kind: str) -> None:
         click.echo(f"{entry.name:<16} {entry.plugin:<14} {doc}")
 
 
+@contextmanager
+def _warnings_on_stderr() -> Iterator[None]:
+    """Plugin warnings as ``warning: ...`` lines on stderr, each time it happens."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", RuntimeWarning)
+        warnings.showwarning = lambda msg, *a, **k: click.echo(f"warning: {msg}", err=True)
+        yield
+
+
 def _plugin_commands() -> None:
-    """Sub-commands from plugins (``register_commands``)."""
+    """Sub-commands from plugins (``register_commands``), each plugin's on its own: a failing one is skipped."""
     try:
         registries = loaded_plugins(False)
     except EcoflapError:
-        return
-    if registries.manager is not None:
-        registries.manager.hook.register_commands(cli=cli)
+        return  # the command that needs the plugins reports it as its one Error line; --help still works
+    with _warnings_on_stderr():
+        try:
+            add_commands(registries, cli)
+        except EcoflapError as exc:  # an ECOFLAP_OVERRIDE for a command that cannot be honoured
+            warnings.warn(f"{exc}; no plugin command was added", RuntimeWarning, stacklevel=1)
 
 
 cli.add_command(prune_cli.prune)

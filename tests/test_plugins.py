@@ -7,8 +7,11 @@ import os
 import re
 import subprocess
 import sys
+import warnings
+from importlib import metadata
 from pathlib import Path
 
+import click
 import pluggy
 import pytest
 
@@ -26,14 +29,22 @@ HERE = Path(__file__).parent
 SAMPLE = HERE / "plugins" / "sample_pruner"
 BROKEN = HERE / "plugins" / "broken_plugin"
 TINY_MODELS = HERE / "plugins" / "tiny_models"
+HIJACK = HERE / "plugins" / "hijack"
+BAD_COMMANDS = HERE / "plugins" / "bad_commands"
+EXITS_AT_IMPORT = HERE / "plugins" / "exits_at_import"
 
 
 def ecoflap(
-    *args: str, pythonpath: list[Path] = (), cwd: Path | None = None, tiny_models: bool = True
+    *args: str,
+    pythonpath: list[Path] = (),
+    cwd: Path | None = None,
+    tiny_models: bool = True,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess:
     """``python -m ecoflap.pipelines.cli ARGS`` with ``pythonpath`` (and, unless told not, the tiny models' plugin)."""
     paths = [*pythonpath, *([TINY_MODELS] if tiny_models else [])]
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(str(p) for p in paths), "ECOFLAP_THREADS": "1"}
+    base = {k: v for k, v in os.environ.items() if k != "ECOFLAP_OVERRIDE"}
+    env = base | {"PYTHONPATH": os.pathsep.join(str(p) for p in paths), "ECOFLAP_THREADS": "1"} | (env or {})
     return subprocess.run(
         [sys.executable, "-m", "ecoflap.pipelines.cli", *args],
         capture_output=True,
@@ -101,7 +112,10 @@ class TooNew:
 
 @pytest.mark.parametrize(
     ("plugin", "message"),
-    [(WrongType(), "registered <class 'object'> as a pruner"), (Duplicate(), "already registered by 'pruners'")],
+    [
+        (WrongType(), "registered <class 'object'> as a pruner"),
+        (Duplicate(), "already registered by the built-in plugin 'pruners' (ecoflap "),
+    ],
 )
 def test_a_bad_registration_names_its_plugin(plugin: object, message: str) -> None:
     with pytest.warns(RuntimeWarning, match=f"'bad'.*{re.escape(message)}"):
@@ -209,11 +223,12 @@ def test_plugins_command_lists_a_third_party_plugin() -> None:
 def test_a_broken_plugin_is_named_and_skipped_or_fails_under_strict() -> None:
     proc = ecoflap("plugins", pythonpath=[BROKEN])
     assert proc.returncode == 0
-    assert "plugin 'broken' failed to load and was skipped" in proc.stderr
+    assert "plugin 'broken' (ecoflap-broken-plugin 0.0.1) failed to load and was skipped" in proc.stderr
     assert "Traceback" not in proc.stderr
     strict = ecoflap("plugins", "--strict", pythonpath=[BROKEN])
     assert strict.returncode == 1
-    assert strict.stderr.strip().splitlines()[-1].startswith("Error: ecoflap plugin 'broken' failed to load")
+    last = strict.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ecoflap plugin 'broken' (ecoflap-broken-plugin 0.0.1) failed to load")
     assert "Traceback" not in strict.stderr
 
 
@@ -251,3 +266,219 @@ def toy_corpus(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"
     path.write_text("\n\n".join(f"Document {i}. " + "pruning keeps the weights that matter. " * 40 for i in range(12)))
     return path
+
+
+# ---- plugins cannot hijack: a name has one owner, a failing plugin is contained --------------------------
+BUILTIN_WANDA = {
+    "plugin": "pruners",
+    "distribution": "ecoflap",
+    "version": metadata.version("ecoflap"),
+    "object": "ecoflap.plugins.pruners.WandaPruner",
+}
+HIJACK_WANDA = {
+    "plugin": "hijack",
+    "distribution": "ecoflap-hijack",
+    "version": "0.1.0",
+    "object": "ecoflap_hijack.LargestFirstPruner",
+}
+
+
+@pytest.fixture
+def hijack_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The test distribution ecoflap-hijack (a pruner named ``wanda``) found first, as a pip-installed one can be."""
+    monkeypatch.syspath_prepend(str(HIJACK))
+    monkeypatch.delenv("ECOFLAP_OVERRIDE", raising=False)
+
+
+def test_a_third_party_wanda_fails_naming_both_and_the_builtin_keeps_the_name(hijack_installed: None) -> None:
+    with pytest.warns(RuntimeWarning) as caught:
+        reg = load_plugins()
+    (message,) = [str(w.message) for w in caught if "wanda" in str(w.message)]
+    assert message.startswith("ecoflap plugin 'hijack' (ecoflap-hijack 0.1.0) failed to register and was skipped")
+    assert "the built-in plugin 'pruners' (ecoflap " in message
+    assert reg.implementation("pruner", "wanda") == BUILTIN_WANDA
+    assert reg.plugins["pruners"].error is None and reg.plugins["pruners"].registered["pruners"] == [
+        "magnitude",
+        "wanda",
+        "sparsegpt",
+    ]
+    assert reg.plugins["hijack"].error == message.split("skipped: ", 1)[1]
+    with pytest.raises(PluginLoadError, match=r"'hijack' \(ecoflap-hijack 0.1.0\).*'pruners' \(ecoflap "):
+        load_plugins(strict=True)
+
+
+def test_the_override_gives_wanda_to_the_plugin_and_changes_its_implementation(
+    hijack_installed: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        without = load_plugins().implementation("pruner", "wanda")
+    monkeypatch.setenv("ECOFLAP_OVERRIDE", "pruner:wanda=hijack")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the user opted in: no plugin fails, nothing to warn about
+        reg = load_plugins(strict=True)
+    assert reg.implementation("pruner", "wanda") == HIJACK_WANDA != without == BUILTIN_WANDA
+    assert reg.pruners.get("wanda").__name__ == "LargestFirstPruner"
+    assert reg.plugins["pruners"].registered["pruners"] == ["magnitude", "sparsegpt"]
+    assert reg.implementation("pruner", "magnitude")["plugin"] == "pruners"
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("pruner:wanda", "ECOFLAP_OVERRIDE: cannot read 'pruner:wanda': write KIND:NAME=PLUGIN"),
+        ("sampler:wanda=hijack", "cannot read 'sampler:wanda=hijack'"),
+        (
+            "pruner:wanda=nobody",
+            "from plugin 'nobody', but that plugin does not register it (registered by: 'pruners')",
+        ),
+        ("pruner:wanda=hijack,pruner:wanda=pruners", "names pruner 'wanda' twice"),
+    ],
+)
+def test_an_override_that_cannot_be_honoured_is_an_error(
+    hijack_installed: None, monkeypatch: pytest.MonkeyPatch, value: str, message: str
+) -> None:
+    monkeypatch.setenv("ECOFLAP_OVERRIDE", value)
+    with warnings.catch_warnings(), pytest.raises(PluginLoadError, match=re.escape(message)):
+        warnings.simplefilter("ignore")
+        load_plugins()
+
+
+def clash_plugin(label: str) -> object:
+    """A plugin registering its own pruner class under the name ``clash``."""
+
+    class Pruner(LayerPruner):
+        name = "clash"
+
+        def prune(self, sparsity, pattern=None):
+            raise NotImplementedError
+
+    class Plugin:
+        @hookimpl
+        def register_pruners(self, register) -> None:
+            register(Pruner)
+
+    Pruner.__qualname__ = f"Clash{label}"
+    return Plugin()
+
+
+@pytest.mark.parametrize("order", [("first", "second"), ("second", "first")])
+def test_two_third_party_plugins_claiming_one_name_neither_wins(order: tuple[str, str]) -> None:
+    plugins = {"first": clash_plugin("First"), "second": clash_plugin("Second")}
+    with pytest.warns(RuntimeWarning) as caught:
+        reg = load_plugins(extra=[(name, plugins[name]) for name in order])
+    messages = [str(w.message) for w in caught if "clash" in str(w.message)]
+    assert len(messages) == 2 and all("'first'" in m and "'second'" in m for m in messages)
+    assert "clash" not in reg.pruners
+    assert reg.plugins["first"].error and reg.plugins["second"].error
+
+
+def test_an_override_settles_a_clash_between_third_party_plugins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECOFLAP_OVERRIDE", "pruner:clash=second")
+    reg = load_plugins(strict=True, extra=[("first", clash_plugin("First")), ("second", clash_plugin("Second"))])
+    assert reg.implementation("pruner", "clash") == {
+        "plugin": "second",
+        "distribution": None,
+        "version": None,
+        "object": f"{__name__}.ClashSecond",
+    }
+    assert reg.plugins["first"].error is None
+
+
+def test_implementation_names_each_kind_and_refuses_an_unknown_kind() -> None:
+    reg = load_plugins(strict=True, extra=[("third", ThirdParty())])
+    assert reg.implementation("scorer", "flat")["object"] == f"{__name__}.ThirdParty.Flat"
+    assert reg.implementation("allocator", "uniform")["plugin"] == "allocators"
+    assert reg.implementation("task", "vqa")["distribution"] == "ecoflap"
+    tiny = reg.implementation("model", "tiny-llama")
+    assert tiny["distribution"] == "ecoflap-tiny-models" and tiny["object"].startswith("ecoflap_tiny_models.")
+    with pytest.raises(UnknownNameError, match="unknown registry kind 'pruners'. Available: pruner, scorer"):
+        reg.implementation("pruners", "wanda")
+
+
+def command_plugin(*names: str, fail: bool = False) -> object:
+    class Plugin:
+        @hookimpl
+        def register_commands(self, cli: click.Group) -> None:
+            for name in names:
+                cli.command(name)(lambda: click.echo("from a plugin"))
+            if fail:
+                raise RuntimeError("cannot finish")
+
+    return Plugin()
+
+
+def test_each_plugin_adds_its_commands_on_its_own_and_never_replaces_one_of_ecoflaps() -> None:
+    from ecoflap.core.plugins import add_commands
+
+    group = click.Group()
+    own = group.command("prune")(lambda: None)
+    extra = [
+        ("takes-prune", command_plugin("sneaky", "prune")),
+        ("raises", command_plugin("half", fail=True)),
+        ("one", command_plugin("shared", "one-more")),
+        ("two", command_plugin("shared")),
+        ("fine", command_plugin("hello")),
+    ]
+    reg = load_plugins(strict=True, extra=extra)
+    with pytest.warns(RuntimeWarning) as caught:
+        add_commands(reg, group)
+    messages = {m.split("'")[1]: m for m in (str(w.message) for w in caught)}
+    assert "prune would replace ecoflap's own" in messages["takes-prune"]
+    assert "RuntimeError: cannot finish" in messages["raises"]
+    assert "command 'shared' is registered by several plugins ('one'" in messages["one"] and "'two'" in messages["one"]
+    assert group.commands["prune"] is own
+    assert not {"sneaky", "half", "shared", "one-more"} & set(group.commands)  # a failed plugin adds nothing
+    assert "hello" in group.commands and reg.plugins["fine"].registered == {"commands": ["hello"]}
+    assert reg.plugins["one"].registered == {} and reg.plugins["two"].failed == "in register_commands"
+    assert reg.plugins["raises"].failed == "in register_commands"
+
+
+def test_a_duplicate_wanda_from_the_cli_names_both_and_an_override_opts_in(tmp_path: Path) -> None:
+    """Outside the source tree the test distribution's entry point comes first (the order that blamed the built-in)."""
+    listed = ecoflap("ls", "pruners", pythonpath=[HIJACK], cwd=tmp_path, tiny_models=False)
+    assert listed.returncode == 0, listed.stderr
+    owners = {line.split()[0]: line.split()[1] for line in listed.stdout.splitlines()}
+    assert owners == {"magnitude": "pruners", "wanda": "pruners", "sparsegpt": "pruners"}
+    (warning,) = listed.stderr.strip().splitlines()
+    assert warning.startswith("warning: ecoflap plugin 'hijack' (ecoflap-hijack 0.1.0) failed to register")
+    assert "'pruners' (ecoflap " in warning
+    strict = ecoflap("plugins", "--strict", pythonpath=[HIJACK], cwd=tmp_path, tiny_models=False)
+    errors = [line for line in strict.stderr.splitlines() if line.startswith("Error: ")]
+    assert strict.returncode == 1 and len(errors) == 1 and "Traceback" not in strict.stderr
+    assert "'hijack' (ecoflap-hijack 0.1.0)" in errors[0] and "'pruners' (ecoflap " in errors[0]
+    chosen = ecoflap(
+        "ls",
+        "pruners",
+        pythonpath=[HIJACK],
+        cwd=tmp_path,
+        tiny_models=False,
+        env={"ECOFLAP_OVERRIDE": "pruner:wanda=hijack"},
+    )
+    assert chosen.returncode == 0 and chosen.stderr == ""
+    assert [line.split()[1] for line in chosen.stdout.splitlines() if line.startswith("wanda ")] == ["hijack"]
+
+
+def test_the_cli_works_beside_a_plugin_failing_in_register_commands_and_one_exiting_at_import() -> None:
+    paths = [BAD_COMMANDS, EXITS_AT_IMPORT]
+    expected = [
+        "warning: ecoflap plugin 'bad_commands' (ecoflap-bad-commands 0.1.0) failed in register_commands",
+        "warning: ecoflap plugin 'exits_at_import' (ecoflap-exits-at-import 0.1.0) failed to load and was skipped: "
+        "SystemExit: ecoflap_exits_at_import refuses to load",
+    ]
+    runs = {
+        args[0]: ecoflap(*args, pythonpath=paths, tiny_models=False)
+        for args in (["--help"], ["ls", "pruners"], ["plugins"])
+    }
+    for proc in runs.values():
+        assert proc.returncode == 0, proc.stderr
+        assert all(any(line.startswith(e) for line in proc.stderr.splitlines()) for e in expected), proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert " prune " in runs["--help"].stdout and "half-added" not in runs["--help"].stdout
+    assert "wanda" in runs["ls"].stdout
+    listed = runs["plugins"].stdout
+    assert "bad_commands (ecoflap-bad-commands 0.1.0)  FAILED in register_commands: RuntimeError" in listed
+    assert "exits_at_import (ecoflap-exits-at-import 0.1.0)  FAILED to load: SystemExit" in listed
+    strict = ecoflap("plugins", "--strict", pythonpath=paths, tiny_models=False)
+    errors = [line for line in strict.stderr.splitlines() if line.startswith("Error: ")]
+    assert strict.returncode == 1 and len(errors) == 1 and "'bad_commands'" in errors[0]
