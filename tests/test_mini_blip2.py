@@ -150,7 +150,7 @@ def test_bad_inputs_are_one_line(tmp_path: Path) -> None:
         load_image(broken)
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "mini_blip2.json").write_text("{}")
-    with pytest.raises(EcoflapError, match="is missing mini_blip2_bridge.safetensors"):
+    with pytest.raises(EcoflapError, match="cannot load the model in .*: mini_blip2.json lacks or mistypes 'bridge'"):
         load_folder(LoadOptions(str(tmp_path / "m")))
 
 
@@ -177,6 +177,6 @@ def test_cli_prunes_both_towers_and_reports_them(tmp_path: Path) -> None:
     gone = run_cli("prune", "--model", str(out), "--no-eval", cwd=root)
     assert gone.returncode == 1
     errors = [line for line in gone.stderr.splitlines() if line.startswith("Error:")]
-    assert errors == [f"Error: mini-blip2 folder {out} is missing mini_blip2_bridge.safetensors"]
+    assert errors == [f"Error: cannot load the model in {out}: no mini_blip2_bridge.safetensors"]
     tower = run_cli("prune", "--model", "tiny-mini-blip2", "--towers", "text", "--no-eval", cwd=root)
     assert tower.returncode == 1 and "unknown tower 'text'" in tower.stderr

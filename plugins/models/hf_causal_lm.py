@@ -22,6 +22,13 @@ from ecoflap.core.cache import cache_dir
 from ecoflap.core.calibration import token_windows
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
+from ecoflap.plugins.models.hf_folder import (
+    FolderNeeds,
+    architectures,
+    check_folder,
+    folder_config,
+    load_failure,
+)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -90,13 +97,14 @@ def load_folder(options: LoadOptions) -> CausalLMAdapter:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(options.source)
-    if not (path / "config.json").is_file():
-        raise EcoflapError(f"model folder {path} has no config.json: is it a Hugging Face model folder?")
+    check_folder(path, CAUSAL_LM)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(options.dtype), local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as exc:
-        raise EcoflapError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+    except EcoflapError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever transformers raises about a user's folder is one line
+        raise load_failure(path, exc) from None
     return CausalLMAdapter(model, tokenizer, str(path), targets=options.targets, ignore=options.ignore)
 
 
@@ -138,14 +146,16 @@ def load_smollm2(options: LoadOptions) -> CausalLMAdapter:
     return adapter
 
 
-def _is_causal_lm_folder(path: Path) -> bool:
-    import json
+CAUSAL_LM = FolderNeeds("AutoModelForCausalLM")
 
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
+
+def _is_causal_lm_folder(path: Path) -> bool:
+    """A folder whose config.json names a ``*ForCausalLM`` architecture; a broken one fails here, before any
+    compute (``cannot load the model in DIR: ...``)."""
+    if not any(a.endswith("ForCausalLM") for a in architectures(folder_config(path))):
         return False
-    return any(a.endswith("ForCausalLM") for a in config.get("architectures") or [])
+    check_folder(path, CAUSAL_LM)
+    return True
 
 
 @hookimpl

@@ -8,28 +8,19 @@ are a test plugin (tests/plugins/tiny_models), not registered here.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ecoflap.core.adapters import LoadOptions, ModelSpec
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
+from ecoflap.plugins.models import hf_folder
 from ecoflap.plugins.models.hf_blip2 import Blip2Adapter
 from ecoflap.plugins.models.hf_causal_lm import _torch_dtype
 from ecoflap.plugins.models.hf_clip import ClipAdapter
 from ecoflap.plugins.models.hf_image_text import ImageTextAdapter
 from ecoflap.plugins.models.hf_vit import VitAdapter
-
-WEIGHT_FILES = (
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-    "pytorch_model.bin.index.json",
-)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "spiece.model")
 
 
 @dataclass(frozen=True)
@@ -42,6 +33,10 @@ class FolderKind:
     adapter: type[ImageTextAdapter]
     needs_tokenizer: bool = True
 
+    @property
+    def needs(self) -> hf_folder.FolderNeeds:
+        return hf_folder.FolderNeeds(self.model_class, tokenizer=self.needs_tokenizer, processor=True)
+
 
 FOLDERS = {
     "hf-blip2": FolderKind(
@@ -52,33 +47,17 @@ FOLDERS = {
 }
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads((path / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _matcher(kind: FolderKind) -> Callable[[Path], bool]:
     def matches(path: Path) -> bool:
-        config = read_config(path)
-        if any(a in kind.architectures for a in config.get("architectures") or []):
-            return True
-        return not config.get("architectures") and config.get("model_type") in kind.model_types
+        """A folder of this kind (by its architectures, else its model_type); a broken one fails here."""
+        config = hf_folder.folder_config(path)
+        names = hf_folder.architectures(config)
+        ours = any(a in kind.architectures for a in names) if names else config.get("model_type") in kind.model_types
+        if ours:
+            hf_folder.check_folder(path, kind.needs)
+        return ours
 
     return matches
-
-
-def check_folder(path: Path, needs_tokenizer: bool) -> None:
-    """A missing file -> one EcoflapError line naming it (before transformers says it its own way)."""
-    if not path.is_dir():
-        raise EcoflapError(f"model folder {path} does not exist")
-    wanted = [("config.json",), WEIGHT_FILES, ("preprocessor_config.json",)]
-    if needs_tokenizer:
-        wanted.append(TOKENIZER_FILES)
-    for names in wanted:
-        if not any((path / n).is_file() for n in names):
-            raise EcoflapError(f"model folder {path} has no {' or '.join(names)}")
 
 
 def _folder_loader(kind: FolderKind) -> Callable[[LoadOptions], ImageTextAdapter]:
@@ -86,7 +65,9 @@ def _folder_loader(kind: FolderKind) -> Callable[[LoadOptions], ImageTextAdapter
         import transformers
 
         path = Path(options.source).expanduser()
-        check_folder(path, kind.needs_tokenizer)
+        if not path.is_dir():
+            raise EcoflapError(f"model folder {path} does not exist")
+        hf_folder.check_folder(path, kind.needs)
         model_class = getattr(transformers, kind.model_class)
         try:
             model = model_class.from_pretrained(path, dtype=_torch_dtype(options.dtype), local_files_only=True)
@@ -96,8 +77,10 @@ def _folder_loader(kind: FolderKind) -> Callable[[LoadOptions], ImageTextAdapter
                 if kind.needs_tokenizer
                 else None
             )
-        except (OSError, ValueError, KeyError) as exc:
-            raise EcoflapError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
+        except EcoflapError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever transformers raises about a user's folder is one line
+            raise hf_folder.load_failure(path, exc) from None
         return kind.adapter(model, processor, tokenizer, str(path), targets=options.targets, ignore=options.ignore)
 
     return load

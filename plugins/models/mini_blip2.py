@@ -30,6 +30,7 @@ from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
 from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
 from ecoflap.plugins.models.hf_causal_lm import smollm2_folder
+from ecoflap.plugins.models.hf_folder import FolderNeeds, SavedLayout
 from ecoflap.plugins.models.mini_blip2_model import (
     BRIDGE_FILE,
     BRIDGE_META,
@@ -245,11 +246,7 @@ def load_folder(options: LoadOptions) -> MiniBlip2Adapter:
     from transformers import AutoTokenizer, Dinov2Model, LlamaForCausalLM
 
     path = Path(options.source)
-    needed = [MODEL_FILE, BRIDGE_FILE, "vision/config.json", "language/config.json"]
-    missing = [n for n in needed if not (path / n).is_file()]
-    if missing:
-        raise EcoflapError(f"mini-blip2 folder {path} is missing {', '.join(missing)}")
-    meta = json.loads((path / MODEL_FILE).read_text())
+    meta = SAVED.check(path)
     try:
         vision = Dinov2Model.from_pretrained(path / "vision", local_files_only=True)
         language = LlamaForCausalLM.from_pretrained(path / "language", local_files_only=True)
@@ -261,6 +258,19 @@ def load_folder(options: LoadOptions) -> MiniBlip2Adapter:
     return MiniBlip2Adapter(
         model, tokenizer, meta["model"], GenerationConfig(**meta["generation"]), **_patterns(options)
     )
+
+
+def _read_record(record: dict[str, Any]) -> None:
+    BridgeConfig(**record["bridge"]), GenerationConfig(**record["generation"]), str(record["model"])
+
+
+#: what ``save`` writes: the record, the bridge, and the two Hugging Face towers
+SAVED = SavedLayout(
+    MODEL_FILE,
+    BRIDGE_FILE,
+    {"vision": FolderNeeds("Dinov2Model", tokenizer=False), "language": FolderNeeds("LlamaForCausalLM")},
+    _read_record,
+)
 
 
 def _frozen(model: MiniBlip2) -> MiniBlip2:
@@ -281,9 +291,7 @@ def register_models(register) -> None:
             "DINOv2-S + trained bridge + SmolLM2-135M, real weights (BLIP-2 recipe, easy-vqa)",
         )
     )
-    register(
-        ModelSpec("mini-blip2-folder", load_folder, "a saved mini-blip2 folder", lambda p: (p / MODEL_FILE).is_file())
-    )
+    register(ModelSpec("mini-blip2-folder", load_folder, "a saved mini-blip2 folder", SAVED.matches))
     register(
         ModelSpec("mini-blip2-trained", load_trained, "a folder of `ecoflap zoo train mini-blip2`", is_trained_folder)
     )

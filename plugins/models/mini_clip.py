@@ -29,6 +29,7 @@ from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
 from ecoflap.core.provenance import file_sha256, git_hash
 from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
+from ecoflap.plugins.models.hf_folder import FolderNeeds, SavedLayout
 from ecoflap.plugins.models.mini_common import WEIGHTS, image_features, pixel_values
 
 HEADS_FILE = "mini_clip_heads.safetensors"
@@ -208,14 +209,22 @@ def _head_config(folder: Path) -> ClipHeadConfig:
     return ClipHeadConfig(**json.loads(meta.read_text())["heads"]) if meta.is_file() else ClipHeadConfig()
 
 
+def _read_record(record: dict[str, Any]) -> None:
+    ClipHeadConfig(**record["heads"]), str(record["model"])
+
+
+#: what ``save`` writes: the record, the projection heads, and the two Hugging Face encoders
+SAVED = SavedLayout(
+    MODEL_FILE,
+    HEADS_FILE,
+    {"vision": FolderNeeds("Dinov2Model", tokenizer=False), "text": FolderNeeds("BertModel")},
+    _read_record,
+)
+
+
 def load_folder(options: LoadOptions) -> MiniClipAdapter:
     path = Path(options.source)
-    missing = [
-        n for n in (MODEL_FILE, HEADS_FILE, "vision/config.json", "text/config.json") if not (path / n).is_file()
-    ]
-    if missing:
-        raise EcoflapError(f"mini-clip folder {path} is missing {', '.join(missing)}")
-    meta = json.loads((path / MODEL_FILE).read_text())
+    meta = SAVED.check(path)
     model, tokenizer = build(path / "vision", path / "text", ClipHeadConfig(**meta["heads"]))
     load_heads(model, path / HEADS_FILE)
     return MiniClipAdapter(model, tokenizer, meta["model"], targets=options.targets, ignore=options.ignore)
@@ -291,8 +300,6 @@ def write_heads(model: MiniClip, record: dict[str, Any], out: Path) -> Path:
 @hookimpl
 def register_models(register) -> None:
     register(ModelSpec("mini-clip", load_mini_clip, "DINOv2-S + MiniLM-L6 + trained projections, real weights"))
-    register(
-        ModelSpec("mini-clip-folder", load_folder, "a saved mini-clip folder", lambda p: (p / MODEL_FILE).is_file())
-    )
+    register(ModelSpec("mini-clip-folder", load_folder, "a saved mini-clip folder", SAVED.matches))
     trained = "a folder of `ecoflap zoo train mini-clip`"
     register(ModelSpec("mini-clip-trained", load_trained, trained, is_trained_folder))
