@@ -108,13 +108,13 @@ class Registries:
 
 
 # ---- failures: named, contained, fatal only under strict ------------------------------------------------
+#: what became of a failed plugin, where it is not "and was skipped"
+_OUTCOMES = {"in register_commands": "and its commands were not added"}
+
+
 def failure_message(info: PluginInfo, strict: bool = False) -> str:
     """The one line that reports a failed plugin (a warning, or the error under ``strict``)."""
-    outcome = (
-        "(--strict)"
-        if strict
-        else ("and its commands were not added" if info.failed == "in register_commands" else "and was skipped")
-    )
+    outcome = "(--strict)" if strict else _OUTCOMES.get(info.failed or "", "and was skipped")
     return f"ecoflap plugin {info.label} failed {info.failed} {outcome}: {info.error}"
 
 

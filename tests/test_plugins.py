@@ -482,3 +482,20 @@ def test_the_cli_works_beside_a_plugin_failing_in_register_commands_and_one_exit
     strict = ecoflap("plugins", "--strict", pythonpath=paths, tiny_models=False)
     errors = [line for line in strict.stderr.splitlines() if line.startswith("Error: ")]
     assert strict.returncode == 1 and len(errors) == 1 and "'bad_commands'" in errors[0]
+
+
+def test_a_third_party_entry_point_named_like_a_builtin_plugin_never_replaces_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A distribution declaring ``pruners = ...`` in the ecoflap group, found before ecoflap's own."""
+    (tmp_path / "ecoflap_evil").mkdir()
+    (tmp_path / "ecoflap_evil" / "__init__.py").write_text("raise AssertionError('must not be imported')\n")
+    info = tmp_path / "ecoflap_evil-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: ecoflap-evil\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[ecoflap]\npruners = ecoflap_evil\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.warns(RuntimeWarning, match=r"plugin name 'pruners' is already taken by 'pruners' \(ecoflap "):
+        reg = load_plugins()
+    assert reg.implementation("pruner", "wanda") == BUILTIN_WANDA
+    assert reg.plugins["ecoflap-evil:pruners"].failed == "to load"
