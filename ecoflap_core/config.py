@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -175,3 +177,48 @@ class PruneConfig(BaseModel):
             return cls.model_validate(values, context={"check_files": True})
         except ValidationError as exc:
             raise EcoflapError(describe_validation_error(exc)) from None
+
+
+class ReportLayer(BaseModel):
+    """One prunable layer as a checkpoint's report lists it."""
+
+    name: str
+    size: int = Field(ge=0)
+    block: str
+    tower: str
+
+
+class CheckpointReport(BaseModel):
+    """What a pruned checkpoint's ``report.json`` must hold for its evaluation to be recorded (other keys kept)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    config: PruneConfig
+    method: dict[str, Any]
+    model_hash: str | None = None
+    layers: list[ReportLayer] = Field(min_length=1)
+    allocation: dict[str, float] = Field(min_length=1, description="sparsity per pruned layer")
+    measured_per_layer: dict[str, float]
+    measured_sparsity: float = Field(ge=0.0, le=1.0)
+    timings_s: dict[str, float] = Field(default_factory=dict)
+    peak_memory_mb: float | None = None
+
+    @field_validator("allocation", "measured_per_layer")
+    @classmethod
+    def _sparsities(cls, values: dict[str, float]) -> dict[str, float]:
+        bad = next((k for k, v in values.items() if not 0.0 <= v <= 1.0), None)
+        if bad is not None:
+            raise ValueError(f"{bad}: sparsity {values[bad]} is outside [0, 1]")
+        return values
+
+    @classmethod
+    def read(cls, path: Path) -> CheckpointReport:
+        """``path`` (a report.json) validated; a mistake is one EcoflapError line naming the file and key."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise EcoflapError(f"cannot read the checkpoint's report {path}: {exc}") from None
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise EcoflapError(describe_validation_error(exc, f"checkpoint report {path}", "report")) from None

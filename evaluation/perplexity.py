@@ -11,7 +11,7 @@ Deliberate differences from a plain ``lm_eval --tasks wikitext`` run:
   tokenizer that adds BOS itself (LLaMA's) would otherwise make lm-eval score BOS given BOS.
 - ``doc_to_target: text`` (the field) rather than ``"{{text}}"``: lm-eval parses a rendered
   template that looks like ``[...]`` as a Python literal.
-- no progress bars from the model: lm-eval opens a tqdm bar for every batch of windows.
+- one progress bar over all rolling windows (the caller's), not lm-eval's one per batch of windows.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.progress import ProgressFactory, no_progress
 
 TASK = "ecoflap_heldout_ppl"
 METRICS = {  # metric -> aggregation, as lm-eval's own wikitext task gets them by default
@@ -52,13 +53,18 @@ def perplexity(
     max_length: int = 512,
     batch_size: int = 1,
     limit_tokens: int | None = None,
+    progress: ProgressFactory = no_progress,
 ) -> dict[str, Any]:
     """Word / byte / token perplexity and bits per byte of a causal LM on texts (rolling windows)."""
+    if max_length < 2 or batch_size < 1:
+        raise EcoflapError(
+            f"perplexity needs windows of 2 or more tokens and batches of 1 or more, not {max_length} and {batch_size}"
+        )
     texts = _checked_texts(texts)
     if limit_tokens is not None:
         texts = limit_texts(texts, tokenizer, limit_tokens)
     with _offline(), _quiet_logging(), _eval_mode(model), torch.no_grad():
-        lm = _hflm(model, tokenizer, max_length, batch_size)
+        lm = _hflm(model, tokenizer, max_length, batch_size, progress)
         with tempfile.TemporaryDirectory(prefix="ecoflap-ppl-") as folder:
             out = _run_task(lm, texts, Path(folder))
         return summarise(out, texts, lm.tok_encode, max_length)
@@ -158,20 +164,32 @@ def _run_task(lm: Any, texts: list[str], folder: Path) -> dict[str, Any]:
     return out
 
 
-def _hflm(model: Any, tokenizer: Any, max_length: int, batch_size: int) -> Any:
+def _hflm(model: Any, tokenizer: Any, max_length: int, batch_size: int, progress: ProgressFactory | None = None) -> Any:
     """lm-eval's HFLM around the model object as it is (same device and dtype, not copied)."""
     from lm_eval.models.huggingface import HFLM
 
     class QuietHFLM(HFLM):
-        """HFLM without progress bars (lm-eval opens one per batch of windows)."""
+        """HFLM with one bar over all rolling windows (``progress``) instead of lm-eval's one per batch of them."""
+
+        windows: Any = None  # the bar of the rolling windows while they are scored
 
         def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list:
-            return super().loglikelihood_rolling(requests, True)
+            texts = [request.args[0] for request in requests]
+            total = sum(max(1, math.ceil(len(self.tok_encode(text)) / self.max_length)) for text in texts)
+            self.windows = (progress or no_progress)(total=total, desc="perplexity windows")
+            try:
+                return super().loglikelihood_rolling(requests, True)
+            finally:
+                self.windows.close()
+                self.windows = None
 
         def _loglikelihood_tokens(
             self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None
         ) -> list:
-            return super()._loglikelihood_tokens(requests, True, override_bs)
+            scored = super()._loglikelihood_tokens(requests, disable_tqdm or self.windows is not None, override_bs)
+            if self.windows is not None:
+                self.windows.update(len(requests))
+            return scored
 
     if getattr(tokenizer, "pad_token_id", None) is None:
         tokenizer = copy.deepcopy(tokenizer)  # HFLM sets a pad token: leave the caller's alone

@@ -8,6 +8,7 @@ from typing import Any
 import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ecoflap.core.config import MAX_EXAMPLES, MAX_SEED, CheckpointReport
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.provenance import read_json
 from ecoflap.pipelines import common
@@ -32,8 +33,8 @@ class EvalConfig(BaseModel):
     checkpoint: str | None = None
     tasks: list[str] = Field(default_factory=lambda: ["wikitext"], min_length=1)
     data_dir: str | None = None
-    limit: int | None = Field(None, ge=1)
-    seed: int = 1234
+    limit: int | None = Field(None, ge=1, le=MAX_EXAMPLES)
+    seed: int = Field(1234, ge=0, le=MAX_SEED)
     task_args: dict[str, Any] = Field(default_factory=dict)
     output: str | None = None
 
@@ -80,14 +81,32 @@ def check_tasks(config: EvalConfig, registries: Any) -> list[str]:
     return names
 
 
+def check_model(config: EvalConfig, registries: Any) -> None:
+    """The model and the checkpoint folder resolve to an adapter (a broken folder fails here), and the
+    checkpoint's report.json, if any, holds what its results block needs."""
+    from ecoflap.core.job import resolve_model
+
+    resolve_model(registries, config.model)
+    if config.checkpoint is None:
+        return
+    checkpoint = Path(config.checkpoint).expanduser()
+    if not checkpoint.is_dir():
+        raise EcoflapError(f"checkpoint folder not found: {config.checkpoint}")
+    resolve_model(registries, str(checkpoint))
+    if (checkpoint / "report.json").is_file():
+        CheckpointReport.read(checkpoint / "report.json")
+
+
 def check_data(config: EvalConfig, registries: Any, names: list[str], given_only: bool) -> list[str]:
     """Read each task's data without a model; one line per task (errors stop at the first bad file)."""
     from ecoflap.evaluation.runner import task_options
+    from ecoflap.evaluation.tasks.base import check_args
 
     lines = []
     for name in names:
         task_cls = registries.tasks.get(name)
         options = task_options(config.options(), name)
+        check_args(options)
         given = options.data_dir is not None or options.extra.get("data")
         describe = getattr(task_cls, "describe_data", None)
         if describe is not None and (given or not given_only):
@@ -128,10 +147,9 @@ def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: A
     config = EvalConfig.build(_values(config_file, flags))
     registries = common.registries(strict)
     names = check_tasks(config, registries)
+    check_model(config, registries)
     for line in check_data(config, registries, names, given_only=True):
         click.echo(f"data ok: {line}", err=True)
-    if config.checkpoint and not Path(config.checkpoint).is_dir():
-        raise EcoflapError(f"checkpoint folder not found: {config.checkpoint}")
     output = (
         Path(config.output) if config.output else Path(config.checkpoint or f"runs/{Path(config.model).name}_dense")
     )
@@ -148,13 +166,9 @@ def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: A
 @_common
 def validate_command(config_file: Path | None, **flags: Any) -> None:
     """Check a config, the model name, the task list and each task's data, without loading any model."""
-    from ecoflap.core.job import resolve_model
-
     config = EvalConfig.build(_values(config_file, flags))
     registries = common.registries(False)
-    resolve_model(registries, config.model)
-    if config.checkpoint and not (Path(config.checkpoint) / "config.json").is_file():
-        raise EcoflapError(f"checkpoint {config.checkpoint} is not a model folder (no config.json)")
+    check_model(config, registries)
     names = check_tasks(config, registries)
     for line in check_data(config, registries, names, given_only=False):
         click.echo(f"ok  {line}")

@@ -72,9 +72,10 @@ class FromFileAllocator(Allocator):
         if not path:
             raise EcoflapError("the from-file allocator needs --allocation-file PATH (a JSON sparsity dictionary)")
         self.path = Path(path)
+        self.table = _read_sparsity_file(self.path)  # read now: a bad file fails before any model loads
 
     def allocate(self, request: AllocationRequest) -> Allocation:
-        table = _read_sparsity_file(self.path)
+        table = self.table
         names = {la.name for la in request.layers}
         missing = sorted(names - table.keys())
         unknown = sorted(table.keys() - names)
@@ -96,12 +97,17 @@ def _read_sparsity_file(path: Path) -> dict[str, float]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise EcoflapError(f"sparsity file {path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EcoflapError(f"sparsity file {path} is not valid JSON: {exc}") from None
     if isinstance(data, dict) and isinstance(data.get("sparsity"), dict):
         data = data["sparsity"]
-    if not isinstance(data, dict) or not all(isinstance(v, (int, float)) for v in data.values()):
+    numbers = isinstance(data, dict) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in data.values()
+    )
+    if not numbers:
         raise EcoflapError(f"sparsity file {path} must map layer names to numbers")
+    if not data:
+        raise EcoflapError(f"sparsity file {path} holds no layers: give a sparsity per prunable layer")
     bad = [k for k, v in data.items() if not 0.0 <= v < 1.0]
     if bad:
         raise EcoflapError(f"sparsity file {path}: {bad[0]} = {data[bad[0]]} is outside [0, 1)")

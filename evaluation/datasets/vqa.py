@@ -14,8 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ecoflap.core.errors import EcoflapError
-from ecoflap.evaluation.datasets import ImageIndex, find_one, load_json, non_empty, require
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, TypeAdapter, ValidationError
+
+from ecoflap.core.errors import EcoflapError, describe_validation_error
+from ecoflap.evaluation.datasets import ImageIndex, find_one, load_json, non_empty
+
+Id = StrictInt | StrictStr  # question and image ids: numbers or names, never null, lists or true/false
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,50 @@ class VqaSet:
     files: dict[str, str] = field(default_factory=dict)
 
 
+# ---- the files' records, validated (a wrong type or a null is one error line naming the record) ----------
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class VqaAnswer(_Record):
+    answer: StrictStr
+
+
+class VqaAnnotation(_Record):
+    question_id: Id
+    image_id: Id
+    answers: list[VqaAnswer] = Field(min_length=1)
+
+
+class VqaQuestionRecord(_Record):
+    question_id: Id
+    image_id: Id
+    question: StrictStr
+
+
+class VqaQuestionFile(_Record):
+    questions: list[VqaQuestionRecord]
+    data_subtype: StrictStr | None = None
+
+
+class VqaAnnotationFile(_Record):
+    annotations: list[VqaAnnotation]
+
+
+class GqaRecord(_Record):
+    imageId: Id  # noqa: N815 - GQA's own key
+    question: StrictStr
+    answer: StrictStr
+
+
+def validated(kind: Any, data: Any, path: Path, what: str) -> Any:
+    """``data`` (read from ``path``) as ``kind``; a mistake is one EcoflapError line naming the record."""
+    try:
+        return TypeAdapter(kind).validate_python(data)
+    except ValidationError as exc:
+        raise EcoflapError(describe_validation_error(exc, f"{what} {path}", "file")) from None
+
+
 def read_vqa(folder: Path, questions: Path | None = None, annotations: Path | None = None,
              images: Path | None = None) -> VqaSet:  # fmt: skip
     """A VQAv2 / OK-VQA or GQA folder (the format is recognised from the question file)."""
@@ -42,8 +90,9 @@ def read_vqa(folder: Path, questions: Path | None = None, annotations: Path | No
     data = load_json(qfile, "question file")
     if isinstance(data, dict) and "questions" not in data and data and _looks_gqa(data):
         return read_gqa(qfile, data, images or folder / "images")
+    records = validated(VqaQuestionFile, data, qfile, "question file")
     afile = annotations or find_one(folder, ("*annotations*.json", "*annotation*.json"), "annotation")
-    return read_vqav2(qfile, data, afile, images or _vqav2_images(folder, data))
+    return read_vqav2(qfile, records, afile, images or _vqav2_images(folder, records.data_subtype))
 
 
 def _looks_gqa(data: dict) -> bool:
@@ -51,35 +100,24 @@ def _looks_gqa(data: dict) -> bool:
     return isinstance(first, dict) and "imageId" in first
 
 
-def _vqav2_images(folder: Path, questions: Any) -> Path:
-    subtype = questions.get("data_subtype") if isinstance(questions, dict) else None
-    for candidate in (folder / "images", folder / str(subtype) if subtype else None):
+def _vqav2_images(folder: Path, subtype: str | None) -> Path:
+    for candidate in (folder / "images", folder / subtype if subtype else None):
         if candidate is not None and candidate.is_dir():
             return candidate
     return folder
 
 
-def read_vqav2(qfile: Path, data: Any, afile: Path, image_folder: Path) -> VqaSet:
+def read_vqav2(qfile: Path, records: VqaQuestionFile, afile: Path, image_folder: Path) -> VqaSet:
     """Questions joined with their annotations by ``question_id``; every image must exist."""
-    records = require(data, "questions", qfile, "the question file")
-    annotations = require(load_json(afile, "annotation file"), "annotations", afile, "the annotation file")
-    answers = {}
-    for i, ann in enumerate(annotations):
-        where = f"annotation {i}"
-        humans = [str(require(a, "answer", afile, where)) for a in require(ann, "answers", afile, where)]
-        if not humans:
-            raise EcoflapError(f"{afile}: {where} has no answers")
-        answers[require(ann, "question_id", afile, where)] = humans
+    annotations = validated(VqaAnnotationFile, load_json(afile, "annotation file"), afile, "annotation file")
+    answers = {ann.question_id: tuple(a.answer for a in ann.answers) for ann in annotations.annotations}
     index = ImageIndex(image_folder)
     questions = []
-    for i, record in enumerate(records):
-        qid = require(record, "question_id", qfile, f"question {i}")
-        if qid not in answers:
-            raise EcoflapError(f"{qfile}: question {qid!r} has no annotation in {afile}")
-        image = index.find(require(record, "image_id", qfile, f"question {i}"), qfile)
-        questions.append(
-            VqaQuestion(qid, image, str(require(record, "question", qfile, f"question {i}")), tuple(answers[qid]))
-        )
+    for record in records.questions:
+        if record.question_id not in answers:
+            raise EcoflapError(f"{qfile}: question {record.question_id!r} has no annotation in {afile}")
+        image = index.find(record.image_id, qfile)
+        questions.append(VqaQuestion(record.question_id, image, record.question, answers[record.question_id]))
     non_empty(questions, "question", qfile)
     candidates = _candidates(qfile.parent, [a for q in questions for a in q.answers])
     return VqaSet("vqav2", questions, candidates, qfile, {"questions": str(qfile), "annotations": str(afile)})
@@ -87,13 +125,12 @@ def read_vqav2(qfile: Path, data: Any, afile: Path, image_folder: Path) -> VqaSe
 
 def read_gqa(qfile: Path, data: dict, image_folder: Path) -> VqaSet:
     """GQA's ``{question_id: {"imageId", "question", "answer", ...}}`` with images ``images/<imageId>.jpg``."""
+    records = validated(dict[str, GqaRecord], data, qfile, "question file")
     index = ImageIndex(image_folder)
-    questions = []
-    for qid, record in data.items():
-        where = f"question {qid}"
-        image = index.find(require(record, "imageId", qfile, where), qfile)
-        answer = str(require(record, "answer", qfile, where))
-        questions.append(VqaQuestion(qid, image, str(require(record, "question", qfile, where)), (answer,)))
+    questions = [
+        VqaQuestion(qid, index.find(record.imageId, qfile), record.question, (record.answer,))
+        for qid, record in records.items()
+    ]
     non_empty(questions, "question", qfile)
     candidates = _candidates(qfile.parent, [q.answers[0] for q in questions])
     return VqaSet("gqa", questions, candidates, qfile, {"questions": str(qfile)})

@@ -200,9 +200,8 @@ class WikitextTask(Task):
         documents = documents if options.limit is None else documents[: options.limit]
         model, tokenizer = adapter.language_model()
         max_length = arg(options, "max_length", 512, int)
-        result = perplexity(
-            model, tokenizer, documents, max_length=max_length, limit_tokens=arg(options, "tokens", None, int)
-        )
+        tokens = arg(options, "tokens", None, int)
+        result = perplexity(model, tokenizer, documents, max_length, limit_tokens=tokens, progress=options.progress)
         metrics = {m.name: float(result[m.name]) for m in self.metrics}
         config = {"data": description, "max_length": max_length, "n_tokens": result["n_tokens"],
                   "n_words": result["n_words"], "n_bytes": result["n_bytes"]}  # fmt: skip

@@ -7,13 +7,21 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ecoflap.core.errors import EcoflapError
 from ecoflap.core.tasks import Metric, Task, TaskOptions, TaskResult
 from ecoflap.evaluation.metrics import mean, mean_stderr
 from ecoflap.evaluation.metrics.classification import topk_correct
 from ecoflap.evaluation.metrics.retrieval import KS, best_ranks, hits
 from ecoflap.evaluation.metrics.vqa import exact_match, is_valid, normalize_answer, vqa_accuracy
-from ecoflap.evaluation.tasks.base import TaskSkipped, arg, batches, data_folder, load_images, model_name, path_arg
+from ecoflap.evaluation.tasks.base import (
+    TaskSkipped,
+    arg,
+    batches,
+    check_images,
+    data_folder,
+    load_images,
+    model_name,
+    path_arg,
+)
 
 BATCH = 16
 
@@ -39,13 +47,12 @@ class VqaTask(Task):
     @classmethod
     def describe_data(cls, options: TaskOptions) -> str:
         data, description, _ = cls.load(options)
+        check_images(sorted({q.image for q in data.questions}))
         return f"{description}: {len(data.questions)} questions ({data.format}), {len(data.candidates)} candidates"
 
     def run(self, adapter: Any, options: TaskOptions) -> TaskResult:
         data, description, _ = self.load(options)
         mode = arg(options, "mode", "both")
-        if mode not in ("generate", "rank", "both"):
-            raise EcoflapError(f"vqa: mode must be generate, rank or both, not {mode!r}")
         questions = data.questions if options.limit is None else data.questions[: options.limit]
         score = vqa_accuracy if data.format == "vqav2" else lambda a, humans: exact_match(a, humans[0])
         vocabulary = {normalize_answer(c) for c in data.candidates}
@@ -87,6 +94,7 @@ class CaptioningTask(Task):
     @classmethod
     def describe_data(cls, options: TaskOptions) -> str:
         data, description, _ = cls.load(options)
+        check_images(data.images)
         return f"{description}: {len(data.images)} images ({data.format}), {sum(map(len, data.references))} captions"
 
     def run(self, adapter: Any, options: TaskOptions) -> TaskResult:
@@ -188,6 +196,7 @@ class ImageNetTask(Task):
     @classmethod
     def describe_data(cls, options: TaskOptions) -> str:
         data, description, _ = cls.load(options)
+        check_images(data.images)
         return f"{description}: {len(data.images)} images over {len(set(data.labels))} of {len(data.wnids)} classes"
 
     def run(self, adapter: Any, options: TaskOptions) -> TaskResult:
