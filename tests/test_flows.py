@@ -296,13 +296,19 @@ def test_the_deployments_file_serves_one_deployment_per_suite() -> None:
     assert len({e["name"] for e in entries}) == len(entries) and len(suites) >= 2
     assert len({e["work_pool"]["name"] for e in entries}) == 1
     runs = [e for e in entries if e["entrypoint"].endswith(":prune_and_evaluate")]
+    registries = steps.default_registries()
+    crons = set()
     for entry in suites:
         sweep = SweepConfig.model_validate(entry["parameters"]["config"])
         assert sweep.deployment == f"prune-and-evaluate/{runs[0]['name']}" and len(sweep.runs()) > 2
-        assert entry["schedules"][0]["cron"] == "0 2 * * *"
+        assert sweep.parallel == 1 and entry["parameters"]["timeout_s"] > 0  # one run at a time, a bounded night
+        maker = registries.implementation("model", sweep.base.model)  # real weights, never a test model
+        assert maker["distribution"] == "ecoflap" and not maker["object"].startswith("ecoflap_tiny_models")
+        crons.add(entry["schedules"][0]["cron"])
+    assert len(crons) == len(suites) and all(c.startswith("0 ") and c.endswith(" * * *") for c in crons)
     served = file_deployments()
     assert [d.name for d in served] == [e["name"] for e in entries]
-    assert all(d.schedules[0].schedule.cron == "0 2 * * *" for d in served if d.name in {s["name"] for s in suites})
+    assert {d.schedules[0].schedule.cron for d in served if d.name in {s["name"] for s in suites}} == crons
 
 
 def test_an_output_folder_of_the_user_is_never_replaced(workspace, monkeypatch: pytest.MonkeyPatch) -> None:
