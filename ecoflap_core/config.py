@@ -31,7 +31,7 @@ class PruneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # group "model"
-    model: str = Field("mini-blip2", description="registered model name or a local model folder")
+    model: str = Field("mini-blip2", min_length=1, description="registered model name or a local model folder")
     targets: list[str] = Field(default_factory=list, description="regex of layers to prune (repeatable)")
     ignore: list[str] = Field(default_factory=list, description="regex of layers to keep dense (repeatable)")
     towers: list[str] = Field(default_factory=list, description="prune only this tower, e.g. vision (repeatable)")

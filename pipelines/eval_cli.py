@@ -29,7 +29,7 @@ class EvalConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: str = "smollm2-135m"
+    model: str = Field("smollm2-135m", min_length=1)
     checkpoint: str | None = None
     tasks: list[str] = Field(default_factory=lambda: ["wikitext"], min_length=1)
     data_dir: str | None = None
@@ -140,7 +140,6 @@ def _common(fn: Any) -> Any:
 def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: Any) -> None:
     """Evaluate a dense or pruned model on tasks; write results.json (lm-eval's shape) and print the table."""
     from ecoflap.evaluation.runner import format_table
-    from ecoflap.pipelines.flows import run_evaluation
     from ecoflap.pipelines.run_config import EvalRequest
     from ecoflap.pipelines.steps import check_output
 
@@ -157,6 +156,8 @@ def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: A
     common.threads()
     request = EvalRequest(model=config.model, checkpoint=config.checkpoint, limit=config.limit, seed=config.seed,
                           task_args=dict(config.task_args), data_dir=config.data_dir)  # fmt: skip
+    from ecoflap.pipelines.flows import run_evaluation  # Prefect, imported once every input is checked
+
     path = run_evaluation(request, names, str(output), refresh=not cache)
     click.echo(format_table(read_json(path)))
     click.echo(f"wrote {path}")

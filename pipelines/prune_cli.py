@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from ecoflap.pipelines import common
 from ecoflap.pipelines.common import GroupedCommand
 from ecoflap.pipelines.run_cli import execute, load_target, run_options
 
@@ -36,4 +37,6 @@ def prune(config_file: Path | None, strict: bool, cache: bool, evaluate: bool, *
     values = flags | {"refresh": None if cache else True, "save_model": True}
     if not evaluate:
         values["tasks"] = []  # given, so it overrides a config file's tasks
-    execute(load_target(config_file, values, ()), strict)
+    target = load_target(config_file, values, ())
+    common.wanted_threads()  # a bad ECOFLAP_THREADS fails before anything is checked or written
+    execute(target, strict)
