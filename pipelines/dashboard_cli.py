@@ -28,12 +28,14 @@ def dashboard(db_url: str | None, host: str, port: int, log_level: str) -> None:
 
     from ecoflap.evaluation.dashboard.app import create_app
     from ecoflap.evaluation.dashboard.store import ReadOnlyStore
-    from ecoflap.evaluation.results.store import StoreUnavailable, masked, resolve_url
+    from ecoflap.evaluation.results.store import NotADatabase, StoreUnavailable, masked, resolve_url
 
     url = resolve_url(db_url)
     try:
         ReadOnlyStore(url).close()
-    except StoreUnavailable as exc:
+    except NotADatabase:
+        raise  # a file of another kind, a folder: no page could ever show it
+    except StoreUnavailable as exc:  # not there yet, a server down, an older schema: the pages say so until fixed
         click.echo(f"Warning: {exc}; the pages will say so until it can be read", err=True)
     _check_port(host, port)
     click.echo(f"ecoflap dashboard on http://{host}:{port}/ over {masked(url)} (read-only; Ctrl+C to stop)", err=True)

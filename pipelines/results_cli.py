@@ -16,6 +16,7 @@ RESULTS_EXAMPLES = """
 \b
 Examples:
   ecoflap results record out/results.json --tag baseline
+  ecoflap results record lm_eval_out/results_2025-01-01T00-00-00.json   # a plain lm-eval results file
   ecoflap results leaderboard --task vqa --sparsity 0.5
   ecoflap results show baseline
   ecoflap results compare baseline 7
@@ -28,6 +29,7 @@ REGRESS_EXAMPLES = """
 Examples:
   ecoflap regress --baseline baseline --candidate out/results.json --tolerance vqa:acc=0.01
   ecoflap regress --baseline 3 --tolerance '*:*=0.02'      # every metric, candidate = latest run
+  ecoflap regress --baseline base.json --candidate lm_eval_results.json --tolerance 'wikitext:*=2%'
   ecoflap regress --candidate 7 --floors floors.yaml        # floors.yaml: {vqa: {acc: 0.85}}
 """
 
@@ -82,6 +84,12 @@ def _emit(rows: list[dict[str, Any]], fmt: str, table_columns: list[str], csv_co
         click.echo(table(rows, table_columns))
 
 
+def _sparsity(value: float | None) -> float | None:
+    if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
+        raise click.BadParameter(f"{value} is not a sparsity between 0 and 1", param_hint="'--sparsity'")
+    return value
+
+
 def _label(run: dict[str, Any]) -> str:
     tags = f", tag {', '.join(run['tags'])}" if run.get("tags") else ""
     return f"run {run['id']} ({run['run_key'][:12]}{tags})"
@@ -97,18 +105,33 @@ def results() -> None:
 @click.option("--tag", help="tag the recorded run (one file only)")
 @database_option
 def record_command(files: tuple[Path, ...], tag: str | None, db_url: str | None) -> None:
-    """Record results documents (results.json); the same run key updates its run."""
+    """Record results documents (results.json, or plain lm-eval results files); the same run key updates its run.
+
+    Every file is checked before any is recorded. A file without an ``ecoflap`` block (what lm-eval writes)
+    is recorded as a dense run of unknown method: its model from lm-eval's model_name or model_args, its run
+    key from its content.
+    """
     from ecoflap.evaluation.results.comparison import read_document
+    from ecoflap.evaluation.results.document import validate
+    from ecoflap.evaluation.results.store import check_tag
 
     if tag and len(files) > 1:
         raise EcoflapError("--tag needs exactly one results file")
+    if tag:
+        check_tag(tag)
     documents = [(path, read_document(path)) for path in files]
+    for path, document in documents:
+        try:
+            validate(document)
+        except EcoflapError as exc:
+            raise EcoflapError(f"{path}: {exc} (nothing recorded)") from None
     store = _store(db_url)
     for path, document in documents:
         run_id = store.record(document, artefacts={"results": str(path.resolve())})
         if tag:
             store.tag(run_id, tag)
-        click.echo(f"recorded {_label(store.require_run(run_id))} from {path}")
+        plain = "" if "ecoflap" in document else " (plain lm-eval results: method unknown, recorded as dense)"
+        click.echo(f"recorded {_label(store.require_run(run_id))} from {path}{plain}")
 
 
 @results.command("list")
@@ -134,7 +157,8 @@ def list_command(fmt: str, db_url: str | None) -> None:
 @click.option("--model", help="only this model")
 @click.option("--task", help="only this task")
 @click.option("--metric", help="only this metric (e.g. acc)")
-@click.option("--sparsity", type=float, help="only this target sparsity (0 = dense baselines)")
+@click.option("--sparsity", type=float, callback=lambda _c, _p, v: _sparsity(v),
+              help="only this target sparsity (0 = dense baselines)")  # fmt: skip
 @_format_option("table", "json", "csv")
 @database_option
 def leaderboard_command(
@@ -259,16 +283,26 @@ def tag_command(run: str, tag: str, db_url: str | None) -> None:
     click.echo(f"tagged {_label(store.require_run(run_id))}")
 
 
+TOLERANCE_HELP = (
+    "allowed drop below the baseline (rise, for lower-is-better metrics): absolute (vqa:acc=0.01) or a percentage "
+    "of the baseline's value (wikitext:word_perplexity=2%); * patterns; repeatable"
+)
+
+
 @click.command("regress", epilog=REGRESS_EXAMPLES)
 @click.option("--baseline", help="run id, tag or run key (or a results.json file) to compare against")
 @click.option("--candidate", help="run id, tag, run key or results.json file [the latest recorded run]")
-@click.option("--tolerance", "tolerances", multiple=True, metavar="TASK:METRIC=DROP", help="allowed drop (repeatable)")
+@click.option("--tolerance", "tolerances", multiple=True, metavar="TASK:METRIC=DROP|PCT%", help=TOLERANCE_HELP)
 @click.option("--floors", type=click.Path(path_type=Path, dir_okay=False), help="YAML {task: {metric: floor}}")
 @database_option
 def regress(
     baseline: str | None, candidate: str | None, tolerances: tuple[str, ...], floors: Path | None, db_url: str | None
 ) -> None:
-    """Exit 1 if the candidate's metrics fell below the baseline's (beyond the tolerances) or below floors."""
+    """Exit 1 if the candidate's metrics fell below the baseline's (beyond the tolerances) or below floors.
+
+    Baseline and candidate are recorded runs or results files: ecoflap's results.json or a plain lm-eval
+    results file (no ecoflap block needed).
+    """
     from ecoflap.evaluation.results.comparison import (
         CHECK_COLUMNS,
         check_against_baseline,

@@ -95,7 +95,7 @@ def test_floors(db, tmp_path):
         (["--baseline", "baseline"], "give --tolerance"),
         (["--tolerance", "vqa:acc=0.1"], "--tolerance needs --baseline"),
         (["--baseline", "baseline", "--tolerance", "vqa-acc"], "invalid tolerance 'vqa-acc'"),
-        (["--baseline", "baseline", "--tolerance", "vqa:acc=-1"], "must be >= 0"),
+        (["--baseline", "baseline", "--tolerance", "vqa:acc=-1"], "must be a finite number >= 0"),
         (["--baseline", "baseline", "--tolerance", "vqa:bleu=0.1"], "matches no metric of the baseline"),
         (["--baseline", "nope", "--tolerance", "vqa:acc=0.1"], "no run 'nope'"),
     ],

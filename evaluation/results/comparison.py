@@ -1,9 +1,14 @@
-"""Metric-by-metric comparison of two runs, and the regression gate (tolerated drops or absolute floors)."""
+"""Metric-by-metric comparison of two runs, and the regression gate (tolerated drops or absolute floors).
+
+A tolerance is absolute (``vqa:acc=0.01``: at most 0.01 below the baseline) or relative to the baseline's
+value (``wikitext:word_perplexity=2%``: at most 2% of the baseline above it, for a lower-is-better metric).
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,7 +56,7 @@ def metrics_of(source: Any) -> list[dict[str, Any]]:
     from ecoflap.evaluation.results.document import document_metrics
 
     if isinstance(source, str | Path):
-        source = read_document(Path(source))
+        return document_metrics(read_document(Path(source)))  # a file holds a document, whatever its JSON
     if isinstance(source, list):
         return source
     if isinstance(source, dict) and isinstance(source.get("metrics"), list):
@@ -61,9 +66,10 @@ def metrics_of(source: Any) -> list[dict[str, Any]]:
 
 def read_document(path: Path) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise EcoflapError(f"cannot read results file {path}: {str(exc).splitlines()[0]}") from None
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
+        raise EcoflapError(f"cannot read results file {path}: {reason}") from None
 
 
 def compare_runs(first: list[dict[str, Any]], second: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -97,35 +103,57 @@ def _better(delta: float | None, higher: bool | None) -> str:
 # ---- tolerances and floors ----------------------------------------------------------------------
 
 
-def parse_tolerances(specs: Iterable[str]) -> dict[str, float]:
-    """``TASK:METRIC=VALUE`` strings -> {"TASK:METRIC": allowed drop}; TASK and METRIC may use * patterns."""
+@dataclass(frozen=True)
+class Tolerance:
+    """An allowed drop: ``amount`` in the metric's units, or (``relative``) a fraction of the baseline's value."""
+
+    amount: float
+    relative: bool = False
+
+    def allowed(self, baseline: float) -> float:
+        return self.amount * abs(baseline) if self.relative else self.amount
+
+    def __str__(self) -> str:
+        return f"{self.amount * 100:g}%" if self.relative else f"{self.amount:g}"
+
+
+TOLERANCE_SYNTAX = "write TASK:METRIC=DROP or TASK:METRIC=PERCENT%, e.g. vqa:acc=0.01 or wikitext:*=2%"
+
+
+def parse_tolerances(specs: Iterable[str]) -> dict[str, Tolerance]:
+    """``TASK:METRIC=0.01`` (absolute) or ``TASK:METRIC=2%`` (of the baseline) -> {"TASK:METRIC": Tolerance}.
+
+    TASK and METRIC may use * patterns.
+    """
     tolerances = {}
     for spec in specs:
         name, sep, value = spec.partition("=")
         if not sep or ":" not in name:
-            raise EcoflapError(f"invalid tolerance {spec!r}: write TASK:METRIC=ALLOWED_DROP, e.g. vqa:acc=0.01")
-        tolerances[name.strip()] = _non_negative(value, f"tolerance {spec!r}")
+            raise EcoflapError(f"invalid tolerance {spec!r}: {TOLERANCE_SYNTAX}")
+        tolerances[name.strip()] = parse_tolerance(value, f"tolerance {spec!r}")
     return tolerances
 
 
-def tolerance_map(tolerances: Mapping[str, Any] | Iterable[str]) -> dict[str, float]:
-    """``{"TASK:METRIC": drop}`` or ``["TASK:METRIC=DROP", ...]`` -> {"TASK:METRIC": drop}, checked."""
+def tolerance_map(tolerances: Mapping[str, Any] | Iterable[str]) -> dict[str, Tolerance]:
+    """``{"TASK:METRIC": 0.01 or "2%"}`` or ``["TASK:METRIC=DROP", ...]`` -> {"TASK:METRIC": Tolerance}, checked."""
     if not isinstance(tolerances, Mapping):
         return parse_tolerances(tolerances)
     for name in tolerances:
-        if ":" not in name:
+        if ":" not in str(name):
             raise EcoflapError(f"invalid tolerance name {name!r}: write TASK:METRIC, e.g. vqa:acc")
-    return {name: _non_negative(value, f"tolerance {name!r}") for name, value in tolerances.items()}
+    return {name: parse_tolerance(value, f"tolerance {name!r}") for name, value in tolerances.items()}
 
 
-def _non_negative(value: Any, what: str) -> float:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise EcoflapError(f"invalid {what}: {value!r} is not a number") from None
-    if not number >= 0:
-        raise EcoflapError(f"invalid {what}: the allowed drop must be >= 0")
-    return number
+def parse_tolerance(value: Any, what: str) -> Tolerance:
+    """``0.01`` -> absolute; ``"2%"`` -> relative (0.02 of the baseline); a Tolerance as it is. Finite and >= 0."""
+    if isinstance(value, Tolerance):
+        return value
+    text = value.strip() if isinstance(value, str) else value
+    relative = isinstance(text, str) and text.endswith("%")
+    number = _number(text[:-1] if relative else text, what)
+    if not (math.isfinite(number) and number >= 0):
+        raise EcoflapError(f"invalid {what}: the allowed drop must be a finite number >= 0 ({TOLERANCE_SYNTAX})")
+    return Tolerance(number / 100 if relative else number, relative)
 
 
 def _matches(pattern: str, key: MetricKey) -> bool:
@@ -136,9 +164,10 @@ def _matches(pattern: str, key: MetricKey) -> bool:
 
 
 def check_against_baseline(
-    candidate: list[dict[str, Any]], baseline: list[dict[str, Any]], tolerances: Mapping[str, float]
+    candidate: list[dict[str, Any]], baseline: list[dict[str, Any]], tolerances: Mapping[str, float | Tolerance]
 ) -> list[Check]:
     """Each baseline metric a tolerance names (first matching pattern wins) against the candidate's value."""
+    tolerances = {name: parse_tolerance(value, f"tolerance {name!r}") for name, value in tolerances.items()}
     before, after = metric_map(baseline), metric_map(candidate)
     checks, used = [], set()
     for key in sorted(before):
@@ -156,14 +185,16 @@ def check_against_baseline(
     return checks
 
 
-def _drop_check(key: MetricKey, before: float | None, after: float | None, allowed: float, higher: bool) -> Check:
-    limit = f"{'drop' if higher else 'rise'} <= {allowed:g}"
+def _drop_check(key: MetricKey, before: float | None, after: float | None, tolerance: Tolerance, higher: bool) -> Check:
+    limit = f"{'drop' if higher else 'rise'} <= {tolerance}"
     if after is None:
         return Check(*key, before, None, None, limit, "missing")
     if before is None:
         return Check(*key, None, after, None, limit, "no baseline")
+    allowed = tolerance.allowed(before)
+    limit += f" ({allowed:.4g})" if tolerance.relative else ""
     drop = (before - after) if higher else (after - before)
-    return Check(*key, before, after, after - before, limit, "regressed" if drop > allowed + EPSILON else "ok")
+    return Check(*key, before, after, after - before, limit, "regressed" if not drop <= allowed + EPSILON else "ok")
 
 
 def load_floors(path: Path) -> dict[str, float]:
@@ -171,19 +202,28 @@ def load_floors(path: Path) -> dict[str, float]:
     import yaml
 
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
         raise EcoflapError(f"cannot read floors file {path}: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
         raise EcoflapError(f"floors file {path} must map each task to {{metric: floor}}, e.g. vqa: {{acc: 0.85}}")
-    return {f"{task}:{name}": _number(v, f"floor {task}:{name}") for task, m in data.items() for name, v in m.items()}
+    return {f"{task}:{name}": _finite(v, f"floor {task}:{name}") for task, m in data.items() for name, v in m.items()}
 
 
 def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool):
+        raise EcoflapError(f"invalid {what}: {value!r} is not a number")
     try:
         return float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise EcoflapError(f"invalid {what}: {value!r} is not a number") from None
+
+
+def _finite(value: Any, what: str) -> float:
+    number = _number(value, what)
+    if not math.isfinite(number):
+        raise EcoflapError(f"invalid {what}: {value!r} is not a finite number")
+    return number
 
 
 def check_floors(candidate: list[dict[str, Any]], floors: Mapping[str, float]) -> list[Check]:

@@ -6,6 +6,7 @@ Shared by the store and the Alembic environment (neither imports the other for i
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +21,33 @@ ENV_DATA_DIR = "ECOFLAP_DATA_DIR"
 BUSY_TIMEOUT_S = 60
 
 
+URL_HINT = "give --database-url sqlite:///PATH/results.db or postgresql://USER@HOST:PORT/DATABASE"
+PASSWORD_IN_URL = re.compile(r"(://[^:/@]*:)[^@/]*@")
+
+
 class StoreUnavailable(EcoflapError):
     """The results database cannot be reached or opened."""
+
+
+class NotADatabase(StoreUnavailable):
+    """The URL names something that is not a results database (a file of another kind, a folder, a missing folder)."""
+
+
+def default_folder() -> Path:
+    """``$ECOFLAP_DATA_DIR``, else platformdirs' user data folder for ecoflap."""
+    folder = os.environ.get(ENV_DATA_DIR)
+    if not folder:
+        import platformdirs
+
+        folder = platformdirs.user_data_dir("ecoflap", appauthor=False)
+    return Path(folder).expanduser()
 
 
 def default_url() -> str:
     """``$ECOFLAP_DATABASE_URL``, else the SQLite file in the user data folder."""
     if os.environ.get(ENV_URL):
         return os.environ[ENV_URL]
-    folder = os.environ.get(ENV_DATA_DIR)
-    if not folder:
-        import platformdirs
-
-        folder = platformdirs.user_data_dir("ecoflap", appauthor=False)
-    return f"sqlite:///{Path(folder).expanduser() / 'results.db'}"
+    return f"sqlite:///{default_folder() / 'results.db'}"
 
 
 def resolve_url(url: str | URL | None) -> URL:
@@ -41,8 +55,9 @@ def resolve_url(url: str | URL | None) -> URL:
     raw = url if url is not None else default_url()
     try:
         parsed = make_url(raw)
-    except ArgumentError:
-        raise EcoflapError(f"invalid database URL {str(raw)!r} (e.g. sqlite:///results.db, postgresql://...)") from None
+    except (ArgumentError, ValueError) as exc:
+        reason = "not a URL" if isinstance(exc, ArgumentError) else "its port is not a number"
+        raise EcoflapError(f"invalid database URL {mask_text(str(raw))!r} ({reason}): {URL_HINT}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
@@ -50,6 +65,18 @@ def resolve_url(url: str | URL | None) -> URL:
 
 def masked(url: URL) -> str:
     return url.render_as_string(hide_password=True)
+
+
+def mask_text(raw: str) -> str:
+    """A URL that did not parse, with anything between ``user:`` and ``@`` shown as ``***``."""
+    return PASSWORD_IN_URL.sub(r"\1***@", raw)
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory database or another backend."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database).expanduser()
 
 
 def create_store_engine(url: URL) -> Engine:
@@ -60,16 +87,14 @@ def create_store_engine(url: URL) -> Engine:
     try:
         return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
-        raise EcoflapError(f"cannot use database URL {masked(url)}: {exc} (is its driver installed?)") from None
+        raise EcoflapError(f"cannot use database URL {masked(url)}: {exc}: install its driver, or {URL_HINT}") from None
 
 
 def _sqlite_engine(url: URL) -> Engine:
-    in_memory = url.database in (None, "", ":memory:")
-    if not in_memory:
-        try:
-            Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StoreUnavailable(f"cannot create the folder of {masked(url)}: {exc.strerror}") from None
+    path = sqlite_path(url)
+    in_memory = path is None
+    if path is not None:
+        _database_folder(url, path)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
@@ -88,3 +113,19 @@ def _sqlite_engine(url: URL) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
 
     return engine
+
+
+def _database_folder(url: URL, path: Path) -> None:
+    """Make the database file's folder: the whole default location, else one missing level (not a chain of them)."""
+    folder = path.parent
+    if folder.is_dir():
+        return
+    if folder != default_folder() and not folder.parent.is_dir():
+        raise NotADatabase(
+            f"cannot use the results database {masked(url)}: the folder {folder.parent} does not exist "
+            f"(create it, or {URL_HINT})"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreUnavailable(f"cannot create the folder of {masked(url)}: {exc.strerror} ({URL_HINT})") from None

@@ -1,7 +1,14 @@
-"""Validate a results document (lm-eval's JSON shape plus an ``ecoflap`` block) into rows for the store."""
+"""Validate a results document (lm-eval's JSON shape plus an ``ecoflap`` block) into rows for the store.
+
+The ``ecoflap`` block is optional: a plain lm-eval results file (what ``lm_eval --output_path`` writes) is
+recorded as a run of unknown method, kept apart from pruned runs as a dense one; its model is lm-eval's
+``model_name`` (else the ``pretrained=`` of ``config.model_args``) and its run key the sha256 of its content.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -12,16 +19,24 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ecoflap.core.errors import EcoflapError, describe_validation_error
 from ecoflap.evaluation.results.method import legacy_method, method_columns, method_key
 
+MAX_BIGINT = 2**63 - 1
+LAST_DATE = 253402300799.0  # 9999-12-31T23:59:59Z: the latest UNIX time a date column holds
+SHORT_TEXT = 64  # characters of the task_version and code_version columns
+NAME_TEXT = 128  # characters of the task, metric and filter columns
+NOT_A_NUMBER = ("N/A",)  # what lm-eval writes for a metric it could not compute (a stderr of one sample)
+LM_EVAL_NAME_KEYS = ("peft", "delta", "pretrained", "model", "path", "engine")  # lm-eval's own order
+LM_EVAL_NOTE = "plain lm-eval results file (no ecoflap block): method unknown, recorded as dense"
+
 
 class AllocationEntry(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     layer: str = Field(min_length=1, max_length=255)
-    tower: str | None = None
-    block: str | None = None
-    target: float | None = None
-    measured: float | None = None
-    params: int | None = None
+    tower: str | None = Field(None, max_length=64)
+    block: str | None = Field(None, max_length=255)
+    target: float | None = Field(None, ge=0.0, le=1.0)
+    measured: float | None = Field(None, ge=0.0, le=1.0)
+    params: int | None = Field(None, ge=0, le=MAX_BIGINT)
 
 
 class ArtefactEntry(BaseModel):
@@ -60,22 +75,22 @@ class EcoflapBlock(BaseModel):
 
     run_key: str = Field(min_length=1, max_length=128)
     model: str = Field(min_length=1, max_length=255)
-    model_hash: str | None = None
-    checkpoint: str | None = None
+    model_hash: str | None = Field(None, max_length=128)
+    checkpoint: str | None = Field(None, max_length=1024)
     dense: bool = False
     pruner: str | None = None
     scorer: str | None = None
     allocator: str | None = None
     method: MethodBlock | None = None
     method_key: str | None = Field(None, min_length=1, max_length=64)
-    target_sparsity: float | None = None
-    measured_sparsity: float | None = None
+    target_sparsity: float | None = Field(None, ge=0.0, le=1.0)
+    measured_sparsity: float | None = Field(None, ge=0.0, le=1.0)
     allocation: list[AllocationEntry] = Field(default_factory=list)
     calibration: dict[str, Any] | None = None
     seeds: dict[str, Any] = Field(default_factory=dict)
     versions: dict[str, Any] = Field(default_factory=dict)
     timings_s: dict[str, Any] = Field(default_factory=dict)
-    peak_memory_mb: float | None = None
+    peak_memory_mb: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     status: str = Field("complete", max_length=32)
     artefacts: list[ArtefactEntry] = Field(default_factory=list)
 
@@ -110,9 +125,9 @@ class ResultsDocument(BaseModel):
     higher_is_better: dict[str, dict[str, bool | None]] = Field(default_factory=dict)
     skipped: dict[str, Any] = Field(default_factory=dict)
     config: dict[str, Any] = Field(default_factory=dict)
-    date: float | None = None
-    git_hash: str | None = None
-    ecoflap: EcoflapBlock
+    date: float | None = Field(None, ge=0.0, le=LAST_DATE)
+    git_hash: str | None = Field(None, max_length=SHORT_TEXT)
+    ecoflap: EcoflapBlock | None = None
 
 
 @dataclass
@@ -127,19 +142,75 @@ class ParsedRun:
 
 
 def validate(document: Any) -> ResultsDocument:
-    """The document, checked; a missing or malformed key -> EcoflapError naming it."""
+    """The document, checked; a missing or malformed key -> EcoflapError naming it (no ``ecoflap`` block: lm-eval's)."""
     if not isinstance(document, dict):
         raise EcoflapError(f"invalid results document: expected a JSON object, got {type(document).__name__}")
+    where = _nul_character(document)
+    if where is not None:
+        where = where.replace("\x00", "\\u0000")
+        raise EcoflapError(f"invalid results document: {where or 'a key'}: text holds a NUL character (\\u0000)")
     try:
-        return ResultsDocument.model_validate(document)
+        doc = ResultsDocument.model_validate(document)
+        if doc.ecoflap is None:
+            doc.ecoflap = EcoflapBlock.model_validate(lm_eval_block(document, doc))
     except ValidationError as exc:
         raise EcoflapError(describe_validation_error(exc, "results document", "document")) from None
+    metric_rows(doc)  # every metric value a number (or lm-eval's "N/A"), every name short enough
+    return doc
+
+
+def _nul_character(value: Any, path: str = "") -> str | None:
+    """The path of the first string (key or value) holding a NUL character, which PostgreSQL cannot store."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        inner = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and "\x00" in key:
+            return inner
+        found = _nul_character(item, inner)
+        if found is not None:
+            return found
+    return None
+
+
+def lm_eval_block(document: dict[str, Any], doc: ResultsDocument) -> dict[str, Any]:
+    """The ``ecoflap`` block of a plain lm-eval results file: its model, dense (method unknown), keyed by content."""
+    model = lm_eval_model(document)
+    if model is None:
+        raise EcoflapError(
+            "invalid results document: no ecoflap block and no model name (lm-eval's model_name or "
+            "config.model_args pretrained=...): add an ecoflap block with run_key and model"
+        )
+    content = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
+    return {
+        "run_key": "lm-eval-" + hashlib.sha256(content.encode()).hexdigest(),
+        "model": model,
+        "dense": True,
+        "versions": {"lm_eval": document.get("lm_eval_version")} if document.get("lm_eval_version") else {},
+        "source": LM_EVAL_NOTE,
+    }
+
+
+def lm_eval_model(document: dict[str, Any]) -> str | None:
+    """lm-eval's ``model_name``, else the model named in ``config.model_args`` (a string or a mapping)."""
+    if isinstance(document.get("model_name"), str) and document["model_name"].strip():
+        return document["model_name"].strip()
+    config = document.get("config") if isinstance(document.get("config"), dict) else {}
+    args = config.get("model_args")
+    if isinstance(args, dict):
+        return next((str(args[key]) for key in LM_EVAL_NAME_KEYS if args.get(key)), None)
+    if isinstance(args, str):
+        pairs = dict(part.split("=", 1) for part in args.split(",") if "=" in part)
+        return next((pairs[key].strip() for key in LM_EVAL_NAME_KEYS if pairs.get(key, "").strip()), None)
+    return None
 
 
 def parse_document(document: Any, artefacts: dict[str, str] | None = None) -> ParsedRun:
     """Rows for the store from a results document (``artefacts``: extra kind -> path entries)."""
     doc = validate(document)
     block = doc.ecoflap
+    assert block is not None  # validate made it for a plain lm-eval file
     files = [entry.model_dump() for entry in block.artefacts]
     if block.checkpoint:
         files.append({"kind": "checkpoint", "path": block.checkpoint})
@@ -155,7 +226,9 @@ def parse_document(document: Any, artefacts: dict[str, str] | None = None) -> Pa
 
 def _run_columns(doc: ResultsDocument) -> dict[str, Any]:
     block = doc.ecoflap
+    assert block is not None
     extra = {"calibration": block.calibration, "tasks": doc.configs, "skipped": doc.skipped}
+    extra |= {"source": block.source} if getattr(block, "source", None) else {}
     method = block.identity()
     return {
         "model": block.model,
@@ -171,7 +244,7 @@ def _run_columns(doc: ResultsDocument) -> dict[str, Any]:
         "config": {"run": doc.config, **extra},
         "seeds": block.seeds,
         "library_versions": block.versions,
-        "code_version": _text(block.versions.get("ecoflap")),
+        "code_version": _text(block.versions.get("ecoflap"), "ecoflap.versions.ecoflap"),
         "git_hash": doc.git_hash,
         "status": block.status,
         "timings": block.timings_s,
@@ -186,21 +259,49 @@ def metric_rows(doc: ResultsDocument) -> list[dict[str, Any]]:
     for task, values in doc.results.items():
         for key, value in values.items():
             metric, _, filter_ = key.partition(",")
-            if not filter_ or metric.endswith("_stderr"):
+            if not filter_:
                 continue
+            where = f"results.{task}.{key}"
+            number = _metric_value(value, where)
+            if metric.endswith("_stderr"):
+                continue
+            _short_names(where, task, metric, filter_)
             rows.append(
                 {
                     "task": task,
                     "metric": metric,
                     "filter": filter_,
-                    "value": metric_number(value),
+                    "value": number,
                     "stderr": metric_number(values.get(f"{metric}_stderr,{filter_}")),
-                    "n_samples": _samples(doc.n_samples.get(task)),
+                    "n_samples": _samples(doc.n_samples.get(task), f"n-samples.{task}"),
                     "higher_is_better": doc.higher_is_better.get(task, {}).get(metric),
-                    "task_version": _text(doc.versions.get(task)),
+                    "task_version": _text(doc.versions.get(task), f"versions.{task}"),
                 }
             )
     return rows
+
+
+def _metric_value(value: Any, where: str) -> float | None:
+    """A metric of the results: a number (NaN -> None), null or lm-eval's "N/A"; anything else is an error."""
+    if value is None or value in NOT_A_NUMBER:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EcoflapError(f"invalid results document: {where}: {value!r} is not a number")
+    try:
+        return metric_number(value)
+    except OverflowError:
+        raise EcoflapError(
+            f"invalid results document: {where}: a {len(str(value))}-digit integer is too large"
+        ) from None
+
+
+def _short_names(where: str, *names: str) -> None:
+    for name in names:
+        if not name or len(name) > NAME_TEXT:
+            raise EcoflapError(
+                f"invalid results document: {where[:80]}: task, metric and filter names need 1 to {NAME_TEXT} "
+                "characters"
+            )
 
 
 def document_metrics(document: Any) -> list[dict[str, Any]]:
@@ -215,11 +316,22 @@ def metric_number(value: Any) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def _samples(entry: Any) -> int | None:
+def _samples(entry: Any, where: str) -> int | None:
+    """lm-eval's sample count of a task: a number or ``{"original": N, "effective": N}``."""
     if isinstance(entry, dict):
         entry = entry.get("effective", entry.get("original"))
-    return int(entry) if isinstance(entry, int | float) and not isinstance(entry, bool) else None
+    if entry is None:
+        return None
+    if isinstance(entry, bool) or not isinstance(entry, int | float) or not 0 <= entry <= MAX_BIGINT:
+        raise EcoflapError(f"invalid results document: {where}: {entry!r} is not a sample count")
+    return int(entry)
 
 
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
+def _text(value: Any, where: str) -> str | None:
+    """A version or hash as text of at most SHORT_TEXT characters."""
+    if value is None:
+        return None
+    text = str(value)
+    if len(text) > SHORT_TEXT:
+        raise EcoflapError(f"invalid results document: {where}: longer than {SHORT_TEXT} characters")
+    return text

@@ -11,35 +11,42 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, insert, select, text
-from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import delete, insert, inspect, select, text
+from sqlalchemy.engine import URL, Connection
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, selectinload
 
 from ecoflap.core.errors import EcoflapError
 from ecoflap.evaluation.results.database import (
     ENV_DATA_DIR,
     ENV_URL,
+    URL_HINT,
+    NotADatabase,
     StoreUnavailable,
     create_store_engine,
     default_url,
     masked,
     resolve_url,
+    sqlite_path,
 )
 from ecoflap.evaluation.results.document import ParsedRun, parse_document
 from ecoflap.evaluation.results.method import COLUMNS, run_label
-from ecoflap.evaluation.results.migrations import current_revision, head_revision, upgrade
+from ecoflap.evaluation.results.migrations import current_revision, head_revision, known_revision, upgrade
 from ecoflap.evaluation.results.models import Artefact, LayerAllocation, Run, RunTag, TaskMetric
 
 ATTEMPTS = 8
 MIGRATION_LOCK = 0x65636F666C6170  # "ecoflap": the PostgreSQL advisory lock held while migrating
 TRANSIENT_SQLSTATES = {"40001", "40P01"}  # serialization failure, deadlock
 T = TypeVar("T")
+MAX_IDS = {"postgresql": 2**31 - 1, "sqlite": 2**63 - 1}  # the largest run id each backend's id column holds
+MAX_TAG = 128  # characters (the run_tags.tag column)
+WRITE_PROBE = "ecoflap-write-check"  # the row check_writable inserts into alembic_version and rolls back
 __all__ = [  # the connection helpers live in database.py; importers of this module find them here too
-    "ENV_DATA_DIR", "ENV_URL", "ResultsStore", "StoreUnavailable", "create_store_engine", "default_url", "masked",
-    "resolve_url",
+    "ENV_DATA_DIR", "ENV_URL", "NotADatabase", "ResultsStore", "StoreUnavailable", "check_writable",
+    "create_store_engine", "default_url", "masked", "resolve_url",
 ]  # fmt: skip
 
 
@@ -79,13 +86,8 @@ class ResultsStore:
     @contextmanager
     def _guard(self) -> Iterator[None]:
         """Connection failures -> StoreUnavailable: one line, password masked."""
-        try:
+        with unavailable_as_error(self.url):
             yield
-        except OperationalError as exc:
-            if _sqlstate(exc) in TRANSIENT_SQLSTATES:
-                raise
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise StoreUnavailable(f"cannot use the results database {masked(self.url)}: {reason}") from None
 
     @contextmanager
     def _session(self, write: bool = False) -> Iterator[Session]:
@@ -119,8 +121,7 @@ class ResultsStore:
 
     def tag(self, ref: str | int, tag: str) -> int:
         """Point ``tag`` at a run (moving it from any other run). Returns the run id."""
-        if not tag or tag.isdigit():
-            raise EcoflapError(f"invalid tag {tag!r}: give a non-empty name that is not a number")
+        check_tag(tag)
         run_id = self._require(ref)
 
         def work(session: Session) -> int:
@@ -232,8 +233,11 @@ def _same_method(run: Run, parsed: ParsedRun) -> None:
 
 
 def _resolve(session: Session, ref: str) -> int | None:
-    if ref.isdigit():
-        return session.scalar(select(Run.id).where(Run.id == int(ref)))
+    if ref.isascii() and ref.isdigit():
+        run_id = int(ref)
+        if run_id > MAX_IDS.get(session.get_bind().dialect.name, 2**31 - 1):
+            return None  # more than any id the database can hold
+        return session.scalar(select(Run.id).where(Run.id == run_id))
     found = session.scalar(select(RunTag.run_id).where(RunTag.tag == ref))
     found = found or session.scalar(select(Run.id).where(Run.run_key == ref))
     if found is not None or len(ref) < 6:
@@ -242,6 +246,105 @@ def _resolve(session: Session, ref: str) -> int | None:
     if len(matches) > 1:
         raise EcoflapError(f"run key prefix {ref!r} matches several runs: give more characters")
     return matches[0] if matches else None
+
+
+def check_tag(tag: str) -> None:
+    """A tag is 1 to MAX_TAG printable characters and not a number (a number is a run id)."""
+    if not tag or tag.isdigit() or len(tag) > MAX_TAG or not tag.isprintable():
+        raise EcoflapError(
+            f"invalid tag {tag!r}: give a name of 1 to {MAX_TAG} printable characters that is not a number"
+        )
+
+
+@contextmanager
+def unavailable_as_error(url: URL) -> Iterator[None]:
+    """Connection failures -> StoreUnavailable (a file that is no database: NotADatabase), one line, password masked."""
+    try:
+        yield
+    except OperationalError as exc:
+        if _sqlstate(exc) in TRANSIENT_SQLSTATES:
+            raise
+        reason = _reason(exc)
+        error = NotADatabase if "unable to open database file" in reason else StoreUnavailable
+        raise error(f"cannot use the results database {masked(url)}: {reason} ({_hint(url, reason)})") from None
+    except DatabaseError as exc:
+        if type(exc) is not DatabaseError:  # IntegrityError, DataError...: the caller's to handle
+            raise
+        reason = _reason(exc)
+        raise NotADatabase(f"cannot use the results database {masked(url)}: {reason} ({URL_HINT})") from None
+
+
+def _reason(exc: DBAPIError) -> str:
+    return str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+
+
+def _hint(url: URL, reason: str) -> str:
+    if url.get_backend_name() == "postgresql":
+        return f"check that the server runs and accepts this user, or {URL_HINT}"
+    if "readonly" in reason or "read-only" in reason:
+        return "the file or its folder cannot be written: give a writable database"
+    return URL_HINT
+
+
+def check_writable(url: str | URL | None) -> None:
+    """Raise EcoflapError unless the results database can be opened and written; leaves nothing behind.
+
+    A SQLite file that does not exist yet: its folder must exist (or be the default one) and take a file.
+    An existing database: one write transaction that is rolled back (a probe row in ``alembic_version``, or,
+    with no schema yet, a table), and a schema revision this ecoflap knows.
+    """
+    resolved = resolve_url(url)
+    path = sqlite_path(resolved)
+    if path is not None and not path.exists():
+        _check_new_sqlite_file(resolved, path)
+        return
+    engine = create_store_engine(resolved)
+    try:
+        with unavailable_as_error(resolved), engine.execution_options(ecoflap_write=True).connect() as connection:
+            with connection.begin() as transaction:
+                _probe_write(connection, resolved)
+                transaction.rollback()
+    except DBAPIError as exc:  # read-only transaction, no privilege, ...
+        reason = _reason(exc)
+        raise StoreUnavailable(
+            f"the results database {masked(resolved)} does not accept writes: {reason} ({_hint(resolved, reason)})"
+        ) from None
+    finally:
+        engine.dispose()
+
+
+def _check_new_sqlite_file(url: URL, path: Path) -> None:
+    import tempfile
+
+    from ecoflap.evaluation.results.database import default_folder
+
+    folder = path.parent
+    if not folder.is_dir() and folder == default_folder():
+        return  # made on first use
+    if not folder.is_dir():
+        raise NotADatabase(f"cannot use the results database {masked(url)}: no folder {folder} ({URL_HINT})")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise StoreUnavailable(
+            f"cannot use the results database {masked(url)}: cannot create a file in {folder}: {exc.strerror} "
+            f"({URL_HINT})"
+        ) from None
+
+
+def _probe_write(connection: Connection, url: URL) -> None:
+    """A write the database must accept (inside the caller's transaction, which is rolled back)."""
+    if not inspect(connection).has_table("alembic_version"):
+        connection.execute(text("CREATE TABLE ecoflap_write_check (id INTEGER)"))
+        return
+    found = current_revision(connection)
+    if found is not None and not known_revision(found):
+        raise EcoflapError(
+            f"the results database {masked(url)} has schema revision {found}, newer than this ecoflap knows: "
+            "upgrade ecoflap"
+        )
+    connection.execute(text("INSERT INTO alembic_version (version_num) VALUES (:probe)"), {"probe": WRITE_PROBE})
 
 
 def _full_runs() -> Any:

@@ -1,14 +1,22 @@
-"""Aligned terminal tables and CSV text for query results."""
+"""Aligned terminal tables and CSV text for query results.
+
+Every CSV the CLI and the dashboard write goes through ``csv_text``, whose cells pass ``spreadsheet_safe``:
+a text cell a spreadsheet would evaluate as a formula is written with a leading ``'`` (OWASP's rule).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from tabulate import tabulate
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|-")  # a number written as text, or a lone "-"
 
 
 def _cell(value: Any) -> Any:
@@ -25,10 +33,20 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], floatfmt: str 
     return tabulate(body, headers=list(columns), tablefmt="simple", floatfmt=floatfmt, missingval="-")
 
 
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that opens as text: ``'`` before a string starting with = + - @ tab or CR (numbers stay numbers)."""
+    if isinstance(value, dict | list):
+        value = json.dumps(value)
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS) and not PLAIN_NUMBER.fullmatch(value):
+        return "'" + value
+    return value
+
+
 def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """``columns`` of ``rows`` as CSV, every cell through ``spreadsheet_safe``."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
+    writer.writerow({column: spreadsheet_safe(column) for column in columns})
     for row in rows:
-        writer.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in row.items()})
+        writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
     return out.getvalue()
