@@ -163,6 +163,7 @@ def report(
         "method": config.method(),
         "model": identity["describe"],
         "model_hash": identity["weights_hash"],
+        "implementations": identity.get("implementations"),
         "layers": identity["layers"],
         "scores": coarse["scores"] if coarse else None,
         "allocation": result.allocation.sparsity,

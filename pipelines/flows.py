@@ -76,7 +76,7 @@ class StepKey(CachePolicy):
 
 
 def _checkpoint_key(config: RunConfig, identity: Step, allocated: Step, scores: Step | None) -> str:
-    return steps.checkpoint_key(config, allocated)
+    return steps.checkpoint_key(config, identity, allocated)
 
 
 def _eval_key(request: EvalRequest, name: str) -> str:

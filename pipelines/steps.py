@@ -47,34 +47,57 @@ def default_registries() -> Registries:
 
 
 # ---- keys ------------------------------------------------------------------------------------------
-def _model(identity: Step) -> list[str]:
-    return [identity["model"], identity["weights_hash"]]
+def _model(identity: Step) -> list[Any]:
+    return [identity["model"], identity["weights_hash"], _implementation(identity, "model")]
+
+
+def implementations(config: RunConfig, registries: Registries) -> dict[str, dict[str, str | None]]:
+    """Who implements each named part of the run (plugin, distribution, version, class): in every cache key,
+    so that two plugins' classes behind one name never share a cached step."""
+    parts = {
+        "model": job.resolve_model(registries, config.model).name,
+        "pruner": config.pruner,
+        "allocator": config.allocator,
+    }
+    if registries.allocators.get(config.allocator).needs_scores:
+        parts["scorer"] = config.scorer
+    return {kind: registries.implementation(kind, name) for kind, name in parts.items()}
 
 
 def scores_key(config: RunConfig, identity: Step) -> str:
     method = config.method()
     calibration = {k: method["calibration"][k] for k in ("corpus", "score_nsamples", "score_seqlen", "seed")}
     layers = [config.targets, config.ignore, config.towers, config.dtype]
-    scorer = [config.scorer, config.scorer_options(), config.micro_batch]
-    return cache_key("scores/v2", _model(identity), calibration, scorer, layers)
+    scorer = [config.scorer, config.scorer_options(), config.micro_batch, _implementation(identity, "scorer")]
+    return cache_key("scores/v3", _model(identity), calibration, scorer, layers)
 
 
 def allocation_key(config: RunConfig, identity: Step, scores: Step | None) -> str:
     upstream = scores["key"] if scores else cache_key(_model(identity), config.targets, config.ignore, config.towers)
     method = config.method()
     settings = {k: method[k] for k in ("allocator", "allocation_file", "granularity", "aggregation", "per_tower")}
-    return cache_key("allocation/v2", upstream, settings, config.target, config.cap)
+    allocator = _implementation(identity, "allocator")
+    return cache_key("allocation/v3", upstream, settings, config.target, config.cap, allocator)
 
 
-def checkpoint_key(config: RunConfig, allocated: Step) -> str:
+def checkpoint_key(config: RunConfig, identity: Step, allocated: Step) -> str:
     method = config.method()
     pruner = [method["pruner"], method["pruner_options"], method["nm"], config.micro_batch]
-    return cache_key("checkpoint/v2", allocated["key"], pruner, method["calibration"])
+    implementation = _implementation(identity, "pruner")
+    return cache_key("checkpoint/v3", allocated["key"], _model(identity), pruner, implementation, method["calibration"])
 
 
 def eval_key(request: EvalRequest, task: str, registries: Registries) -> str:
     task_cls = registries.tasks.get(task)
-    return cache_key("eval/v2", request.identity(), task, task_cls.version, request.evaluation())
+    implementation = {
+        "task": registries.implementation("task", task),
+        "model": registries.implementation("model", job.resolve_model(registries, request.model).name),
+    }
+    return cache_key("eval/v3", request.identity(), task, task_cls.version, implementation, request.evaluation())
+
+
+def _implementation(identity: Step, kind: str) -> dict[str, str | None] | None:
+    return identity["implementations"].get(kind)
 
 
 # ---- the job's steps ---------------------------------------------------------------------------------
@@ -82,11 +105,12 @@ def identify(config: RunConfig, registries: Registries, log: Log = print) -> Ste
     """Load the dense model once: its weights hash and prunable layers, saved for the later steps."""
     start = time.perf_counter()
     adapter = job.load_model(registries, config)
-    identity = job.identify(adapter, config)
-    key = cache_key("layers/v2", _model(identity), config.targets, config.ignore, config.towers)
+    identity = job.identify(adapter, config) | {"implementations": implementations(config, registries)}
+    key = cache_key("layers/v3", _model(identity), config.targets, config.ignore, config.towers)
     path = write_json(run_cache() / "layers" / f"{key}.json", identity)
     log(f"model {config.model}: weights sha256 {identity['weights_hash'][:12]} ({time.perf_counter() - start:.1f} s)")
-    step = {k: identity[k] for k in ("model", "model_id", "weights_hash")} | {"layers_path": str(path)}
+    step = {k: identity[k] for k in ("model", "model_id", "weights_hash", "implementations")}
+    step |= {"layers_path": str(path)}
     return step | {"tasks": resolve_tasks(config.tasks, adapter, registries)}
 
 
@@ -138,7 +162,7 @@ def fine_step(
     progress: ProgressFactory = no_progress,
 ) -> Step:
     """FINE: prune the dense model to the allocation; the checkpoint folder is written atomically."""
-    key = checkpoint_key(config, allocated)
+    key = checkpoint_key(config, identity, allocated)
     log(f"fine step: pruning {config.model} with {config.pruner} ({config.nsamples} x {config.seqlen}) -> {key[:12]}")
     adapter = job.load_model(registries, config)
     result = job.fine_step(
