@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -186,6 +189,63 @@ def test_vqa_bad_data_is_one_clear_error(vqa_dir: Path, damage, message: str) ->
     damage(vqa_dir)
     with pytest.raises(EcoflapError, match=message):
         VqaTask.describe_data(_options(vqa_dir))
+
+
+def _null_answer(folder: Path) -> None:
+    file = folder / "v2_mscoco_val2014_annotations.json"
+    data = json.loads(file.read_text())
+    data["annotations"][0]["answers"][0]["answer"] = None
+    file.write_text(json.dumps(data))
+
+
+def test_vqa_records_are_typed_and_null_answers_refused(vqa_dir: Path) -> None:
+    from ecoflap.evaluation.tasks.vision import VqaTask
+
+    _null_answer(vqa_dir)
+    with pytest.raises(EcoflapError, match=r"annotations\.0\.answers\.0\.answer: Input should be a valid string"):
+        VqaTask.describe_data(_options(vqa_dir))
+    with pytest.raises(EcoflapError, match="answers.0.answer"):
+        VqaTask().run(OracleVqa(), _options(vqa_dir))  # the run reads the same validated records
+
+
+def test_validate_refuses_a_file_that_is_not_an_image(vqa_dir: Path) -> None:
+    from ecoflap.evaluation.tasks.vision import VqaTask
+
+    image = next((vqa_dir / "val2014").iterdir())
+    image.write_bytes(b"text, not pixels")
+    with pytest.raises(EcoflapError, match=f"{image} is not a readable image"):
+        VqaTask.describe_data(_options(vqa_dir))
+
+
+def test_every_task_draws_a_terminal_bar_unless_tqdm_is_disabled(
+    vqa_dir: Path, registries, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ecoflap.evaluation.runner import evaluate
+
+    logged: list[tuple[str, int]] = []
+
+    class Logged:  # the caller's bar (Prefect's log in a flow) still advances beside the terminal's
+        def __init__(self, *, total: int, desc: str) -> None:
+            logged.append((desc, total))
+
+        def update(self, n: int = 1) -> None:
+            logged.append(("update", n))
+
+        def close(self) -> None:
+            return None
+
+    options = TaskOptions(data_dir=vqa_dir.parent, extra={"vqa.mode": "generate"}, progress=Logged)
+    evaluate(OracleVqa(), ["vqa"], options, registries)
+    err = capsys.readouterr().err
+    assert "vqa: 100%" in err and "4/4 [" in err  # tqdm's bar with elapsed<remaining time
+    assert logged[0] == ("vqa", 4) and sum(n for desc, n in logged[1:]) == 4
+    # tqdm reads TQDM_* variables when it is imported: a fresh interpreter shows the bar is tqdm's own
+    draw = "from ecoflap.evaluation.runner import terminal_bars; from ecoflap.core.progress import no_progress; "
+    draw += "bar = terminal_bars(no_progress)(total=3, desc='vqa'); bar.update(3); bar.close()"
+    for disable, shown in (({}, True), ({"TQDM_DISABLE": "1"}, False)):
+        env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | disable
+        drawn = subprocess.run([sys.executable, "-c", draw], capture_output=True, text=True, env=env, check=True)
+        assert ("vqa: 100%" in drawn.stderr) is shown, drawn.stderr
 
 
 # ----------------------------------------------------------------------------- captioning, retrieval, ImageNet

@@ -107,15 +107,29 @@ def test_rolling_windows_follow_lm_eval(model, tokenizer) -> None:  # noqa: ANN0
 
     from ecoflap.evaluation.perplexity import perplexity
 
-    direct, n_tokens = 0.0, 0
+    direct, n_tokens, n_windows = 0.0, 0, 0
     for text in TEXTS:
         ids = tokenizer.encode(text, add_special_tokens=False)
         windows = get_rolling_token_windows(ids, tokenizer.bos_token_id, 8, 1)
         for context, predicted in map(make_disjoint_window, windows):
             direct += window_loglikelihood(model, context[-(8 + 1 - len(predicted)) :], predicted)
             n_tokens += len(predicted)
-    result = perplexity(model, tokenizer, TEXTS, max_length=8)
+            n_windows += 1
+    bars: list[list[int]] = []
+
+    class Bar:  # one bar over every rolling window: its total, then each batch's windows
+        def __init__(self, *, total: int, desc: str) -> None:
+            bars.append([total])
+
+        def update(self, n: int = 1) -> None:
+            bars[-1].append(n)
+
+        def close(self) -> None:
+            return None
+
+    result = perplexity(model, tokenizer, TEXTS, max_length=8, progress=Bar)
     assert result["n_tokens"] == n_tokens
+    assert len(bars) == 1 and bars[0][0] == n_windows == sum(bars[0][1:])
     assert result["token_perplexity"] == pytest.approx(math.exp(-direct / n_tokens), rel=1e-3)
 
 
@@ -163,3 +177,11 @@ def test_no_text_is_an_error(model, tokenizer) -> None:  # noqa: ANN001
         perplexity(model, tokenizer, ["", "  \n"])
     with pytest.raises(EcoflapError, match="list of texts"):
         perplexity(model, tokenizer, "one string")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("max_length", [0, 1, -8])
+def test_a_window_of_fewer_than_two_tokens_is_an_error(model, tokenizer, max_length: int) -> None:  # noqa: ANN001
+    from ecoflap.evaluation.perplexity import perplexity
+
+    with pytest.raises(EcoflapError, match="windows of 2 or more tokens"):
+        perplexity(model, tokenizer, TEXTS, max_length=max_length)
