@@ -99,3 +99,96 @@ def document(
         },
     }
     return doc | {"ecoflap": doc["ecoflap"] | {"method": method}} if method is not None else doc
+
+
+def lm_eval_results(
+    word_perplexity: float = 37.52,
+    acc: float = 0.4369,
+    model_args: Any = "pretrained=EleutherAI/pythia-160m,dtype=float32",
+    model_name: str | None = "EleutherAI/pythia-160m",
+) -> dict[str, Any]:
+    """A results file as ``lm_eval --output_path`` 0.4.13 writes it (``results_<date>.json``): no ``ecoflap`` block.
+
+    The keys are those of lm-eval's ``simple_evaluate`` (``lm_eval/result_schema.py``) and its
+    ``EvaluationTracker.save_results_aggregated`` (``task_hashes`` and the general config tracker's fields);
+    ``model_name=None`` leaves the tracker's fields out, as ``simple_evaluate``'s own return value has them.
+    """
+    results = {
+        "results": {
+            "arc_easy": {
+                "name": "arc_easy", "alias": "arc_easy", "sample_len": 2376,
+                "acc,none": acc, "acc_stderr,none": 0.010178,
+                "acc_norm,none": 0.4023, "acc_norm_stderr,none": 0.010061,
+            },
+            "wikitext": {
+                "name": "wikitext", "alias": "wikitext", "sample_len": 62,
+                "word_perplexity,none": word_perplexity, "word_perplexity_stderr,none": "N/A",
+                "byte_perplexity,none": 1.9625, "byte_perplexity_stderr,none": "N/A",
+                "bits_per_byte,none": 0.9727, "bits_per_byte_stderr,none": "N/A",
+            },
+        },
+        "group_subtasks": {"arc_easy": [], "wikitext": []},
+        "configs": {
+            "arc_easy": {
+                "task": "arc_easy", "tag": ["ai2_arc"], "dataset_path": "allenai/ai2_arc", "dataset_name": "ARC-Easy",
+                "training_split": "train", "validation_split": "validation", "test_split": "test",
+                "doc_to_text": "Question: {{question}}\nAnswer:", "doc_to_target": "{{choices.label.index(answerKey)}}",
+                "doc_to_choice": "{{choices.text}}", "description": "", "target_delimiter": " ",
+                "fewshot_delimiter": "\n\n", "num_fewshot": 0,
+                "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                                {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+                "output_type": "multiple_choice", "repeats": 1, "should_decontaminate": True,
+                "doc_to_decontamination_query": "Question: {{question}}\nAnswer:", "metadata": {"version": 1.0},
+            },
+            "wikitext": {
+                "task": "wikitext", "dataset_path": "EleutherAI/wikitext_document_level",
+                "dataset_name": "wikitext-2-raw-v1", "training_split": "train", "validation_split": "validation",
+                "test_split": "test", "doc_to_text": "", "doc_to_target": "<function wikitext_detokenizer>",
+                "description": "", "target_delimiter": " ", "fewshot_delimiter": "\n\n", "num_fewshot": 0,
+                "metric_list": [{"metric": "word_perplexity"}, {"metric": "byte_perplexity"},
+                                {"metric": "bits_per_byte"}],
+                "output_type": "loglikelihood_rolling", "repeats": 1, "should_decontaminate": True,
+                "doc_to_decontamination_query": "{{page}}", "metadata": {"version": 2.0},
+            },
+        },
+        "versions": {"arc_easy": 1.0, "wikitext": 2.0},
+        "n-shot": {"arc_easy": 0, "wikitext": 0},
+        "higher_is_better": {
+            "arc_easy": {"acc": True, "acc_norm": True},
+            "wikitext": {"word_perplexity": False, "byte_perplexity": False, "bits_per_byte": False},
+        },
+        "n-samples": {"wikitext": {"original": 62, "effective": 62}, "arc_easy": {"original": 2376, "effective": 2376}},
+        "config": {
+            "model": "hf", "model_args": model_args, "model_num_parameters": 162322944, "model_dtype": "torch.float32",
+            "model_revision": "main", "model_sha": "50f5173d932e8e61f858120bcb800b97af589f46", "batch_size": "8",
+            "batch_sizes": [], "device": "cuda:0", "use_cache": None, "limit": None, "bootstrap_iters": 100000,
+            "gen_kwargs": None, "random_seed": 0, "numpy_seed": 1234, "torch_seed": 1234, "fewshot_seed": 1234,
+        },
+        "git_hash": "8bc4620",
+        "date": 1733011200.5,
+        "pretty_env_info": "PyTorch version: 2.5.1+cu124\nIs debug build: False\n...",
+        "transformers_version": "4.46.3",
+        "lm_eval_version": "0.4.13",
+        "upper_git_hash": None,
+        "tokenizer_pad_token": ["<|endoftext|>", "0"],
+        "tokenizer_eos_token": ["<|endoftext|>", "0"],
+        "tokenizer_bos_token": ["<|endoftext|>", "0"],
+        "eot_token_id": 0,
+        "max_length": 2048,
+    }  # fmt: skip
+    if model_name is None:
+        return results
+    return results | {
+        "task_hashes": {},
+        "model_source": "hf",
+        "model_name": model_name,
+        "model_name_sanitized": model_name.replace("/", "__"),
+        "system_instruction": None,
+        "system_instruction_sha": None,
+        "fewshot_as_multiturn": False,
+        "chat_template": None,
+        "chat_template_sha": None,
+        "start_time": 1520.4361,
+        "end_time": 1893.0122,
+        "total_evaluation_time_seconds": "372.5761",
+    }
