@@ -135,9 +135,10 @@ def _cancel_unfinished(client: SyncPrefectClient, children: list[Child], timeout
 def summary(child: Child) -> Step:
     """The child's summary (its flow's persisted result), or ``{"run_name", "failed"}`` naming its state."""
     state = child.flow_run.state if child.flow_run is not None else None
-    if state is None or not state.is_final():
-        where = state.name if state is not None else "never started"
-        return {"run_name": child.name, "failed": f"not finished in time (state {where})"}
+    if state is None:
+        return {"run_name": child.name, "failed": "never started: the sweep's wait ended first"}
+    if not state.is_final():
+        return {"run_name": child.name, "failed": f"still {state.name} when the sweep's wait ended: cancelled"}
     if not state.is_completed():
         return {"run_name": child.name, "failed": f"{state.name}: {state.message or 'no message'}"}
     try:

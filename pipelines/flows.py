@@ -23,6 +23,7 @@ from prefect.states import Failed, State
 
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.provenance import read_json
+from ecoflap.evaluation.results.store import check_writable
 from ecoflap.pipelines import steps
 from ecoflap.pipelines.deployment_runs import through_deployment
 from ecoflap.pipelines.prefect_server import ensure_temporary_server
@@ -86,10 +87,8 @@ def _eval_key(request: EvalRequest, name: str) -> str:
 # ---- tasks: one step each ---------------------------------------------------------------------------
 @task(name="check-database", cache_policy=NO_CACHE)
 def check_database(url: str | None) -> None:
-    """The results database opens (a one-line StoreUnavailable if not), before any model loads."""
-    from ecoflap.evaluation.results.store import ResultsStore
-
-    ResultsStore(url).close()  # connects and brings the schema up to date, or raises StoreUnavailable
+    """The results database accepts writes (else one line: EcoflapError), before any model loads."""
+    check_writable(url)
 
 
 @task(name="identify-model", cache_policy=NO_CACHE)

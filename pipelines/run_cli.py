@@ -25,12 +25,16 @@ Examples:
   ecoflap run -C run.yaml --seed 1                # flags override the file
   ecoflap run --grid sparsity=0.5,0.6 --grid pruner=wanda,sparsegpt --parallel 2
   PREFECT_API_URL=http://127.0.0.1:4200/api ecoflap run -C run.yaml   # against a Prefect server
+  ecoflap run --grid sparsity=0.4,0.6 --deployment prune-and-evaluate/run --parallel 4   # on its workers
 \b
 A file with a `grid:` mapping (key: [values]) is a sweep: every combination, plus one dense run per
 model (`dense_baseline: false` to skip it). Results: RUN/results.json and the results database
 (--database-url, else $ECOFLAP_DATABASE_URL, else SQLite). Steps are cached by Prefect (results
 persisted in $ECOFLAP_RUN_CACHE, default ~/.cache/ecoflap/runs): the same command again resumes,
 and `ecoflap prune` / `ecoflap eval` with the same settings reuse what `run` computed.
+With --deployment the runs go to the deployment's workers (--parallel at a time) and this command waits
+for them: output folders, input files and a SQLite database are sent as absolute paths, and so is
+$ECOFLAP_RUN_CACHE when set (share it with the workers); a failed run fails the sweep, naming it.
 """
 
 
@@ -112,10 +116,10 @@ def execute(target: Any, strict: bool, timeout_s: float | None = None) -> list[d
 
 
 def check_database(url: str | None) -> None:
-    """The results database opens, its schema up to date (else one line: StoreUnavailable), before Prefect starts."""
-    from ecoflap.evaluation.results.store import ResultsStore
+    """The results database accepts writes (else one line: EcoflapError), before Prefect starts."""
+    from ecoflap.evaluation.results.store import check_writable
 
-    ResultsStore(url).close()
+    check_writable(url)
 
 
 def placed(target: Any) -> Any:

@@ -18,6 +18,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["DO_NOT_TRACK"] = "1"
 
 from ecoflap.core import job  # noqa: E402
+from ecoflap.core.errors import EcoflapError  # noqa: E402
 from ecoflap.evaluation.results.store import ResultsStore, StoreUnavailable  # noqa: E402
 from ecoflap.pipelines import steps  # noqa: E402
 from ecoflap.pipelines.cli import cli  # noqa: E402
@@ -74,6 +75,14 @@ def score_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return calls
 
 
+def progress_artifacts() -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+
+
 def run_cli(root: Path, settings: dict[str, Any], *args: str) -> Any:
     config = root / "run.yaml"
     config.write_text(yaml.safe_dump(settings))
@@ -92,6 +101,8 @@ def test_run_records_one_complete_run_and_a_second_run_reuses_every_step(prefect
     assert len(block["allocation"]) == 28 and block["model_hash"]
     assert (root / "out" / "checkpoint" / "model.safetensors").exists()
     assert set(document["results"]) == {TASK}
+    finished = {a.description.split(":")[0] for a in progress_artifacts() if a.data == 100.0}
+    assert {"zeroth-order scores", "pruning blocks", "perplexity windows"} <= finished  # one per long step
 
     second = run_cli(root, settings, "-o", "out")
     assert second.exit_code == 0, second.output
@@ -196,6 +207,7 @@ def test_sweep_runs_the_grid_and_one_dense_baseline(prefect_api, workspace) -> N
     assert len(folders) == 5 and "tiny-llama_dense" in folders
     table = Artifact.get("ecoflap-sweep")
     assert table is not None and "tiny-llama_dense" in str(table.data)
+    assert any(a.description == "sweep: 5/5 runs done" and a.data == 100.0 for a in progress_artifacts())
 
 
 BAD_CONFIGS = [
@@ -309,6 +321,49 @@ def test_the_deployments_file_serves_one_deployment_per_suite() -> None:
     served = file_deployments()
     assert [d.name for d in served] == [e["name"] for e in entries]
     assert {d.schedules[0].schedule.cron for d in served if d.name in {s["name"] for s in suites}} == crons
+
+
+def test_a_sweep_through_a_deployment_waits_at_most_its_timeout_and_cancels_what_is_left(prefect_api, workspace):
+    """No worker polls the pool: the run stays Scheduled; after the timeout it is cancelled and the sweep fails."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from ecoflap.pipelines.flows import prune_and_evaluate, run_flow
+    from ecoflap.pipelines.run_config import build_sweep
+
+    with get_client(sync_client=True) as client:
+        client.create_work_pool(WorkPoolCreate(name="nobody-polls", type="process"), overwrite=True)
+    prune_and_evaluate.to_deployment(name="idle", work_pool_name="nobody-polls").apply()
+    values = workspace["settings"] | {"grid": {"sparsity": [0.4]}, "dense_baseline": False, "output": "sweep"}
+    with pytest.raises(EcoflapError, match=r"^no deployment 'prune-and-evaluate/nowhere' on the Prefect server"):
+        run_flow(build_sweep(values | {"deployment": "prune-and-evaluate/nowhere"}), timeout_s=5)
+    child = "tiny-llama_ecoflap-zeroth-order_wanda_s0.4"
+    with pytest.raises(EcoflapError, match=rf"^1 of 1 runs failed \({child}: still Scheduled when the sweep's wait"):
+        run_flow(build_sweep(values | {"deployment": "prune-and-evaluate/idle"}), timeout_s=3)
+    with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs() if r.name == child]
+    assert [r.state.type.value for r in runs] in (["CANCELLING"], ["CANCELLED"])  # no run left waiting
+
+
+def test_a_run_sent_to_a_worker_names_its_files_and_database_by_absolute_paths(
+    workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker starts in its own folder: what the caller named relative to its folder must still be found."""
+    from ecoflap.pipelines.deployment_runs import for_worker
+
+    root = workspace["root"]
+    monkeypatch.delenv("ECOFLAP_DATABASE_URL", raising=False)
+    relative = RunConfig.build(**workspace["settings"] | {"corpus": "corpus.txt", "database_url": "sqlite:///r.db"})
+    sent = for_worker(relative)
+    assert sent.corpus == str(root / "corpus.txt") and sent.database_url == f"sqlite:///{root / 'r.db'}"
+    named = for_worker(relative.model_copy(update={"corpus": "wikipedia"}))
+    assert named.model == "tiny-llama" and named.corpus == "wikipedia"  # names stay names
+    shared = "postgresql+psycopg://ecoflap:secret@db:5432/results"
+    assert for_worker(relative.model_copy(update={"database_url": shared})).database_url == shared
+    unset = relative.model_copy(update={"database_url": None})
+    assert for_worker(unset).database_url is None  # nothing said: the worker's own default
+    monkeypatch.setenv("ECOFLAP_DATABASE_URL", "sqlite:///env.db")
+    assert for_worker(unset).database_url == f"sqlite:///{root / 'env.db'}"  # the caller's environment said
 
 
 def test_an_output_folder_of_the_user_is_never_replaced(workspace, monkeypatch: pytest.MonkeyPatch) -> None:
