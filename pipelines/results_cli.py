@@ -86,7 +86,7 @@ def _emit(rows: list[dict[str, Any]], fmt: str, table_columns: list[str], csv_co
 
 def _sparsity(value: float | None) -> float | None:
     if value is not None and not 0.0 <= value <= 1.0:  # NaN fails too
-        raise click.BadParameter(f"{value} is not a sparsity between 0 and 1", param_hint="'--sparsity'")
+        raise EcoflapError(f"--sparsity {value} is not a sparsity between 0 and 1")
     return value
 
 
@@ -115,9 +115,9 @@ def record_command(files: tuple[Path, ...], tag: str | None, db_url: str | None)
     from ecoflap.evaluation.results.document import validate
     from ecoflap.evaluation.results.store import check_tag
 
-    if tag and len(files) > 1:
+    if tag is not None and len(files) > 1:
         raise EcoflapError("--tag needs exactly one results file")
-    if tag:
+    if tag is not None:
         check_tag(tag)
     documents = [(path, read_document(path)) for path in files]
     for path, document in documents:
@@ -128,7 +128,7 @@ def record_command(files: tuple[Path, ...], tag: str | None, db_url: str | None)
     store = _store(db_url)
     for path, document in documents:
         run_id = store.record(document, artefacts={"results": str(path.resolve())})
-        if tag:
+        if tag is not None:
             store.tag(run_id, tag)
         plain = "" if "ecoflap" in document else " (plain lm-eval results: method unknown, recorded as dense)"
         click.echo(f"recorded {_label(store.require_run(run_id))} from {path}{plain}")

@@ -64,9 +64,13 @@ def _require_sqlite_file(url: URL) -> None:
     path = sqlite_path(url)
     if path is None or path.is_file():
         return
-    if path.exists() or not path.parent.is_dir():
-        what = "is not a file" if path.exists() else f"is in a folder that does not exist ({path.parent})"
-        raise NotADatabase(f"cannot use the results database {masked(url)}: {path} {what} ({URL_HINT})")
+    if path.exists():
+        raise NotADatabase(f"cannot use the results database {masked(url)}: {path} is not a file ({URL_HINT})")
+    if not path.parent.is_dir():
+        raise NotADatabase(
+            f"cannot use the results database {masked(url)}: the folder {path.parent} does not exist "
+            f"(create it, or {URL_HINT})"
+        )
     raise StoreUnavailable(
         f"no results database at {path} (record runs with `ecoflap run` or `ecoflap results record`, "
         "or give --database-url URL)"
