@@ -32,6 +32,7 @@ import torch
 
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.progress import ProgressFactory, no_progress
+from ecoflap.core.provenance import git_hash
 
 TASK = "ecoflap_heldout_ppl"
 METRICS = {  # metric -> aggregation, as lm-eval's own wikitext task gets them by default
@@ -63,7 +64,7 @@ def perplexity(
     texts = _checked_texts(texts)
     if limit_tokens is not None:
         texts = limit_texts(texts, tokenizer, limit_tokens)
-    with _offline(), _quiet_logging(), _eval_mode(model), torch.no_grad():
+    with _offline(), _quiet_logging(), _own_git_hash(), _eval_mode(model), torch.no_grad():
         lm = _hflm(model, tokenizer, max_length, batch_size, progress)
         with tempfile.TemporaryDirectory(prefix="ecoflap-ppl-") as folder:
             out = _run_task(lm, texts, Path(folder))
@@ -279,6 +280,20 @@ def _quiet_logging() -> Iterator[None]:
             logger.setLevel(level)
         if bars_were_on:
             datasets_utils.enable_progress_bars()
+
+
+@contextlib.contextmanager
+def _own_git_hash() -> Iterator[None]:
+    """lm-eval's results would record the git hash of the *current folder*, read by a ``git describe`` whose
+    stderr reaches the terminal (``fatal: not a git repository`` outside a checkout). They carry ecoflap's own
+    commit instead, read quietly by ``provenance.git_hash``. lm-eval has no option for this, so its function
+    is replaced for the run: the one place where ecoflap patches lm-eval."""
+    from unittest import mock
+
+    import lm_eval.evaluator
+
+    with mock.patch.object(lm_eval.evaluator, "get_git_commit_hash", git_hash):
+        yield
 
 
 @contextlib.contextmanager

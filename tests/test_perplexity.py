@@ -185,3 +185,15 @@ def test_a_window_of_fewer_than_two_tokens_is_an_error(model, tokenizer, max_len
 
     with pytest.raises(EcoflapError, match="windows of 2 or more tokens"):
         perplexity(model, tokenizer, TEXTS, max_length=max_length)
+
+
+def test_outside_a_git_checkout_no_git_error_reaches_the_terminal(
+    model, tokenizer, tmp_path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture  # noqa: ANN001
+) -> None:
+    """lm-eval would run `git describe` in the current folder, its `fatal: not a git repository` on our stderr."""
+    from ecoflap.evaluation.perplexity import perplexity
+
+    monkeypatch.chdir(tmp_path)  # no repository here or above
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    perplexity(model, tokenizer, TEXTS[:1], max_length=64)
+    assert "fatal" not in capfd.readouterr().err

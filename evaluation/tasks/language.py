@@ -118,10 +118,10 @@ def _simple_evaluate(model: Any, tokenizer: Any, folder: Path, tasks: list[str],
     import torch
     from lm_eval.tasks import TaskManager
 
-    from ecoflap.evaluation.perplexity import _eval_mode, _hflm, _offline, _quiet_logging
+    from ecoflap.evaluation.perplexity import _eval_mode, _hflm, _offline, _own_git_hash, _quiet_logging
 
     max_length = int(arg(options, "max_length", _model_max_length(model), int))
-    with _offline(), _quiet_logging(), _eval_mode(model), torch.no_grad():
+    with _offline(), _quiet_logging(), _own_git_hash(), _eval_mode(model), torch.no_grad():
         lm = _hflm(model, tokenizer, max_length, arg(options, "batch_size", 1, int))
         manager = TaskManager(include_path=str(folder), include_defaults=False)
         try:
