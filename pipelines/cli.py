@@ -18,13 +18,18 @@ from ecoflap.pipelines.common import registries as loaded_plugins
 
 
 class Root(click.Group):
-    """Turns EcoflapError (and plugin mistakes) into one line and exit status 1."""
+    """Turns EcoflapError, plugin mistakes and mistyped flags into one ``Error:`` line and exit status 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except EcoflapError as exc:
             raise click.ClickException(str(exc)) from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # click's own: the usage text and exit status 2
+            where = exc.ctx.command_path if exc.ctx else ctx.command_path
+            raise click.ClickException(f"{exc.format_message()} (see {where} --help)") from None
 
 
 @click.group(cls=Root, context_settings={"help_option_names": ["-h", "--help"]})

@@ -93,3 +93,21 @@ def test_register_commands_adds_a_subcommand() -> None:
     reg = load_plugins(extra=[("adds-command", AddsCommand())])
     reg.manager.hook.register_commands(cli=group)
     assert CliRunner().invoke(group, ["hello-plugin"]).output == "hello from a plugin\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prune", "--seed", "abc"], "Invalid value for '--seed': 'abc' is not a valid integer. (see ecoflap prune"),
+        (["prune", "--granularity", "odd"], "'odd' is not one of 'layer', 'block', 'tower'"),
+        (["prune", "--nosuch"], "No such option '--nosuch'"),
+        (["prnue"], "No such command 'prnue'. Did you mean 'prune'?"),
+        (["results", "list", "--bogus"], "No such option '--bogus'"),
+        (["ls", "nothing"], "Invalid value for '{pruners|scorers|allocators|models|tasks}'"),
+    ],
+)
+def test_a_mistyped_flag_is_one_line_and_exit_1_not_the_usage_text(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, args, prog_name="ecoflap")
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.output
+    assert message in lines[0]
