@@ -129,15 +129,20 @@ def read_only_media() -> Iterator[Path]:
     shutil.rmtree(root)
 
 
+def unprivileged(command: list[str]) -> list[str]:
+    """``command`` run as a user that cannot write the media: itself, or nobody when we are root."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")  # it execs where subprocess's user= may not (a venv python under /root)
+    if setpriv is None:
+        pytest.skip("running as root without util-linux's setpriv: cannot drop to an unprivileged user")
+    return [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+
+
 def serve_as_reader(url: str, pages: list[str]) -> dict:
-    """The pages, requested in a process that cannot write the media (an unprivileged user when we are root)."""
-    command = [sys.executable, "-c", SERVE, url, json.dumps(pages)]
-    if os.geteuid() == 0:  # root writes anyway: drop to nobody (setpriv execs where subprocess's user= may not)
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
-            pytest.skip("running as root without util-linux's setpriv: cannot drop to an unprivileged user")
-        command = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+    """The pages, requested in a process that cannot write the media."""
     env = {**os.environ, "HOME": "/nonexistent", "PYTHONDONTWRITEBYTECODE": "1"}
+    command = unprivileged([sys.executable, "-c", SERVE, url, json.dumps(pages)])
     done = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env, cwd="/")
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.splitlines()[-1])

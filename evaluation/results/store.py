@@ -314,22 +314,27 @@ def check_writable(url: str | URL | None) -> None:
 
 
 def _check_new_sqlite_file(url: URL, path: Path) -> None:
+    """The folder the store would make the file in (its own, or its parent when one level is missing) takes a file."""
     import tempfile
 
     from ecoflap.evaluation.results.database import default_folder
 
     folder = path.parent
-    if not folder.is_dir() and folder == default_folder():
-        return  # made on first use
-    if not folder.is_dir():
-        raise NotADatabase(f"cannot use the results database {masked(url)}: no folder {folder} ({URL_HINT})")
+    if folder == default_folder() and not folder.is_dir():
+        return  # made, with its parents, on first use
+    existing = folder if folder.is_dir() else folder.parent
+    if not existing.is_dir():
+        raise NotADatabase(
+            f"cannot use the results database {masked(url)}: the folder {existing} does not exist "
+            f"(create it, or {URL_HINT})"
+        )
     try:
-        with tempfile.TemporaryFile(dir=folder):
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
         raise StoreUnavailable(
-            f"cannot use the results database {masked(url)}: cannot create a file in {folder}: {exc.strerror} "
-            f"({URL_HINT})"
+            f"cannot use the results database {masked(url)}: cannot create a file in {existing}: {exc.strerror} "
+            f"(give a writable location: {URL_HINT})"
         ) from None
 
 
