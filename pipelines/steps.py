@@ -27,6 +27,7 @@ from ecoflap.core.provenance import cache_key, fingerprint, read_json, weights_h
 from ecoflap.core.record import allocation_rows, method_key, results_block
 from ecoflap.core.tasks import TaskOptions
 from ecoflap.evaluation.runner import evaluate, merge_documents
+from ecoflap.evaluation.tasks.base import check_args
 from ecoflap.pipelines.run_config import EvalRequest, RunConfig
 
 Log = Callable[[str], Any]
@@ -297,9 +298,10 @@ def preflight(config: RunConfig, registries: Registries, output: Path | None = N
 
 
 def check_names(config: RunConfig, registries: Registries) -> None:
-    """Plugin, model and task names: fail before any model is loaded."""
+    """Plugin, model and task names, and the task arguments: fail before any model is loaded."""
     job.resolve_methods(registries, config)
     job.resolve_model(registries, config.model)
     for task in config.tasks:
         if task != "auto":
             registries.tasks.get(task)
+    check_args(TaskOptions(None, config.limit, config.eval_seed, dict(config.task_args)))

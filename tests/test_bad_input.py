@@ -157,6 +157,9 @@ INPUTS: dict[str, Callable[[Path, Path], Path]] = {
     "task_args_list": _text("model: tiny-llama\ntask_args: [1]\n", "task_args.yaml"),
     "eval_tasks_map": _text("model: tiny-llama\ntasks: {a: 1}\n", "eval_tasks.yaml"),
     "folder": _folder,
+    "task_args_zero": _text("model: tiny-llama\ntasks: [wikitext]\ntask_args: {max_length: 0}\n", "args0.yaml"),
+    "task_args_mode": _text("model: tiny-llama\ntask_args: {mode: guess}\n", "mode.yaml"),
+    "a_file": _text("a file, not a folder", "afile"),
     # corpora and sparsity files
     "corpus_binary": _text(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "binary.txt"),
     "corpus_nul": _text(b"text\x00with NUL bytes", "nul.txt"),
@@ -397,6 +400,16 @@ CASES = {
         ["validate", "--tasks", "vqa", "--data-dir", "{vqa_truncated_image}"],
         "is not a readable image",
     ),
+    "run task_args out of range": (["run", "-C", "{task_args_zero}"], "max_length"),
+    "run task_args unknown mode": (["run", "-C", "{task_args_mode}"], "mode"),
+    # output paths, checked before any model loads
+    "prune into a folder of the user": ([*PRUNE, "-o", "{folder}"], "is not an ecoflap run folder"),
+    "run into a folder of the user": ([*RUN, "-o", "{folder}"], "add --overwrite to replace its files"),
+    "prune into the current folder": ([*PRUNE, "-o", "."], "is the current folder: ecoflap never replaces it"),
+    "overwrite the current folder": ([*PRUNE, "-o", ".", "--overwrite"], "is the current folder"),
+    "prune above the current folder": ([*PRUNE, "-o", ".."], "a folder above the current one"),
+    "run into a file": ([*RUN, "-o", "{a_file}"], "is a file, not a folder"),
+    "run under a file": ([*RUN, "-o", "{a_file}/run"], "afile is a file, not a folder"),
     "eval not an image": ([*EVAL, "--tasks", "vqa", "--data-dir", "{vqa_not_image}"], "1.png is not a readable image"),
 }
 
