@@ -204,6 +204,18 @@ def test_unreadable_or_out_of_range_files(case, tmp_path, good):
     assert not (tmp_path / "results.db").exists()
 
 
+def test_an_endless_or_huge_file_is_not_read_whole(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    from ecoflap.evaluation.results import comparison
+
+    monkeypatch.setattr(comparison, "MAX_DOCUMENT_BYTES", 1 << 20)
+    url = f"sqlite:///{tmp_path / 'results.db'}"
+    assert "larger than 1 MiB" in fails("results", "record", "/dev/zero", "--db", url)
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps(document("k-big", {"vqa": {f"m{i}": 0.5 for i in range(40_000)}})))
+    assert "larger than 1 MiB" in fails("results", "record", str(big), "--db", url)
+    assert not (tmp_path / "results.db").exists()
+
+
 def test_one_bad_file_among_several_records_none(tmp_path, good, db):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(broken(lambda d: d["ecoflap"].update(target_sparsity="half"))))

@@ -16,6 +16,7 @@ from typing import Any
 
 from ecoflap.core.errors import EcoflapError
 
+MAX_DOCUMENT_BYTES = 256 << 20  # a results file (lm-eval writes its samples to other files)
 EPSILON = 1e-9  # float noise allowed on top of a tolerance (0.91 - 0.89 > 0.02 in binary)
 MetricKey = tuple[str, str, str]  # task, metric, filter
 
@@ -65,8 +66,13 @@ def metrics_of(source: Any) -> list[dict[str, Any]]:
 
 
 def read_document(path: Path) -> Any:
+    """The JSON of a results file (at most MAX_DOCUMENT_BYTES: /dev/zero or a stray dump is not read whole)."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        with path.open("rb") as file:
+            data = file.read(MAX_DOCUMENT_BYTES + 1)
+        if len(data) > MAX_DOCUMENT_BYTES:
+            raise EcoflapError(f"cannot read results file {path}: larger than {MAX_DOCUMENT_BYTES >> 20} MiB")
+        return json.loads(data.decode("utf-8-sig"))  # a byte-order mark is no mistake
     except (OSError, ValueError, RecursionError) as exc:
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc).splitlines()[0]
         raise EcoflapError(f"cannot read results file {path}: {reason}") from None
