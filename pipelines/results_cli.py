@@ -74,10 +74,10 @@ def _store(db_url: str | None) -> Any:
 
 
 def _emit(rows: list[dict[str, Any]], fmt: str, table_columns: list[str], csv_columns: list[str] | None = None) -> None:
-    from ecoflap.evaluation.results.tables import csv_text, table
+    from ecoflap.evaluation.results.tables import csv_text, json_text, table
 
     if fmt == "json":
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json_text(rows))
     elif fmt == "csv":
         click.echo(csv_text(rows, csv_columns or table_columns), nl=False)
     elif rows:
@@ -181,7 +181,9 @@ def show_command(run: str, fmt: str, db_url: str | None) -> None:
     """One run (id, tag, run key or key prefix): settings, metrics and allocation per block."""
     found = _store(db_url).require_run(run)
     if fmt == "json":
-        click.echo(json.dumps(found, indent=2))
+        from ecoflap.evaluation.results.tables import json_text
+
+        click.echo(json_text(found))
         return
     from ecoflap.evaluation.results.tables import table
 
@@ -250,11 +252,11 @@ def _method_rows(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
 @database_option
 def export_command(fmt: str, output: Path | None, db_url: str | None) -> None:
     """All runs with their metrics (JSON: everything, with allocations; CSV: one row per metric)."""
-    from ecoflap.evaluation.results.tables import csv_text
+    from ecoflap.evaluation.results.tables import csv_text, json_text
 
     runs = _store(db_url).runs()
     if fmt == "json":
-        text = json.dumps(runs, indent=2) + "\n"
+        text = json_text(runs) + "\n"
     else:
         rows = [
             {**run, "run_id": run["id"], "tags": ",".join(run["tags"]), **metric}

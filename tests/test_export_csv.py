@@ -111,3 +111,23 @@ def test_dashboard_csv_downloads_neutralise_formulas(evil_db):
             assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv"), path
             _assert_text_cells(response.text, values)
         assert client.get("/runs/k-pruned.json").json()["model"] == MODEL  # the JSON twin is not a spreadsheet
+
+
+def _strict(text: str) -> object:
+    def refuse(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_exports_are_strict_json_when_a_metric_is_infinite(tmp_path):
+    url = f"sqlite:///{tmp_path / 'inf.db'}"
+    store = ResultsStore(url)
+    store.record(document("k-inf", {"wikitext": {"word_perplexity": float("inf"), "loss": float("nan")}}))
+    store.close()
+    run = _strict(_cli("results", "show", "k-inf", "--format", "json", "--db", url))
+    assert {m["metric"]: m["value"] for m in run["metrics"]} == {"word_perplexity": None, "loss": None}
+    _strict(_cli("results", "export", "--db", url))
+    _strict(_cli("results", "leaderboard", "--format", "json", "--db", url))
+    _strict(_cli("results", "compare", "k-inf", "k-inf", "--format", "json", "--db", url))
+    assert "inf" in _cli("results", "export", "--format", "csv", "--db", url)  # CSV keeps the value

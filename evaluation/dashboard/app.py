@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from ecoflap.core.errors import EcoflapError
 from ecoflap.evaluation.dashboard import charts, views
 from ecoflap.evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
 from ecoflap.evaluation.results.store import StoreUnavailable, masked, resolve_url
+from ecoflap.evaluation.results.tables import finite
 
 HERE = Path(__file__).resolve().parent
 SECURITY_HEADERS = {
@@ -195,17 +195,6 @@ def _compact(value: Any) -> str:
     if value is None:
         return "-"
     return json.dumps(value, sort_keys=True) if isinstance(value, dict | list) else str(value)
-
-
-def finite(value: Any) -> Any:
-    """JSON-safe: infinities and NaN -> None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(v) for v in value]
-    return value
 
 
 def json_response(data: Any, status: int = 200) -> Response:

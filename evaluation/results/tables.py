@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -31,6 +32,22 @@ def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], floatfmt: str 
     """``columns`` of ``rows`` as an aligned plain-text table."""
     body = [[_cell(row.get(column)) for column in columns] for row in rows]
     return tabulate(body, headers=list(columns), tablefmt="simple", floatfmt=floatfmt, missingval="-")
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe: infinities and NaN -> None, recursively (``json.dumps`` would write the invalid ``Infinity``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(v) for v in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """Strict JSON (no ``Infinity`` or ``NaN``), indented."""
+    return json.dumps(finite(value), indent=2, allow_nan=False)
 
 
 def spreadsheet_safe(value: Any) -> Any:
