@@ -220,7 +220,7 @@ def test_unknown_run_and_escaped_model_name(browser: Any, tmp_path):
 def test_unreachable_database_page(browser: Any, tmp_path):
     from selenium.webdriver.common.by import By
 
-    with serve(create_app(f"sqlite:///{tmp_path / 'nowhere' / 'results.db'}")) as base:
+    with serve(create_app(f"sqlite:///{tmp_path / 'results.db'}")) as base:  # not recorded yet
         message = open_page(browser, f"{base}/", "#error-message")
         assert browser.find_element(By.TAG_NAME, "h1").text == "Database unavailable"
         assert "no results database at" in message.text and "Traceback" not in browser.page_source
