@@ -116,16 +116,30 @@ def _sqlite_engine(url: URL) -> Engine:
 
 
 def _database_folder(url: URL, path: Path) -> None:
-    """Make the database file's folder: the whole default location, else one missing level (not a chain of them)."""
+    """Make the database file's folder (see ``existing_folder``)."""
     folder = path.parent
     if folder.is_dir():
         return
-    if folder != default_folder() and not folder.parent.is_dir():
-        raise NotADatabase(
-            f"cannot use the results database {masked(url)}: the folder {folder.parent} does not exist "
-            f"(create it, or {URL_HINT})"
-        )
+    existing_folder(url, path)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StoreUnavailable(f"cannot create the folder of {masked(url)}: {exc.strerror} ({URL_HINT})") from None
+
+
+def existing_folder(url: URL, path: Path) -> Path | None:
+    """The existing folder a new SQLite file at ``path`` is made in; None: the default location (made with parents).
+
+    Its own folder, else the one above: one missing level is made, a chain of them is a mistyped path (NotADatabase).
+    """
+    folder = path.parent
+    if folder.is_dir():
+        return folder
+    if folder == default_folder():
+        return None
+    if not folder.parent.is_dir():
+        raise NotADatabase(
+            f"cannot use the results database {masked(url)}: the folder {folder.parent} does not exist "
+            f"(create it, or {URL_HINT})"
+        )
+    return folder.parent

@@ -8,6 +8,7 @@ immediate transaction; PostgreSQL: an advisory lock), so several processes may o
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -28,6 +29,7 @@ from ecoflap.evaluation.results.database import (
     StoreUnavailable,
     create_store_engine,
     default_url,
+    existing_folder,
     masked,
     resolve_url,
     sqlite_path,
@@ -289,7 +291,7 @@ def _hint(url: URL, reason: str) -> str:
 def check_writable(url: str | URL | None) -> None:
     """Raise EcoflapError unless the results database can be opened and written; leaves nothing behind.
 
-    A SQLite file that does not exist yet: its folder must exist (or be the default one) and take a file.
+    A SQLite file that does not exist yet: the folder it would be made in must take a file (nothing is created).
     An existing database: one write transaction that is rolled back (a probe row in ``alembic_version``, or,
     with no schema yet, a table), and a schema revision this ecoflap knows.
     """
@@ -314,26 +316,16 @@ def check_writable(url: str | URL | None) -> None:
 
 
 def _check_new_sqlite_file(url: URL, path: Path) -> None:
-    """The folder the store would make the file in (its own, or its parent when one level is missing) takes a file."""
-    import tempfile
-
-    from ecoflap.evaluation.results.database import default_folder
-
-    folder = path.parent
-    if folder == default_folder() and not folder.is_dir():
-        return  # made, with its parents, on first use
-    existing = folder if folder.is_dir() else folder.parent
-    if not existing.is_dir():
-        raise NotADatabase(
-            f"cannot use the results database {masked(url)}: the folder {existing} does not exist "
-            f"(create it, or {URL_HINT})"
-        )
+    """The folder the store would make the file in takes a file (a temporary one, gone at once)."""
+    folder = existing_folder(url, path)
+    if folder is None:
+        return  # the default location: made, with its parents, on first use
     try:
-        with tempfile.TemporaryFile(dir=existing):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
         raise StoreUnavailable(
-            f"cannot use the results database {masked(url)}: cannot create a file in {existing}: {exc.strerror} "
+            f"cannot use the results database {masked(url)}: cannot create a file in {folder}: {exc.strerror} "
             f"(give a writable location: {URL_HINT})"
         ) from None
 
