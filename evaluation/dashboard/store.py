@@ -17,7 +17,7 @@ from urllib.parse import quote
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL
 
-from ecoflap.evaluation.results.database import BUSY_TIMEOUT_S, URL_HINT, NotADatabase, sqlite_path
+from ecoflap.evaluation.results.database import BUSY_TIMEOUT_S, URL_HINT, NotADatabase, existing_folder, sqlite_path
 from ecoflap.evaluation.results.store import (
     ResultsStore,
     StoreUnavailable,
@@ -66,11 +66,7 @@ def _require_sqlite_file(url: URL) -> None:
         return
     if path.exists():
         raise NotADatabase(f"cannot use the results database {masked(url)}: {path} is not a file ({URL_HINT})")
-    if not path.parent.is_dir():
-        raise NotADatabase(
-            f"cannot use the results database {masked(url)}: the folder {path.parent} does not exist "
-            f"(create it, or {URL_HINT})"
-        )
+    existing_folder(url, path)  # a chain of missing folders is a mistyped path, not a database to come
     raise StoreUnavailable(
         f"no results database at {path} (record runs with `ecoflap run` or `ecoflap results record`, "
         "or give --database-url URL)"
