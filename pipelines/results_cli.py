@@ -107,7 +107,7 @@ def results() -> None:
 def record_command(files: tuple[Path, ...], tag: str | None, db_url: str | None) -> None:
     """Record results documents (results.json, or plain lm-eval results files); the same run key updates its run.
 
-    Every file is checked before any is recorded. A file without an ``ecoflap`` block (what lm-eval writes)
+    Every file is checked before any is recorded. A file without an "ecoflap" block (what lm-eval writes)
     is recorded as a dense run of unknown method: its model from lm-eval's model_name or model_args, its run
     key from its content.
     """

@@ -149,3 +149,12 @@ def test_tolerance_spellings():
 def test_regress_help_documents_both_kinds_of_tolerance():
     text = invoke("regress", "--help").stdout
     assert "TASK:METRIC=DROP|PCT%" in text and "wikitext:word_perplexity=2%" in text and "lm-eval" in text
+
+
+def test_assert_no_regression_takes_lm_eval_files_and_percentages(files):
+    from ecoflap.evaluation.results.pytest_plugin import assert_no_regression
+
+    checks = assert_no_regression(files["close"], files["base"], {"wikitext:word_perplexity": "2%"})
+    assert [(c.metric, c.status) for c in checks] == [("word_perplexity", "ok")]
+    with pytest.raises(AssertionError, match=r"wikitext:word_perplexity \(37.52 -> 38.65, limit rise <= 2%"):
+        assert_no_regression(str(files["far"]), str(files["base"]), ["wikitext:word_perplexity=2%"])

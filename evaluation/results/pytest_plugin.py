@@ -67,11 +67,14 @@ def _results_path(request: pytest.FixtureRequest) -> Path:
     )
 
 
-def assert_no_regression(candidate: Any, baseline: Any, tolerances: Mapping[str, float] | Iterable[str]) -> list[Any]:
+def assert_no_regression(
+    candidate: Any, baseline: Any, tolerances: Mapping[str, float | str] | Iterable[str]
+) -> list[Any]:
     """Fail, with a table of every checked metric, if a candidate metric dropped more than its tolerance.
 
-    ``candidate``/``baseline``: results documents, paths to them, run dicts (``ResultsStore.get_run``) or
-    metric-row lists. ``tolerances``: ``{"TASK:METRIC": allowed_drop}`` or ``["TASK:METRIC=DROP", ...]``
+    ``candidate``/``baseline``: results documents (ecoflap's or plain lm-eval files), paths to them, run dicts
+    (``ResultsStore.get_run``) or metric-row lists. ``tolerances``: ``{"TASK:METRIC": 0.01 or "2%"}`` or
+    ``["TASK:METRIC=0.01", "TASK:METRIC=2%", ...]``: an absolute drop, or a percentage of the baseline's value
     (``*`` patterns allowed; direction from ``higher_is_better``). Returns the checks.
     """
     __tracebackhide__ = True
