@@ -46,7 +46,7 @@ def test_a_plain_lm_eval_file_is_recorded_as_a_dense_run_keyed_by_its_content(tm
     assert "from " + str(files["base"]) in out and "plain lm-eval results: method unknown, recorded as dense" in out
     run = ResultsStore(url).require_run("lm-base")
     content = json.dumps(json.loads(files["base"].read_text()), sort_keys=True, separators=(",", ":"))
-    assert run["run_key"] == "lm-eval-" + hashlib.sha256(content.encode()).hexdigest()
+    assert run["run_key"] == hashlib.sha256(content.encode()).hexdigest()
     assert (run["model"], run["dense"], run["method"], run["method_label"]) == (
         "EleutherAI/pythia-160m", True, None, "dense"
     )  # fmt: skip
@@ -118,11 +118,12 @@ def test_regress_between_lm_eval_files_with_relative_and_absolute_tolerances(fil
 def test_regress_against_a_recorded_lm_eval_baseline(tmp_path, files):
     url = f"sqlite:///{tmp_path / 'results.db'}"
     invoke("results", "record", str(files["base"]), "--tag", "dense", "--db", url)
-    result = invoke("regress", "--baseline", "dense", "--candidate", str(files["far"]), "--tolerance",
-                    "wikitext:word_perplexity=5%", "--db", url)  # fmt: skip
-    assert (
-        result.stdout.startswith("baseline: run 1 (lm-eval-") and "no regression (1 metrics checked)" in result.stdout
-    )
+    key = ResultsStore(url).require_run("dense")["run_key"]
+    for baseline in ("dense", key[:8]):  # its tag, or a prefix of its run key (the content hash)
+        result = invoke("regress", "--baseline", baseline, "--candidate", str(files["far"]), "--tolerance",
+                        "wikitext:word_perplexity=5%", "--db", url)  # fmt: skip
+        assert result.stdout.startswith(f"baseline: run 1 ({key[:12]}, tag dense)")
+        assert result.stdout.endswith("no regression (1 metrics checked)\n")
 
 
 def test_relative_tolerance_of_a_higher_is_better_metric():

@@ -184,7 +184,7 @@ def lm_eval_block(document: dict[str, Any], doc: ResultsDocument) -> dict[str, A
         )
     content = json.dumps(document, sort_keys=True, separators=(",", ":"), default=str)
     return {
-        "run_key": "lm-eval-" + hashlib.sha256(content.encode()).hexdigest(),
+        "run_key": hashlib.sha256(content.encode()).hexdigest(),
         "model": model,
         "dense": True,
         "versions": {"lm_eval": document.get("lm_eval_version")} if document.get("lm_eval_version") else {},
