@@ -39,3 +39,47 @@ def test_the_job_twice_gives_identical_masks(tmp_path: Path, toy_corpus: Path, s
     # and the seed is what makes them so: another seed draws other calibration samples and perturbations
     third = prune_job(config.model_copy(update={"seed": config.seed + 1}), tmp_path / "c")
     assert third["scores"] != first["scores"]
+
+
+def test_the_command_twice_in_fresh_processes_gives_identical_pruned_weights(tmp_path: Path) -> None:
+    """``ecoflap prune`` twice, each in its own process (other hash seeds, empty run caches): the same weights."""
+    import os
+    import subprocess
+    import sys
+
+    folders = []
+    for run, hash_seed in enumerate(("1", "2")):
+        env = os.environ | {
+            "PYTHONHASHSEED": hash_seed,
+            "ECOFLAP_THREADS": "1",
+            "ECOFLAP_RUN_CACHE": str(tmp_path / f"cache{run}"),
+            "PREFECT_HOME": str(tmp_path / f"prefect{run}"),
+        }
+        out = tmp_path / f"run{run}"
+        command = [sys.executable, "-m", "ecoflap.pipelines.cli", "prune", "--model", "tiny-mini-blip2", "--no-eval"]
+        command += [
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--score-nsamples",
+            "4",
+            "--score-seqlen",
+            "32",
+            "-o",
+            str(out),
+        ]
+        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        folders.append(out)
+    first, second = (_pruned_weights_everywhere(f) for f in folders)
+    assert first.keys() == second.keys() and len(first) > 0
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def _pruned_weights_everywhere(folder: Path) -> dict[str, torch.Tensor]:
+    return {
+        f"{f.relative_to(folder)}:{k}": v
+        for f in sorted(folder.rglob("*.safetensors"))
+        for k, v in load_file(f).items()
+    }
