@@ -127,7 +127,7 @@ class SweepConfig(BaseModel):
     base: RunConfig
     grid: dict[str, list[Any]] = Field(default_factory=dict)
     dense_baseline: bool = True
-    parallel: int = Field(1, ge=1, le=256, description="runs at once in this process")
+    parallel: int = Field(1, ge=1, le=256, description="runs at once: in this process, or on the deployment's workers")
     deployment: str | None = Field(None, description="fan out as runs of this deployment (workers)")
 
     def runs(self) -> list[RunConfig]:
