@@ -37,6 +37,7 @@ class EvalConfig(BaseModel):
     seed: int = Field(1234, ge=0, le=MAX_SEED)
     task_args: dict[str, Any] = Field(default_factory=dict)
     output: str | None = None
+    overwrite: bool = False
 
     @classmethod
     def build(cls, values: dict[str, Any]) -> EvalConfig:
@@ -135,13 +136,16 @@ def _common(fn: Any) -> Any:
 @_common
 @click.option("--seed", type=int, help="evaluation seed [1234]")
 @click.option("-o", "--output", help="folder for results.json [the checkpoint, else runs/<model>_dense]")
+@click.option(
+    "--overwrite", is_flag=True, default=None, help="replace an output folder (or results.json) that is not ecoflap's"
+)
 @click.option("--cache/--no-cache", default=True, help="reuse task results computed before (Prefect's cache) [cache]")
 @click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
 def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: Any) -> None:
     """Evaluate a dense or pruned model on tasks; write results.json (lm-eval's shape) and print the table."""
     from ecoflap.evaluation.runner import format_table
     from ecoflap.pipelines.run_config import EvalRequest
-    from ecoflap.pipelines.steps import check_output
+    from ecoflap.pipelines.steps import check_results_folder
 
     config = EvalConfig.build(_values(config_file, flags))
     registries = common.registries(strict)
@@ -152,13 +156,13 @@ def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: A
     output = (
         Path(config.output) if config.output else Path(config.checkpoint or f"runs/{Path(config.model).name}_dense")
     )
-    check_output(output)
+    check_results_folder(output, config.checkpoint, config.overwrite)
     common.threads()
     request = EvalRequest(model=config.model, checkpoint=config.checkpoint, limit=config.limit, seed=config.seed,
                           task_args=dict(config.task_args), data_dir=config.data_dir)  # fmt: skip
     from ecoflap.pipelines.flows import run_evaluation  # Prefect, imported once every input is checked
 
-    path = run_evaluation(request, names, str(output), refresh=not cache)
+    path = run_evaluation(request, names, str(output), refresh=not cache, overwrite=config.overwrite)
     click.echo(format_table(read_json(path)))
     click.echo(f"wrote {path}")
 

@@ -191,11 +191,13 @@ def prune_and_evaluate(config: RunConfig) -> Step | State:
 
 
 @flow(name="evaluate", persist_result=True, result_serializer="json")
-def evaluate_model(request: EvalRequest, tasks: list[str], output: str, refresh: bool = False) -> str:
+def evaluate_model(
+    request: EvalRequest, tasks: list[str], output: str, refresh: bool = False, overwrite: bool = False
+) -> str:
     """Tasks on a dense model or a pruned checkpoint (the same cached evaluations as prune-and-evaluate)."""
     request = identify_evaluated(request)
     evaluations = [_cached(evaluate, refresh, request, name)[0] for name in tasks]
-    return write_results(request, tasks, evaluations, output, False, False)
+    return write_results(request, tasks, evaluations, output, False, overwrite)
 
 
 def _summary(config: RunConfig, results_path: str, run_id: int | None, reused: dict[str, bool]) -> Step:
@@ -331,11 +333,13 @@ def results_in_run_cache() -> Any:
     return temporary_settings({PREFECT_LOCAL_STORAGE_PATH: str(steps.run_cache() / "prefect")})
 
 
-def run_evaluation(request: EvalRequest, tasks: list[str], output: str, refresh: bool = False) -> str:
+def run_evaluation(
+    request: EvalRequest, tasks: list[str], output: str, refresh: bool = False, overwrite: bool = False
+) -> str:
     """The evaluate flow in this process; the path of results.json (a failure is one EcoflapError line)."""
     ensure_temporary_server()
     with results_in_run_cache():
-        state = evaluate_model(request, tasks, output, refresh, return_state=True)
+        state = evaluate_model(request, tasks, output, refresh, overwrite, return_state=True)
     return _outcome(state)
 
 

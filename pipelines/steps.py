@@ -20,7 +20,8 @@ from typing import Any
 from ecoflap.core import job
 from ecoflap.core.allocation import Allocation
 from ecoflap.core.cache import cache_dir
-from ecoflap.core.outputs import check_output, check_writable, mark, staged_folder
+from ecoflap.core.errors import EcoflapError
+from ecoflap.core.outputs import check_output, check_writable, is_run_folder, mark, staged_folder
 from ecoflap.core.plugins import Registries
 from ecoflap.core.progress import ProgressFactory, no_progress
 from ecoflap.core.provenance import cache_key, fingerprint, read_json, weights_hash, write_json
@@ -257,6 +258,20 @@ def output_is_checkpoint(output: Path, checkpoint: str | None) -> bool:
     return checkpoint is not None and output.expanduser().resolve() == Path(checkpoint).expanduser().resolve()
 
 
+def check_results_folder(output: Path, checkpoint: str | None, overwrite: bool = False) -> None:
+    """Where the results go may be written: a run folder (replaced whole), or the checkpoint's own folder, where
+    only a ``results.json`` of ecoflap's (or, with ``overwrite``, any) is replaced."""
+    if not output_is_checkpoint(output, checkpoint):
+        check_output(output, overwrite)
+        return
+    results = output / "results.json"
+    if (results.exists() or results.is_symlink()) and not (overwrite or is_run_folder(output)):
+        raise EcoflapError(
+            f"{results} exists and is not ecoflap's: choose another -o, or add --overwrite to replace that file"
+        )
+    check_writable(output, f"the results in {output}")
+
+
 def write_run_folder(
     document: dict[str, Any], output: Path, checkpoint: str | None, save_model: bool, overwrite: bool = False
 ) -> Path:
@@ -264,11 +279,10 @@ def write_run_folder(
     ``checkpoint`` to the run cache; staged and renamed into place. An evaluation into its checkpoint's own
     folder adds ``results.json`` there (and no marker). Checked again here: the folder may have changed
     during the compute."""
+    check_results_folder(output, checkpoint, overwrite)
     if output_is_checkpoint(output, checkpoint):
-        check_output(output, overwrite)
         write_json(output / "results.json", document)
         return (output / "results.json").resolve()
-    check_output(output, overwrite)
     with staged_folder(output) as staging:
         if checkpoint is not None and save_model:
             shutil.copytree(checkpoint, staging, dirs_exist_ok=True)

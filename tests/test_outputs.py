@@ -168,3 +168,19 @@ def test_preflight_checks_the_output_and_the_run_cache_before_any_model_loads(
         preflight(config, registries(False))
     preflight(config.model_copy(update={"overwrite": True}), registries(False))  # asked for: accepted
     assert (tmp_path / "run" / "notes.txt").read_text() == "mine"  # a check replaces nothing
+
+
+def test_an_evaluation_into_a_model_folder_of_the_user_replaces_only_an_ecoflap_results_file(tmp_path: Path) -> None:
+    from ecoflap.pipelines.steps import check_results_folder
+
+    model = tmp_path / "my-model"  # the user's own Hugging Face folder, evaluated in place
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights")
+    check_results_folder(model, str(model))  # adds results.json, replaces nothing
+    (model / "results.json").write_text('{"mine": true}')  # a results file that is not ecoflap's
+    with pytest.raises(EcoflapError, match=r"results.json exists and is not ecoflap's: .* --overwrite"):
+        check_results_folder(model, str(model))
+    check_results_folder(model, str(model), overwrite=True)
+    write_run_folder(DOCUMENT, model, str(model), save_model=False, overwrite=True)
+    assert sorted(p.name for p in model.iterdir()) == ["model.safetensors", "results.json"]
+    check_results_folder(model, str(model))  # now ecoflap's: replaced again without asking
