@@ -3,6 +3,7 @@
 ``ecoflap run --grid sparsity=0.4,0.6 --deployment prune-and-evaluate/run`` from a folder of its own,
 with a relative output folder, corpus and SQLite database: the three runs (dense baseline + 2 grid points)
 execute in the worker's subprocesses (working folder: the project root) and land where the caller said.
+In the default suite: both tests together take about 2 minutes on 2 quiet cores.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from prefect_processes import ECOFLAP, PREFECT, ROOT, Process, environment, free
 
 from ecoflap.evaluation.results.store import ResultsStore
 
-pytestmark = pytest.mark.slow
 POOL = "ecoflap-gpu"  # the work pool of deployments/prefect.yaml
 NOT_A_REPO = "fatal: not a git repository"
 
