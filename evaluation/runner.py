@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ecoflap.core.progress import ProgressBar, ProgressFactory
+from ecoflap.core.progress import terminal_bars
 from ecoflap.core.provenance import git_hash, write_json
 from ecoflap.core.tasks import Task, TaskOptions, TaskResult
 
@@ -79,32 +78,6 @@ def run_task(
         return task_cls().run(adapter, with_terminal_bar(options)), None
     except TaskSkipped as exc:
         return None, str(exc)
-
-
-class _Bars:
-    """Several progress bars advanced together (the terminal's and the caller's, e.g. Prefect's log)."""
-
-    def __init__(self, *bars: ProgressBar) -> None:
-        self.bars = bars
-
-    def update(self, n: int = 1) -> None:
-        for bar in self.bars:
-            bar.update(n)
-
-    def close(self) -> None:
-        for bar in self.bars:
-            bar.close()
-
-
-def terminal_bars(inner: ProgressFactory) -> ProgressFactory:
-    """A progress factory that also draws a tqdm bar with ETA on stderr (``TQDM_DISABLE=1`` hides it)."""
-
-    def factory(*, total: int, desc: str) -> ProgressBar:
-        from tqdm import tqdm
-
-        return _Bars(tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True), inner(total=total, desc=desc))
-
-    return factory
 
 
 def with_terminal_bar(options: TaskOptions) -> TaskOptions:

@@ -22,6 +22,7 @@ from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.states import Failed, State
 
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.progress import terminal_bars
 from ecoflap.core.provenance import read_json
 from ecoflap.evaluation.results.store import check_writable
 from ecoflap.pipelines import steps
@@ -98,7 +99,7 @@ def identify_model(config: RunConfig) -> Step:
 
 @task(name="coarse-scores", cache_policy=StepKey(steps.scores_key), persist_result=True, result_serializer="json")
 def coarse_scores(config: RunConfig, identity: Step) -> Step | None:
-    return steps.coarse_scores(config, identity, _registries(), _log, LoggedProgress)
+    return steps.coarse_scores(config, identity, _registries(), _log, terminal_bars(LoggedProgress))
 
 
 @task(name="allocation", cache_policy=StepKey(steps.allocation_key), persist_result=True, result_serializer="json")
@@ -108,7 +109,7 @@ def allocation(config: RunConfig, identity: Step, scores: Step | None) -> Step:
 
 @task(name="fine-step", cache_policy=StepKey(_checkpoint_key), persist_result=True, result_serializer="json")
 def fine_step(config: RunConfig, identity: Step, allocated: Step, scores: Step | None) -> Step:
-    return steps.fine_step(config, identity, allocated, scores, _registries(), _log, LoggedProgress)
+    return steps.fine_step(config, identity, allocated, scores, _registries(), _log, terminal_bars(LoggedProgress))
 
 
 @task(

@@ -240,7 +240,7 @@ def test_every_task_draws_a_terminal_bar_unless_tqdm_is_disabled(
     assert "vqa: 100%" in err and "4/4 [" in err  # tqdm's bar with elapsed<remaining time
     assert logged[0] == ("vqa", 4) and sum(n for desc, n in logged[1:]) == 4
     # tqdm reads TQDM_* variables when it is imported: a fresh interpreter shows the bar is tqdm's own
-    draw = "from ecoflap.evaluation.runner import terminal_bars; from ecoflap.core.progress import no_progress; "
+    draw = "from ecoflap.core.progress import no_progress, terminal_bars; "
     draw += "bar = terminal_bars(no_progress)(total=3, desc='vqa'); bar.update(3); bar.close()"
     for disable, shown in (({}, True), ({"TQDM_DISABLE": "1"}, False)):
         env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"} | disable

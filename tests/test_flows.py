@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -160,6 +161,7 @@ def test_prune_then_run_reuses_the_coarse_scores_and_reports_the_same_metrics(pr
     pruned = CliRunner().invoke(cli, ["prune", "-C", str(root / "run.yaml"), "-o", "A"])
     assert pruned.exit_code == 0, pruned.output
     assert (root / "A" / "model.safetensors").is_file() and (root / "A" / "report.json").is_file()
+    assert re.search(r"pruning blocks: 100%\|.*\| 4/4 \[", pruned.output), pruned.output  # tqdm, with its times
     ran = run_cli(root, settings, "-o", "B")
     assert ran.exit_code == 0, ran.output
     assert score_calls == ["zeroth-order"]
