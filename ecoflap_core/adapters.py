@@ -18,7 +18,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ecoflap.core.devices import inputs_follow_parameters
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.onload import Onloader
 
 Batch = dict[str, torch.Tensor]
 
@@ -84,6 +86,20 @@ class ModelAdapter(ABC):
         self.model_id = model_id
         self.targets = [re.compile(t) for t in targets]
         self.ignore = [re.compile(i) for i in ignore]
+        self.device = torch.device("cpu")
+        self.onloader: Onloader | None = None
+
+    def place(self, device: torch.device, offload: str = "none") -> None:
+        """Move the model to ``device``; ``offload="cpu"``: its blocks stay on the CPU, each onloaded while it runs.
+        Off the CPU, every module moves its inputs to its own device, so adapters build batches on the CPU."""
+        if offload == "cpu":
+            blocks = [b.module for t in self.towers() for b in t.blocks]
+            self.onloader = Onloader(self.model, blocks, device)
+        else:
+            self.model.to(device)
+        if device.type != "cpu":
+            inputs_follow_parameters(self.model)
+        self.device = device
 
     # ---- structure ---------------------------------------------------------------------------
     @abstractmethod

@@ -33,6 +33,8 @@ class PruneResult:
     scores: dict[str, float] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     layers: list[LayerInfo] = field(default_factory=list)
+    #: per step: seconds, peak resident memory, peak device memory (ecoflap.core.devices.StepMeasure)
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -150,4 +152,5 @@ def prune_fine(
         comparison=comparison_for(config, pruner, adapter),
         micro_batch=config.micro_batch,
         progress=progress,
+        onloader=getattr(adapter, "onloader", None),
     )

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ecoflap.core.datasets.corpora import check_corpus
+from ecoflap.core.devices import check_device_name, device_identity, resolve_device
 from ecoflap.core.errors import EcoflapError, describe_validation_error
 from ecoflap.core.provenance import fingerprint
 from ecoflap.core.pruning import NMPattern
@@ -37,6 +38,12 @@ class PruneConfig(BaseModel):
     towers: list[str] = Field(default_factory=list, description="prune only this tower, e.g. vision (repeatable)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' precision")
     corpus: str = Field("wikipedia", description="calibration data: 'wikipedia', 'easy-vqa' or a text file")
+
+    # group "device"
+    device: str = Field("auto", description="where every step computes: auto (a GPU if any, else cpu), cpu, cuda:N")
+    offload: Literal["none", "cpu"] = Field(
+        "none", description="fine step: keep the blocks on the CPU, each on --device only while it is pruned"
+    )
 
     # group "method"
     scorer: str = Field("zeroth-order", description="coarse scorer: zeroth-order, first-order")
@@ -75,6 +82,7 @@ class PruneConfig(BaseModel):
     #: how ``--help`` groups the options generated from these fields
     GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Model": ("model", "targets", "ignore", "towers", "dtype", "corpus"),
+        "Device": ("device", "offload"),
         "Method": ("scorer", "allocator", "pruner", "allocation_file", "sparsity", "max_sparsity", "granularity",
                    "aggregation", "per_tower", "nm", "comparison"),
         "Calibration": ("nsamples", "seqlen", "score_nsamples", "score_seqlen", "seed", "micro_batch"),
@@ -97,6 +105,17 @@ class PruneConfig(BaseModel):
         if nm is not None and NMPattern.parse(nm).m > MAX_NM_GROUP:
             raise ValueError(f"N:M pattern {nm}: M must be at most {MAX_NM_GROUP}")
         return nm
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str, info: ValidationInfo) -> str:
+        check_device_name(device)
+        if info.context and info.context.get("check_files"):  # user input: this machine must have it
+            try:
+                resolve_device(device)
+            except EcoflapError as exc:
+                raise ValueError(str(exc).removeprefix(f"--device {device}: ")) from None
+        return device
 
     @field_validator("corpus")
     @classmethod
@@ -127,10 +146,20 @@ class PruneConfig(BaseModel):
         """The sparsity the run aims at (an N:M pattern fixes it at 1 - N/M)."""
         return self.pattern.sparsity if self.pattern else self.sparsity
 
+    @property
+    def execution_device(self) -> Any:
+        """The torch device the steps compute on (``auto`` resolved on this machine)."""
+        return resolve_device(self.device)
+
+    def device_identity(self) -> str | None:
+        """The device's part of the method's identity: None on the CPU, else its type (see devices.py)."""
+        return device_identity(self.execution_device if self.device == "auto" else self.device)
+
     def method(self) -> dict[str, Any]:
         """The method's full identity: every setting that changes the pruned model (results, keys, rows)."""
         needs_scores = self.allocator == "ecoflap"
-        return {
+        device = self.device_identity()  # absent on the CPU: the keys of CPU runs are those of before devices
+        return ({"device": device} if device else {}) | {
             "pruner": self.pruner,
             "pruner_options": {"comparison": self.comparison},
             "nm": self.nm,

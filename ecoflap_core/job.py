@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import resource
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from ecoflap.core.allocation import Allocation, LayerInfo
 from ecoflap.core.compress import Methods, PruneResult, allocate, layer_infos, prune_fine, select_towers
 from ecoflap.core.config import PruneConfig
 from ecoflap.core.datasets.corpora import load_corpus, split_corpus
+from ecoflap.core.devices import describe_device, measure_step, to_device
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.outputs import staged_folder
 from ecoflap.core.plugins import Registries
@@ -53,13 +53,19 @@ def resolve_model(registries: Registries, source: str) -> ModelSpec:
     )
 
 
-def load_model(registries: Registries, config: PruneConfig, source: str | None = None) -> ModelAdapter:
-    """The model of ``config`` (or the folder ``source``), loaded under a process-wide lock and seed."""
+def load_model(
+    registries: Registries, config: PruneConfig, source: str | None = None, offload: bool = False
+) -> ModelAdapter:
+    """The model of ``config`` (or the folder ``source``), loaded under a process-wide lock and seed, on
+    ``config.device`` (``offload``: with its blocks on the CPU as ``config.offload`` says)."""
     model = source or config.model
     spec = resolve_model(registries, model)
+    device = config.execution_device  # a device this machine lacks fails here, before the weights are read
     with _LOAD_LOCK:
         torch.manual_seed(config.seed)
-        return spec.load(LoadOptions(model, config.targets, config.ignore, config.dtype, {"seed": config.seed}))
+        adapter = spec.load(LoadOptions(model, config.targets, config.ignore, config.dtype, {"seed": config.seed}))
+    adapter.place(device, config.offload if offload else "none")
+    return adapter
 
 
 def resolve_methods(registries: Registries, config: PruneConfig) -> Methods:
@@ -78,6 +84,11 @@ def resolve_methods(registries: Registries, config: PruneConfig) -> Methods:
             variant=config.fo_variant,
         )
     options = {"path": config.allocation_file} if config.allocator == "from-file" else {}
+    if scorer is not None and config.offload != "none" and config.scorer == "first-order":
+        raise EcoflapError(
+            "--offload applies to forward passes: first-order scoring needs the whole model on --device "
+            "(use --scorer zeroth-order, or --offload none)"
+        )
     if config.pattern and allocator_cls.needs_scores:
         raise EcoflapError(f"N:M sparsity ({config.nm}) is the same in every layer: use --allocator uniform")
     return Methods(scorer, allocator_cls(**options), pruner)
@@ -112,8 +123,10 @@ def calibration_data(adapter: ModelAdapter, corpus: str) -> list[Any]:
 
 
 def calibration_batch(adapter: ModelAdapter, config: PruneConfig, nsamples: int, seqlen: int) -> Batch:
-    """``nsamples`` seeded calibration samples of ``seqlen`` tokens from the configured corpus."""
-    return adapter.calibration_batch(calibration_data(adapter, config.corpus), nsamples, seqlen, config.seed)
+    """``nsamples`` seeded calibration samples of ``seqlen`` tokens from the configured corpus, on the model's
+    device (drawn on the CPU, so every device sees the same samples)."""
+    batch = adapter.calibration_batch(calibration_data(adapter, config.corpus), nsamples, seqlen, config.seed)
+    return to_device(batch, adapter.device)
 
 
 # ---- coarse -> allocation -> fine --------------------------------------------------------------------
@@ -121,10 +134,10 @@ def coarse_scores(
     adapter: ModelAdapter, config: PruneConfig, methods: Methods, progress: ProgressFactory = no_progress
 ) -> dict[str, Any]:
     """COARSE: one score per prunable tensor, on the coarse step's own calibration set."""
-    batch = calibration_batch(adapter, config, config.score_nsamples, config.score_seqlen)
-    start = time.perf_counter()
-    scores = methods.scorer.score(adapter, select_towers(adapter.towers(), config.towers), batch, progress)
-    return {"scores": scores, "seconds": time.perf_counter() - start, "peak_memory_mb": peak_memory_mb()}
+    with measure_step(adapter.device) as step:
+        batch = calibration_batch(adapter, config, config.score_nsamples, config.score_seqlen)
+        scores = methods.scorer.score(adapter, select_towers(adapter.towers(), config.towers), batch, progress)
+    return {"scores": scores, "seconds": step.seconds, "peak_memory_mb": step.peak_mb, "step": step.to_dict()}
 
 
 def allocation(
@@ -144,11 +157,13 @@ def fine_step(
     progress: ProgressFactory = no_progress,
 ) -> PruneResult:
     """FINE: prune ``adapter.model`` in place to the allocation, block by block (inputs replayed)."""
-    batch = calibration_batch(adapter, config, config.nsamples, config.seqlen)
     towers = select_towers(adapter.towers(), config.towers)
-    start = time.perf_counter()
-    measured = prune_fine(adapter, towers, config, methods.pruner, batch, sparsity.sparsity, progress)
-    return PruneResult(sparsity, measured, timings={"fine": time.perf_counter() - start}, layers=layer_infos(towers))
+    with measure_step(adapter.device) as step:
+        batch = calibration_batch(adapter, config, config.nsamples, config.seqlen)
+        measured = prune_fine(adapter, towers, config, methods.pruner, batch, sparsity.sparsity, progress)
+    return PruneResult(
+        sparsity, measured, timings={"fine": step.seconds}, layers=layer_infos(towers), steps={"fine": step.to_dict()}
+    )
 
 
 # ---- checkpoint and report ---------------------------------------------------------------------------
@@ -157,9 +172,15 @@ def report(
 ) -> dict[str, Any]:
     """The one report schema of a pruned checkpoint (``report.json``)."""
     timings = ({"coarse": coarse["seconds"]} if coarse else {}) | result.timings
+    steps = ({"coarse": coarse["step"]} if coarse and "step" in coarse else {}) | result.steps
+    peaks = [s["peak_device_mb"] if s.get("peak_device_mb") is not None else s["peak_rss_mb"] for s in steps.values()]
+    device = config.execution_device
     return result.summary() | {
         "version": REPORT_VERSION,
-        "config": config.model_dump(include=set(PruneConfig.model_fields)),
+        # the device resolved: the report's config means the same on any machine that reads it
+        "config": config.model_dump(include=set(PruneConfig.model_fields)) | {"device": str(device)},
+        "device": describe_device(device),
+        "steps": steps,
         "method": config.method(),
         "model": identity["describe"],
         "model_hash": identity["weights_hash"],
@@ -168,7 +189,7 @@ def report(
         "scores": coarse["scores"] if coarse else None,
         "allocation": result.allocation.sparsity,
         "timings_s": timings,
-        "peak_memory_mb": max(filter(None, [peak_memory_mb(), coarse and coarse.get("peak_memory_mb")])),
+        "peak_memory_mb": max(peaks, default=None) or peak_memory_mb(),
         "versions": versions(),
     }
 

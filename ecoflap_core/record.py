@@ -40,9 +40,11 @@ def results_block(
     evaluation: Mapping[str, Any],
     timings: Mapping[str, float],
     peak_memory_mb: float | None = None,
+    steps: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The ``ecoflap`` block; ``report`` is the fine step's report.json (None: the dense model as loaded)."""
-    config = PruneConfig(**report["config"]) if report else None
+    """The ``ecoflap`` block; ``report`` is the fine step's report.json (None: the dense model as loaded).
+    ``steps``: each step's seconds, peak resident and peak device memory (``ecoflap.core.devices.StepMeasure``)."""
+    config = PruneConfig(**({"device": "cpu"} | report["config"])) if report else None  # reports before devices: CPU
     method = config.method() if config else None
     return {
         "version": BLOCK_VERSION,
@@ -67,6 +69,7 @@ def results_block(
         "git_hash": git_hash(),
         "timings_s": dict(timings),
         "peak_memory_mb": peak_memory_mb,
+        "steps": {name: dict(step) for name, step in (steps or {}).items()},
         "status": "complete",
         "artefacts": [{"kind": "checkpoint", "path": checkpoint}] if checkpoint else [],
     }

@@ -7,6 +7,7 @@ the partly pruned model, so a language tower calibrates on the pruned vision tow
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ecoflap.core.adapters import Batch, Block, ModelAdapter, Tower, linears, split_batch
+from ecoflap.core.onload import Onloader
 from ecoflap.core.progress import ProgressFactory, no_progress
 from ecoflap.core.pruning import Comparison, LayerPruner, NMPattern
 
@@ -139,14 +141,17 @@ def prune_sequential(
     comparison: Callable[[str], Comparison] = lambda tower: "row",
     micro_batch: int = 8,
     progress: ProgressFactory = no_progress,
+    onloader: Onloader | None = None,
 ) -> LayerSparsity:
-    """Prune tower by tower, block by block, replaying inputs through the already-pruned blocks."""
+    """Prune tower by tower, block by block, replaying inputs through the already-pruned blocks (with an
+    ``onloader``, each block sits on the execution device only from its statistics to its pruned outputs)."""
     bar = progress(total=sum(len(t.blocks) for t in towers), desc="pruning blocks")
     with torch.no_grad():
         for tower in towers:
             inputs = [capture_inputs(adapter, tower.blocks[0], m) for m in split_batch(batch, micro_batch)]
             for block in tower.blocks:
-                inputs = prune_block(block, inputs, make_pruner, sparsity, pattern, comparison(tower.name))
+                with onloader.held(block.module) if onloader else contextlib.nullcontext():
+                    inputs = prune_block(block, inputs, make_pruner, sparsity, pattern, comparison(tower.name))
                 bar.update(1)
     bar.close()
     return measure_sparsity(linears(towers))

@@ -20,6 +20,7 @@ from typing import Any
 from ecoflap.core import job
 from ecoflap.core.allocation import Allocation
 from ecoflap.core.cache import cache_dir
+from ecoflap.core.devices import measure_step
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.outputs import check_output, check_writable, is_run_folder, mark, staged_folder
 from ecoflap.core.plugins import Registries
@@ -71,7 +72,7 @@ def scores_key(config: RunConfig, identity: Step) -> str:
     calibration = {k: method["calibration"][k] for k in ("corpus", "score_nsamples", "score_seqlen", "seed")}
     layers = [config.targets, config.ignore, config.towers, config.dtype]
     scorer = [config.scorer, config.scorer_options(), config.micro_batch, _implementation(identity, "scorer")]
-    return cache_key("scores/v3", _model(identity), calibration, scorer, layers)
+    return cache_key("scores/v3", _model(identity), calibration, scorer, layers, *_device(config))
 
 
 def allocation_key(config: RunConfig, identity: Step, scores: Step | None) -> str:
@@ -86,7 +87,17 @@ def checkpoint_key(config: RunConfig, identity: Step, allocated: Step) -> str:
     method = config.method()
     pruner = [method["pruner"], method["pruner_options"], method["nm"], config.micro_batch]
     implementation = _implementation(identity, "pruner")
-    return cache_key("checkpoint/v3", allocated["key"], _model(identity), pruner, implementation, method["calibration"])
+    return cache_key(
+        "checkpoint/v3", allocated["key"], _model(identity), pruner, implementation, method["calibration"],
+        *_device(config),
+    )  # fmt: skip
+
+
+def _device(config: Any) -> list[str]:
+    """A key's device part: empty on the CPU (keys as before devices existed), else the device's type: numbers
+    computed on a GPU round differently, so they never share a cached step with the CPU's."""
+    device = config.device_identity()
+    return [device] if device else []
 
 
 def eval_key(request: EvalRequest, task: str, registries: Registries) -> str:
@@ -95,7 +106,10 @@ def eval_key(request: EvalRequest, task: str, registries: Registries) -> str:
         "task": registries.implementation("task", task),
         "model": registries.implementation("model", job.resolve_model(registries, request.model).name),
     }
-    return cache_key("eval/v3", request.identity(), task, task_cls.version, implementation, request.evaluation())
+    settings = request.evaluation()
+    return cache_key(
+        "eval/v3", request.identity(), task, task_cls.version, implementation, settings, *_device(eval_config(request))
+    )
 
 
 def _implementation(identity: Step, kind: str) -> dict[str, str | None] | None:
@@ -135,7 +149,7 @@ def coarse_scores(
         return None
     key = scores_key(config, identity)
     log(f"coarse scores: computing {key[:12]} ({config.scorer}, {config.score_nsamples} x {config.score_seqlen})")
-    coarse = job.coarse_scores(job.load_model(registries, config), config, methods, progress)
+    coarse = job.coarse_scores(job.load_model(registries, config, offload=True), config, methods, progress)
     path = write_json(run_cache() / "scores" / f"{key}.json", coarse | {"key": key})
     log(f"coarse scores: {len(coarse['scores'])} tensors in {coarse['seconds']:.1f} s -> {path}")
     return {"key": key, "path": str(path)}
@@ -166,7 +180,7 @@ def fine_step(
     """FINE: prune the dense model to the allocation; the checkpoint folder is written atomically."""
     key = checkpoint_key(config, identity, allocated)
     log(f"fine step: pruning {config.model} with {config.pruner} ({config.nsamples} x {config.seqlen}) -> {key[:12]}")
-    adapter = job.load_model(registries, config)
+    adapter = job.load_model(registries, config, offload=True)
     result = job.fine_step(
         adapter, config, job.resolve_methods(registries, config), Allocation(**read_json(allocated["path"])), progress
     )
@@ -184,15 +198,14 @@ def evaluate_task(
 ) -> Step:
     """One task on the model of ``request``; its results document is saved under its key."""
     key = eval_key(request, task, registries)
-    config = job.PruneConfig.build(model=request.model, seed=request.seed)
+    config = eval_config(request)
     adapter = job.load_model(registries, config, request.checkpoint)
     options = TaskOptions(request.data_path(), request.limit, request.seed, dict(request.task_args), progress)
-    start = time.perf_counter()
-    document = evaluate(adapter, [task], options, registries, log=log)
-    seconds = time.perf_counter() - start
-    path = write_json(run_cache() / "evals" / f"{key}.json", {"document": document, "seconds": seconds,
-                                                               "peak_memory_mb": job.peak_memory_mb()})  # fmt: skip
-    log(f"task {task}: evaluated in {seconds:.1f} s -> {path}")
+    with measure_step(adapter.device) as step:
+        document = evaluate(adapter, [task], options, registries, log=log)
+    saved = {"document": document, "seconds": step.seconds, "peak_memory_mb": step.peak_mb, "step": step.to_dict()}
+    path = write_json(run_cache() / "evals" / f"{key}.json", saved)
+    log(f"task {task}: evaluated in {step.seconds:.1f} s -> {path}")
     return {"key": key, "path": str(path)}
 
 
@@ -215,8 +228,28 @@ def assemble(request: EvalRequest, tasks: Sequence[str], evaluations: Sequence[S
         evaluation=request.evaluation(),
         timings=timings | {"eval": sum(s["seconds"] for s in saved)},
         peak_memory_mb=max((p for p in peaks if p is not None), default=None),
+        steps=(report.get("steps", {}) if report else {}) | _eval_step(saved),
     )
     return document
+
+
+def _eval_step(saved: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluation as one step: its tasks' seconds summed, their peaks the highest."""
+    steps = [s["step"] for s in saved if "step" in s]
+    if not steps:
+        return {}
+    devices = [s["peak_device_mb"] for s in steps if s["peak_device_mb"] is not None]
+    return {"eval": steps[0] | {
+        "seconds": sum(s["seconds"] for s in steps),
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in steps),
+        "peak_device_mb": max(devices, default=None),
+        "peak_rss_scope": "step" if all(s["peak_rss_scope"] == "step" for s in steps) else "process",
+    }}  # fmt: skip
+
+
+def eval_config(request: EvalRequest) -> job.PruneConfig:
+    """How an evaluation loads its model: the request's device (``auto`` until EvalRequest names one)."""
+    return job.PruneConfig.build(model=request.model, seed=request.seed, device=getattr(request, "device", "auto"))
 
 
 def _allocation(request: EvalRequest, report: dict[str, Any] | None) -> list[dict[str, Any]]:
