@@ -29,7 +29,7 @@ from ecoflap.core.calibration import choose_pairs
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
 from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
-from ecoflap.plugins.models.hf_causal_lm import smollm2_folder
+from ecoflap.plugins.models.hf_causal_lm import _torch_dtype, smollm2_folder
 from ecoflap.plugins.models.hf_folder import FolderNeeds, SavedLayout
 from ecoflap.plugins.models.mini_blip2_model import (
     BRIDGE_FILE,
@@ -85,16 +85,21 @@ class MiniBlip2Adapter(ModelAdapter):
         prompts = [g.caption_prompt] * len(images)
         targets = [f" {c}{g.answer_end}" for c in captions] if captions is not None else None
         batch = text_batch(self.tokenizer, prompts, prompts, targets, self.model.bridge.config.max_instruction_tokens)
-        return batch | {"pixel_values": pixel_values(images, g.image_size)}
+        return self._placed(batch | {"pixel_values": pixel_values(images, g.image_size)})
 
     def vqa_batch(self, images: Sequence[Any], questions: Sequence[str], answers: Sequence[str] | None) -> Batch:
         g = self.generation
         prompts = [g.vqa_prompt.format(q) for q in questions]
         targets = [f" {a}{g.answer_end}" for a in answers] if answers is not None else None
         limit = self.model.bridge.config.max_instruction_tokens
-        return text_batch(self.tokenizer, questions, prompts, targets, limit) | {
-            "pixel_values": pixel_values(images, g.image_size)
-        }
+        batch = text_batch(self.tokenizer, questions, prompts, targets, limit)
+        return self._placed(batch | {"pixel_values": pixel_values(images, g.image_size)})
+
+    def _placed(self, batch: Batch) -> Batch:
+        """The batch on the model's device, its pixels in the weights' precision."""
+        dtype = next(self.model.vision.parameters()).dtype
+        batch = {k: v.to(self.device) for k, v in batch.items()}
+        return batch | {"pixel_values": batch["pixel_values"].to(dtype)}
 
     def calibration_batch(self, pairs: Sequence[Any], nsamples: int, seqlen: int, seed: int) -> Batch:
         """``nsamples`` (image, caption) pairs drawn with a seeded generator; ``seqlen`` does not apply."""
@@ -181,12 +186,12 @@ class MiniBlip2Adapter(ModelAdapter):
     ) -> torch.Tensor:
         """``[B, len(candidates)]`` sums of the candidates' token log-probabilities after the prompt pass
         (``cache`` is copied, never grown)."""
-        scores = torch.empty(first.shape[0], len(candidates))
+        scores = torch.empty(first.shape[0], len(candidates), device=first.device)
         for j, candidate in enumerate(candidates):
             ids = self.tokenizer(f" {candidate}", add_special_tokens=False)["input_ids"]
             scores[:, j] = first[:, ids[0]]
             if len(ids) > 1:
-                rest = torch.tensor(ids, dtype=torch.long).expand(first.shape[0], -1)
+                rest = torch.tensor(ids, dtype=torch.long, device=first.device).expand(first.shape[0], -1)
                 steps, _ = self._step(rest[:, :-1], copy.deepcopy(cache), mask)
                 scores[:, j] += steps.gather(-1, rest[:, 1:, None]).squeeze(-1).sum(-1)
         return scores
@@ -237,7 +242,7 @@ def _with_bridge(bridge: QFormerBridge, model_id: str, options: LoadOptions) -> 
     vision = Dinov2Model.from_pretrained(dinov2_small_folder(), dtype=torch.float32)
     language = LlamaForCausalLM.from_pretrained(smollm2_folder(), dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(smollm2_folder())
-    model = _frozen(MiniBlip2(vision, bridge, language))
+    model = _frozen(MiniBlip2(vision, bridge, language)).to(_torch_dtype(options.dtype))
     return MiniBlip2Adapter(model, tokenizer, model_id, GenerationConfig(), **_patterns(options))
 
 
@@ -254,7 +259,7 @@ def load_folder(options: LoadOptions) -> MiniBlip2Adapter:
     except (OSError, ValueError) as exc:
         raise EcoflapError(f"cannot load the model in {path}: {str(exc).splitlines()[0]}") from None
     bridge = load_bridge(path / BRIDGE_FILE, BridgeConfig(**meta["bridge"]))
-    model = _frozen(MiniBlip2(vision, bridge, language))
+    model = _frozen(MiniBlip2(vision, bridge, language)).to(_torch_dtype(options.dtype))
     return MiniBlip2Adapter(
         model, tokenizer, meta["model"], GenerationConfig(**meta["generation"]), **_patterns(options)
     )

@@ -127,7 +127,8 @@ class MiniBlip2(nn.Module):
         rows, cols = torch.nonzero(labels != -100, as_tuple=True)
         logits = self.language.lm_head(hidden[rows, n + cols - 1]).float()
         token_loss = F.cross_entropy(logits, labels[rows, cols], reduction="none")
-        total = torch.zeros(labels.shape[0], dtype=token_loss.dtype).index_add_(0, rows, token_loss)
+        total = torch.zeros(labels.shape[0], dtype=token_loss.dtype, device=token_loss.device)
+        total = total.index_add_(0, rows, token_loss)
         return total / (labels != -100).sum(1).clamp(min=1)
 
 
