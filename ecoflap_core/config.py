@@ -40,7 +40,7 @@ class PruneConfig(BaseModel):
     corpus: str = Field("wikipedia", description="calibration data: 'wikipedia', 'easy-vqa' or a text file")
 
     # group "device"
-    device: str = Field("auto", description="where every step computes: auto (a GPU if any, else cpu), cpu, cuda:N")
+    device: str = Field("auto", description="where every step computes: auto (a GPU if any, else cpu), cpu, cuda[:N]")
     offload: Literal["none", "cpu"] = Field(
         "none", description="fine step: keep the blocks on the CPU, each on --device only while it is pruned"
     )

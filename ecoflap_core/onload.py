@@ -39,7 +39,8 @@ class Onloader:
             block.register_forward_hook(self._after)
 
     def _before(self, block: nn.Module, args: Any) -> None:
-        self.onload(block)
+        if "forward" not in vars(block):  # a forward replaced on the instance (zeroth-order's cached outputs of
+            self.onload(block)  # the blocks before the perturbed one) computes nothing: no weights needed
 
     def _after(self, block: nn.Module, args: Any, output: Any) -> None:
         if id(block) not in self.held_blocks:

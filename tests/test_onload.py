@@ -109,3 +109,20 @@ def test_first_order_scoring_with_offload_is_one_error(toy_corpus: Path) -> None
 def test_offload_is_not_part_of_the_method_identity() -> None:
     """Onloading moves the same computation around: the pruned model and its keys are the same."""
     assert PruneConfig(offload="cpu").method() == PruneConfig().method()
+
+
+def test_zeroth_order_onloads_only_the_blocks_it_computes(toy_corpus: Path) -> None:
+    """The blocks before the perturbed one replay cached outputs: they are never moved to the device for it."""
+    from ecoflap.core.scoring import zeroth_order_scores
+
+    config = PruneConfig.build(**settings("tiny-llama", toy_corpus, offload="cpu"))
+    adapter = job.load_model(REGISTRIES, config, offload=True)
+    towers = adapter.towers()
+    blocks = [b for t in towers for b in t.blocks]
+    batch = job.calibration_batch(adapter, config, 2, 16)
+    zeroth_order_scores(adapter, towers, batch, micro_batch=2)
+    n = len(blocks)
+    # per micro-batch: one capture pass over every block, then two passes per layer from its own block on
+    expected = n + sum(2 * (n - k) * len(block.linears) for k, block in enumerate(blocks))
+    assert adapter.onloader.moves == expected
+    assert adapter.onloader.onloaded == set()
