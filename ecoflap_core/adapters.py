@@ -20,7 +20,7 @@ from torch import nn
 
 from ecoflap.core.devices import inputs_follow_parameters
 from ecoflap.core.errors import EcoflapError
-from ecoflap.core.onload import Onloader
+from ecoflap.core.onload import BlockState, DiskBlocks, Onloader
 
 Batch = dict[str, torch.Tensor]
 
@@ -74,6 +74,9 @@ class ModelAdapter(ABC):
     #: True when a sample's loss depends on the other samples of its batch (contrastive losses):
     #: scorers then perturb / differentiate whole micro-batches together
     couples_samples: ClassVar[bool] = False
+    #: a block's tensors read from the model's files by the block's name (names relative to the block), for
+    #: ``--offload disk``; set by loaders that left the blocks' weights unread (LoadOptions.extra["offload"])
+    block_weights: Callable[[str], BlockState] | None = None
 
     def __init__(
         self,
@@ -92,14 +95,25 @@ class ModelAdapter(ABC):
     def place(self, device: torch.device, offload: str = "none") -> None:
         """Move the model to ``device``; ``offload="cpu"``: its blocks stay on the CPU, each onloaded while it runs.
         Off the CPU, every module moves its inputs to its own device, so adapters build batches on the CPU."""
-        if offload == "cpu":
-            blocks = [b.module for t in self.towers() for b in t.blocks]
-            self.onloader = Onloader(self.model, blocks, device)
+        if offload in ("cpu", "disk"):
+            blocks = [b for t in self.towers() for b in t.blocks]
+            self.onloader = Onloader(self.model, [b.module for b in blocks], device, disk=self._disk(blocks, offload))
         else:
             self.model.to(device)
         if device.type != "cpu":
             inputs_follow_parameters(self.model)
         self.device = device
+
+    def _disk(self, blocks: list[Block], offload: str) -> DiskBlocks | None:
+        if offload != "disk":
+            return None
+        read = self.block_weights
+        if read is None:
+            raise EcoflapError(
+                f"{self.model_id}: this model's loader cannot leave its blocks on disk "
+                "(--offload disk reads Hugging Face causal-LM folders of safetensors): use --offload cpu"
+            )
+        return DiskBlocks(lambda index: read(blocks[index].name))
 
     # ---- structure ---------------------------------------------------------------------------
     @abstractmethod

@@ -41,8 +41,10 @@ class PruneConfig(BaseModel):
 
     # group "device"
     device: str = Field("auto", description="where every step computes: auto (a GPU if any, else cpu), cpu, cuda[:N]")
-    offload: Literal["none", "cpu"] = Field(
-        "none", description="fine step: keep the blocks on the CPU, each on --device only while it is pruned"
+    offload: Literal["none", "cpu", "disk"] = Field(
+        "none",
+        description="fine step and zeroth-order scoring: the blocks stay on the CPU (cpu) or in the model's files "
+        "(disk: Hugging Face safetensors folders), each on --device only while it computes",
     )
 
     # group "method"

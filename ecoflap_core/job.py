@@ -61,10 +61,12 @@ def load_model(
     model = source or config.model
     spec = resolve_model(registries, model)
     device = config.execution_device  # a device this machine lacks fails here, before the weights are read
+    offload_to = config.offload if offload else "none"
+    extra = {"seed": config.seed} | ({"offload": "disk"} if offload_to == "disk" else {})
     with _LOAD_LOCK:
         torch.manual_seed(config.seed)
-        adapter = spec.load(LoadOptions(model, config.targets, config.ignore, config.dtype, {"seed": config.seed}))
-    adapter.place(device, config.offload if offload else "none")
+        adapter = spec.load(LoadOptions(model, config.targets, config.ignore, config.dtype, extra))
+    adapter.place(device, offload_to)
     return adapter
 
 

@@ -58,9 +58,11 @@ def perturbation_seed(seed: int, layer: int, group: int, noise: int) -> int:
 
 
 def perturbation(weight: torch.Tensor, seed: int) -> torch.Tensor:
-    """z ~ N(0, I) shaped like ``weight``, fp32, regenerated from ``seed`` on the CPU."""
+    """z ~ N(0, I) shaped like ``weight``, fp32, regenerated from ``seed`` on the CPU (and left there when the
+    weight is onloaded only when its block runs: the forward hook moves z to the layer's inputs)."""
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(weight.shape, generator=gen, dtype=torch.float32).to(weight.device)
+    z = torch.randn(weight.shape, generator=gen, dtype=torch.float32)
+    return z if weight.device.type == "meta" else z.to(weight.device)
 
 
 def ordered_blocks(towers: Sequence[Tower]) -> list[Block]:
@@ -120,7 +122,7 @@ def perturbed(layers: dict[nn.Linear, list[torch.Tensor]], scale: float, group_s
         for g, z in enumerate(zs):
             rows = slice(g * group_size, (g + 1) * group_size)
             dtype = torch.promote_types(x.dtype, z.dtype)  # fp32 at least: eps z is 1-2 ulp in bf16
-            out[rows] += (scale * (x[rows].to(dtype) @ z.to(dtype).T)).to(out.dtype)
+            out[rows] += (scale * (x[rows].to(dtype) @ z.to(x.device, dtype).T)).to(out.dtype)
         return output
 
     handles = [layer.register_forward_hook(hook) for layer in layers]

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ecoflap.core.adapters import Batch, Block, ModelAdapter, Tower, linears, split_batch
+from ecoflap.core.adapters import Batch, Block, ModelAdapter, Tower, split_batch
 from ecoflap.core.onload import Onloader
 from ecoflap.core.progress import ProgressFactory, no_progress
 from ecoflap.core.pruning import Comparison, LayerPruner, NMPattern
@@ -146,12 +146,15 @@ def prune_sequential(
     """Prune tower by tower, block by block, replaying inputs through the already-pruned blocks (with an
     ``onloader``, each block sits on the execution device only from its statistics to its pruned outputs)."""
     bar = progress(total=sum(len(t.blocks) for t in towers), desc="pruning blocks")
+    measured = LayerSparsity()
     with torch.no_grad():
         for tower in towers:
             inputs = [capture_inputs(adapter, tower.blocks[0], m) for m in split_batch(batch, micro_batch)]
             for block in tower.blocks:
                 with onloader.held(block.module) if onloader else contextlib.nullcontext():
                     inputs = prune_block(block, inputs, make_pruner, sparsity, pattern, comparison(tower.name))
+                    for name, layer in block.linears.items():  # measured while the block is in memory
+                        measured.record(name, layer.weight)
                 bar.update(1)
     bar.close()
-    return measure_sparsity(linears(towers))
+    return measured

@@ -4,6 +4,7 @@ check the bookkeeping: which block is onloaded when, and that the others stay wh
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,69 @@ def test_zeroth_order_onloads_only_the_blocks_it_computes(toy_corpus: Path) -> N
     expected = n + sum(2 * (n - k) * len(block.linears) for k, block in enumerate(blocks))
     assert adapter.onloader.moves == expected
     assert adapter.onloader.onloaded == set()
+
+
+# ---- --offload disk: the blocks' weights stay in the model's files ------------------------------------------
+@pytest.fixture(scope="module")
+def llama_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    job.load_model(REGISTRIES, PruneConfig(model="tiny-llama", device="cpu")).save(folder)
+    return folder
+
+
+class Counting(WandaPruner):
+    """Wanda, noting how many of the model's block parameters are in memory (not meta) whenever it prunes."""
+
+    blocks: list[nn.Module]
+    in_memory: list[int] = []
+
+    def prune(self, sparsity, pattern=None):
+        Counting.in_memory.append(sum(not p.is_meta for b in Counting.blocks for p in b.parameters()))
+        return super().prune(sparsity, pattern)
+
+
+@pytest.mark.parametrize("pruner", ["wanda", "sparsegpt"])
+def test_disk_offload_gives_the_masks_in_memory(llama_folder: Path, toy_corpus: Path, pruner: str) -> None:
+    base = settings("tiny-llama", toy_corpus, pruner=pruner) | {"model": str(llama_folder)}
+    in_memory, scores = prune_offloaded(PruneConfig.build(**base), None)
+    on_disk, disk_scores = prune_offloaded(PruneConfig.build(**base, offload="disk"), llama_folder)
+    assert disk_scores == scores
+    assert on_disk.keys() == in_memory.keys()
+    for name, weight in in_memory.items():
+        assert torch.equal(weight, on_disk[name]), name
+
+
+def prune_offloaded(config: PruneConfig, folder: Path | None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Pruned as ``ecoflap prune`` does (the layers from the dense model's identity), saved, and read back."""
+    methods = job.resolve_methods(REGISTRIES, config)
+    layers = job.identify(job.load_model(REGISTRIES, config), config)["layers"]
+    adapter = job.load_model(REGISTRIES, config, offload=True)
+    coarse = job.coarse_scores(adapter, config, methods)
+    job.fine_step(adapter, config, methods, job.allocation(layers, config, methods, coarse["scores"]))
+    out = Path(tempfile.mkdtemp())
+    adapter.save(out)
+    reloaded = job.load_model(REGISTRIES, config.model_copy(update={"offload": "none"}), str(out))
+    return {k: v.clone() for k, v in reloaded.model.state_dict().items()}, coarse["scores"]
+
+
+def test_disk_offload_holds_one_block_in_memory(llama_folder: Path, toy_corpus: Path) -> None:
+    config = PruneConfig.build(**settings("tiny-llama", toy_corpus, allocator="uniform", offload="disk")
+                               | {"model": str(llama_folder)})  # fmt: skip
+    layers = job.identify(job.load_model(REGISTRIES, config), config)["layers"]
+    adapter = job.load_model(REGISTRIES, config, offload=True)
+    blocks = [b.module for t in adapter.towers() for b in t.blocks]
+    per_block = sum(1 for _ in blocks[0].parameters())
+    assert all(p.is_meta for b in blocks for p in b.parameters())  # loaded: no block read yet
+    assert not any(p.is_meta for p in adapter.model.get_input_embeddings().parameters())
+    Counting.blocks, Counting.in_memory = blocks, []
+    methods = job.resolve_methods(REGISTRIES, config)
+    methods.pruner = Counting
+    job.fine_step(adapter, config, methods, job.allocation(layers, config, methods, None))
+    assert Counting.in_memory and set(Counting.in_memory) == {per_block}  # the block being pruned, no other
+    assert all(p.is_meta for b in blocks for p in b.parameters())  # pruned blocks written back to disk
+
+
+def test_disk_offload_needs_a_loader_that_leaves_blocks_on_disk(toy_corpus: Path) -> None:
+    config = PruneConfig.build(**settings("tiny-llama", toy_corpus, offload="disk"))
+    with pytest.raises(EcoflapError, match="cannot leave its blocks on disk"):
+        job.load_model(REGISTRIES, config, offload=True)

@@ -9,6 +9,7 @@ tokenizer). The random ``tiny-llama`` and ``tiny-opt`` of the tests are a test p
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,40 @@ class CausalLMAdapter(ModelAdapter):
 
     def save(self, path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path, safe_serialization=True)
+        if self.onloader is not None and self.onloader.disk is not None:
+            save_block_by_block(self, path)
+        else:
+            self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
+
+
+def save_block_by_block(adapter: CausalLMAdapter, path: Path) -> None:
+    """A sharded safetensors checkpoint, one shard per block read from disk in turn (never the whole model in
+    memory), one for the rest, and the index that transformers reads."""
+    from safetensors.torch import save_file
+
+    prefix, layers = _decoder_layers(adapter.model)
+    tied = adapter.model.config.tie_word_embeddings and adapter.model.get_output_embeddings() is not None
+    rest = {k: v for k, v in adapter.model.state_dict().items() if not k.startswith(prefix + ".")}
+    if tied:  # the output embedding is the input's: saved once, as transformers does
+        shared = adapter.model.get_input_embeddings().weight.data_ptr()
+        first = next(k for k, v in rest.items() if v.data_ptr() == shared)
+        rest = {k: v for k, v in rest.items() if v.data_ptr() != shared or k == first}
+    weight_map: dict[str, str] = {}
+    total = 0
+    shards = len(layers) + 1
+    for index in range(shards):
+        state = rest if index == 0 else {f"{prefix}.{index - 1}.{k}": v for k, v in
+                                         adapter.onloader.block_state(index - 1).items()}  # fmt: skip
+        name = f"model-{index + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path / name), metadata={"format": "pt"})
+        weight_map |= dict.fromkeys(state, name)
+        total += sum(v.numel() * v.element_size() for v in state.values())
+    index_file = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (path / "model.safetensors.index.json").write_text(json.dumps(index_file, indent=2))
+    adapter.model.config.save_pretrained(path)
+    if adapter.model.generation_config is not None:
+        adapter.model.generation_config.save_pretrained(path)
 
 
 def _decoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -93,19 +126,73 @@ def _torch_dtype(name: str) -> torch.dtype:
 
 
 def load_folder(options: LoadOptions) -> CausalLMAdapter:
-    """A local Hugging Face folder (config.json, safetensors or bin weights, tokenizer files)."""
+    """A local Hugging Face folder (config.json, safetensors or bin weights, tokenizer files); with
+    ``extra["offload"] == "disk"`` the blocks' weights stay in the files, read one block at a time."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(options.source)
     check_folder(path, CAUSAL_LM)
+    on_disk = options.extra.get("offload") == "disk"
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(options.dtype), local_files_only=True)
+        if on_disk:
+            model, weights = _model_without_blocks(path, _torch_dtype(options.dtype))
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(options.dtype), local_files_only=True)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     except EcoflapError:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever transformers raises about a user's folder is one line
         raise load_failure(path, exc) from None
-    return CausalLMAdapter(model, tokenizer, str(path), targets=options.targets, ignore=options.ignore)
+    adapter = CausalLMAdapter(model, tokenizer, str(path), targets=options.targets, ignore=options.ignore)
+    if on_disk:
+        adapter.block_weights = lambda block: weights.tensors(block + ".")
+    return adapter
+
+
+class SafetensorsFolder:
+    """The tensors of a folder's safetensors files (one file or an index of shards), read by name prefix."""
+
+    def __init__(self, path: Path, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        index = path / "model.safetensors.index.json"
+        if index.is_file():
+            shards = json.loads(index.read_text())["weight_map"]
+            self.files = {name: path / shard for name, shard in shards.items()}
+        elif (path / "model.safetensors").is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(path / "model.safetensors"), framework="pt") as f:
+                self.files = dict.fromkeys(f.keys(), path / "model.safetensors")
+        else:
+            raise EcoflapError(f"--offload disk reads safetensors weights, and {path} has none: use --offload cpu")
+
+    def tensors(self, prefix: str, exclude: str | None = None) -> dict[str, torch.Tensor]:
+        """The tensors whose names start with ``prefix`` (and not ``exclude``), named without the prefix."""
+        from safetensors import safe_open
+
+        wanted = [n for n in self.files if n.startswith(prefix) and not (exclude and n.startswith(exclude))]
+        out = {}
+        for file in {self.files[n] for n in wanted}:
+            with safe_open(str(file), framework="pt") as f:
+                for name in (n for n in wanted if self.files[n] == file):
+                    out[name[len(prefix) :]] = f.get_tensor(name).to(self.dtype)
+        return out
+
+
+def _model_without_blocks(path: Path, dtype: torch.dtype) -> tuple[nn.Module, SafetensorsFolder]:
+    """The model built with its parameters on the meta device (buffers real), everything outside the decoder
+    blocks read from the files; the blocks' weights stay there."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    with init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    weights = SafetensorsFolder(path, dtype)
+    prefix, _ = _decoder_layers(model)
+    model.load_state_dict(weights.tensors("", exclude=prefix + "."), strict=False, assign=True)
+    model.tie_weights()
+    return model.eval(), weights
 
 
 def _smollm2_package_dir() -> Path:
@@ -141,7 +228,7 @@ def smollm2_folder() -> Path:
 
 def load_smollm2(options: LoadOptions) -> CausalLMAdapter:
     folder = smollm2_folder()
-    adapter = load_folder(LoadOptions(str(folder), options.targets, options.ignore, options.dtype))
+    adapter = load_folder(LoadOptions(str(folder), options.targets, options.ignore, options.dtype, options.extra))
     adapter.model_id = "smollm2-135m"
     return adapter
 
