@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -38,6 +38,8 @@ class EvalConfig(BaseModel):
     task_args: dict[str, Any] = Field(default_factory=dict)
     output: str | None = None
     overwrite: bool = False
+    device: str = "auto"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
     @classmethod
     def build(cls, values: dict[str, Any]) -> EvalConfig:
@@ -139,13 +141,17 @@ def _common(fn: Any) -> Any:
 @click.option(
     "--overwrite", is_flag=True, default=None, help="replace an output folder (or results.json) that is not ecoflap's"
 )
+@click.option("--device", help="where the model is evaluated: auto (a GPU if any, else cpu), cpu, cuda[:N] [auto]")
+@click.option(
+    "--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="the weights' precision [float32]"
+)
 @click.option("--cache/--no-cache", default=True, help="reuse task results computed before (Prefect's cache) [cache]")
 @click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
 def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: Any) -> None:
     """Evaluate a dense or pruned model on tasks; write results.json (lm-eval's shape) and print the table."""
     from ecoflap.evaluation.runner import format_table
     from ecoflap.pipelines.run_config import EvalRequest
-    from ecoflap.pipelines.steps import check_results_folder
+    from ecoflap.pipelines.steps import check_results_folder, eval_config
 
     config = EvalConfig.build(_values(config_file, flags))
     registries = common.registries(strict)
@@ -159,7 +165,9 @@ def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: A
     check_results_folder(output, config.checkpoint, config.overwrite)
     common.threads()
     request = EvalRequest(model=config.model, checkpoint=config.checkpoint, limit=config.limit, seed=config.seed,
-                          task_args=dict(config.task_args), data_dir=config.data_dir)  # fmt: skip
+                          task_args=dict(config.task_args), data_dir=config.data_dir, device=config.device,
+                          dtype=config.dtype)  # fmt: skip
+    eval_config(request)  # a device this machine lacks fails here, before the model loads
     from ecoflap.pipelines.flows import run_evaluation  # Prefect, imported once every input is checked
 
     path = run_evaluation(request, names, str(output), refresh=not cache, overwrite=config.overwrite)

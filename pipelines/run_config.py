@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -95,6 +95,8 @@ class EvalRequest(BaseModel):
     task_args: dict[str, Any] = Field(default_factory=dict)
     data_dir: str | None = None
     data_fingerprint: str | None = Field(None, description="content hash of data_dir, taken once per evaluation")
+    device: str = Field("auto", description="where the model is evaluated: auto, cpu, cuda[:N]")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the weights' precision")
 
     def identity(self) -> dict[str, Any]:
         """The evaluated model: the same for a checkpoint in the run cache and its copy in a run folder."""
@@ -103,7 +105,8 @@ class EvalRequest(BaseModel):
     def evaluation(self) -> dict[str, Any]:
         """The evaluation settings that change a metric (the data by its content hash)."""
         data = self.data_fingerprint or fingerprint(self.data_dir)
-        return evaluation_settings(self.limit, self.seed, self.task_args, data)
+        precision = {"dtype": self.dtype} if self.dtype != "float32" else {}  # float32: the settings of before
+        return evaluation_settings(self.limit, self.seed, self.task_args, data) | precision
 
     def data_path(self) -> Path | None:
         return Path(self.data_dir).expanduser() if self.data_dir else None

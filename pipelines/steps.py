@@ -248,8 +248,8 @@ def _eval_step(saved: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def eval_config(request: EvalRequest) -> job.PruneConfig:
-    """How an evaluation loads its model: the request's device (``auto`` until EvalRequest names one)."""
-    return job.PruneConfig.build(model=request.model, seed=request.seed, device=getattr(request, "device", "auto"))
+    """How an evaluation loads its model: on the request's device, in its precision."""
+    return job.PruneConfig.build(model=request.model, seed=request.seed, device=request.device, dtype=request.dtype)
 
 
 def _allocation(request: EvalRequest, report: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -269,6 +269,8 @@ def request_for(config: RunConfig, identity: Step, checkpoint: Step | None) -> E
         limit=config.limit,
         seed=config.eval_seed,
         task_args=dict(config.task_args),
+        device=config.device,
+        dtype=config.dtype,
     )
 
 

@@ -39,13 +39,26 @@ def two_towers(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+STEPS = {
+    "coarse": {"seconds": 137.25, "peak_rss_mb": 2048.4, "peak_device_mb": None, "peak_rss_scope": "step", "device": "cpu"},
+    "fine": {"seconds": 12.3, "peak_rss_mb": 1274.0, "peak_device_mb": 900.6, "peak_rss_scope": "step", "device": "cuda:0"},
+    "eval": {"seconds": 38.6, "peak_rss_mb": 1500.0, "peak_device_mb": None, "peak_rss_scope": "process", "device": "cpu"},
+}  # fmt: skip
+
+
+def with_steps(doc: dict[str, Any]) -> dict[str, Any]:
+    """Give the run each step's time and peak memory, as ``ecoflap run`` records them."""
+    doc["ecoflap"]["steps"] = STEPS
+    return doc
+
+
 @pytest.fixture(scope="module")
 def db_url(tmp_path_factory) -> str:
     """mini: dense 0.80, wanda/ecoflap at 0.5 and 0.6, wanda/uniform at 0.5 and 0.6; a model named EVIL."""
     url = f"sqlite:///{tmp_path_factory.mktemp('dashboard') / 'results.db'}"
     store = ResultsStore(url)
     store.record(mini("k-dense", 0.80, dense=True, layers=0))
-    store.record(two_towers(mini("k-eco-50", 0.76, sparsity=0.5)))
+    store.record(with_steps(two_towers(mini("k-eco-50", 0.76, sparsity=0.5))))
     store.record(mini("k-eco-60", 0.70, sparsity=0.6))
     store.record(mini("k-uni-50", 0.74, sparsity=0.5, allocator="uniform", scorer=None))
     store.record(mini("k-uni-60", 0.61, sparsity=0.6, allocator="uniform", scorer=None))
@@ -162,6 +175,18 @@ def test_run_page_shows_settings_and_allocation_by_tower(client: TestClient):
     assert {(m["task"], m["metric"]) for m in metrics} == {("vqa", "acc"), ("vqa", "invalid_rate")}
     allocation = csv_rows(client.get("/runs/candidate/allocation.csv"))
     assert [a["tower"] for a in allocation] == ["vision", "vision", "text", "text", "text"]
+
+
+def test_run_page_shows_each_steps_time_and_memory(client: TestClient):
+    html = client.get("/runs/candidate").text
+    cells = [re.findall(r"<td>(.*?)</td>", row) for row in rows(html, "steps")]
+    assert cells == [
+        ["coarse", "137.2", "2048", "-", "cpu"],
+        ["fine", "12.3", "1274", "901", "cuda:0"],
+        ["eval", "38.6", "1500 (process)", "-", "cpu"],
+    ]
+    assert client.get("/runs/candidate.json").json()["config"]["steps"] == STEPS
+    assert 'id="steps"' not in client.get("/runs/k-eco-60").text  # a run recorded without them
 
 
 def test_dense_run_page_has_no_chart(client: TestClient):

@@ -160,3 +160,28 @@ def test_an_unavailable_device_fails_before_the_weights_load(monkeypatch: pytest
     monkeypatch.setattr(job, "resolve_model", lambda registries, source: refusing)
     with pytest.raises(EcoflapError, match="no CUDA GPU"):
         job.load_model(REGISTRIES, config)
+
+
+def test_eval_on_a_gpu_this_machine_lacks_is_one_error_line(
+    no_model_loads: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    line = one_error_line(["eval", "--model", "tiny-llama", "--tasks", "wikitext", "--device", "cuda"])
+    assert "no CUDA GPU" in line and "--device cpu" in line
+    assert not (no_model_loads / "runs").exists()
+
+
+def test_a_run_evaluates_on_its_device_in_its_precision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ecoflap run --device D --dtype T`` evaluates where and how it pruned; the precision is in the eval key."""
+    from ecoflap.pipelines.run_config import RunConfig
+    from ecoflap.pipelines.steps import eval_config, eval_key, request_for
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    identity = {"weights_hash": "0" * 64}
+    half = request_for(RunConfig.build(model="tiny-llama", device="cpu", dtype="bfloat16"), identity, None)
+    full = request_for(RunConfig.build(model="tiny-llama", device="cpu"), identity, None)
+    assert (half.device, half.dtype, eval_config(half).dtype) == ("cpu", "bfloat16", "bfloat16")
+    assert half.evaluation()["dtype"] == "bfloat16" and "dtype" not in full.evaluation()
+    assert eval_key(half, "wikitext", REGISTRIES) != eval_key(full, "wikitext", REGISTRIES)
+    auto = full.model_copy(update={"device": "auto"})
+    assert eval_key(auto, "wikitext", REGISTRIES) == eval_key(full, "wikitext", REGISTRIES)  # auto is the CPU here

@@ -68,6 +68,18 @@ class MethodBlock(BaseModel):
     calibration: dict[str, Any] | None = None
 
 
+class StepEntry(BaseModel):
+    """One step's cost (``ecoflap.core.devices.StepMeasure``): time, peak resident and peak device memory."""
+
+    model_config = ConfigDict(extra="allow")
+
+    seconds: float = Field(ge=0.0, allow_inf_nan=False)
+    peak_rss_mb: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    peak_device_mb: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    peak_rss_scope: str | None = Field(None, max_length=16)
+    device: str | None = Field(None, max_length=32)
+
+
 class EcoflapBlock(BaseModel):
     """The ``ecoflap`` block: what was pruned, how, and with which seeds and libraries."""
 
@@ -91,6 +103,7 @@ class EcoflapBlock(BaseModel):
     versions: dict[str, Any] = Field(default_factory=dict)
     timings_s: dict[str, Any] = Field(default_factory=dict)
     peak_memory_mb: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    steps: dict[str, StepEntry] = Field(default_factory=dict)
     status: str = Field("complete", max_length=32)
     artefacts: list[ArtefactEntry] = Field(default_factory=list)
 
@@ -229,6 +242,7 @@ def _run_columns(doc: ResultsDocument) -> dict[str, Any]:
     assert block is not None
     extra = {"calibration": block.calibration, "tasks": doc.configs, "skipped": doc.skipped}
     extra |= {"source": block.source} if getattr(block, "source", None) else {}
+    extra |= {"steps": {name: step.model_dump() for name, step in block.steps.items()}} if block.steps else {}
     method = block.identity()
     return {
         "model": block.model,
