@@ -115,13 +115,23 @@ def reset_peak_rss() -> bool:
 
 def peak_rss_mb() -> float:
     """The process's peak resident memory since the last reset (VmHWM), else since it started (ru_maxrss)."""
+    peak = _status_mb("VmHWM:")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float | None:
+    """The process's resident memory now (VmRSS; None where /proc is not there)."""
+    return _status_mb("VmRSS:")
+
+
+def _status_mb(field: str) -> float | None:
     try:
         for line in _STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return None
 
 
 @dataclass
@@ -130,6 +140,8 @@ class StepMeasure:
 
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
+    #: resident memory when the step began (the libraries, the data loaded before it): the step added the rest
+    start_rss_mb: float | None = None
     #: "step": the peak was reset when the step began; "process": the process's peak so far (no reset possible)
     peak_rss_scope: str = "step"
     peak_device_mb: float | None = None
@@ -149,7 +161,8 @@ def measure_step(device: torch.device | str = "cpu") -> Iterator[StepMeasure]:
     """Measure the ``with`` body: the figures are filled in when it ends. The peaks are the process's, so
     steps running at once in one process (a sweep with ``parallel`` > 1) share them."""
     device = torch.device(device)
-    measure = StepMeasure(peak_rss_scope="step" if reset_peak_rss() else "process", device=str(device))
+    scope = "step" if reset_peak_rss() else "process"
+    measure = StepMeasure(start_rss_mb=rss_mb(), peak_rss_scope=scope, device=str(device))
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)

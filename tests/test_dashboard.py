@@ -40,7 +40,7 @@ def two_towers(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 STEPS = {
-    "coarse": {"seconds": 137.25, "peak_rss_mb": 2048.4, "peak_device_mb": None, "peak_rss_scope": "step", "device": "cpu"},
+    "coarse": {"seconds": 137.25, "start_rss_mb": 811.6, "peak_rss_mb": 2048.4, "peak_device_mb": None, "peak_rss_scope": "step", "device": "cpu"},
     "fine": {"seconds": 12.3, "peak_rss_mb": 1274.0, "peak_device_mb": 900.6, "peak_rss_scope": "step", "device": "cuda:0"},
     "eval": {"seconds": 38.6, "peak_rss_mb": 1500.0, "peak_device_mb": None, "peak_rss_scope": "process", "device": "cpu"},
 }  # fmt: skip
@@ -181,9 +181,9 @@ def test_run_page_shows_each_steps_time_and_memory(client: TestClient):
     html = client.get("/runs/candidate").text
     cells = [re.findall(r"<td>(.*?)</td>", row) for row in rows(html, "steps")]
     assert cells == [
-        ["coarse", "137.2", "2048", "-", "cpu"],
-        ["fine", "12.3", "1274", "901", "cuda:0"],
-        ["eval", "38.6", "1500 (process)", "-", "cpu"],
+        ["coarse", "137.2", "812", "2048", "-", "cpu"],
+        ["fine", "12.3", "-", "1274", "901", "cuda:0"],
+        ["eval", "38.6", "-", "1500 (process)", "-", "cpu"],
     ]
     assert client.get("/runs/candidate.json").json()["config"]["steps"] == STEPS
     assert 'id="steps"' not in client.get("/runs/k-eco-60").text  # a run recorded without them

@@ -31,6 +31,16 @@ def test_each_step_has_its_own_peak() -> None:
     assert big.seconds > 0 and big.peak_device_mb is None and big.peak_mb == big.peak_rss_mb
 
 
+def test_a_step_records_what_was_resident_when_it_began() -> None:
+    """The step's own growth is its peak less its start: memory held before it is not the step's."""
+    held = torch.ones(BIG_MB * 2**18)  # held across the step, allocated before it
+    with measure_step() as step:
+        torch.ones(1000).sum()
+    assert step.start_rss_mb is not None and step.start_rss_mb > BIG_MB * 0.9
+    assert 0 <= step.peak_rss_mb - step.start_rss_mb < BIG_MB * 0.2, step
+    del held
+
+
 def test_report_and_results_block_carry_each_step(tmp_path: Path, toy_corpus: Path) -> None:
     config = PruneConfig.build(model="tiny-llama", corpus=str(toy_corpus), device="cpu", nsamples=4, seqlen=32,
                                score_nsamples=2, score_seqlen=16, granularity="layer")  # fmt: skip

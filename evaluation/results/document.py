@@ -75,6 +75,7 @@ class StepEntry(BaseModel):
 
     seconds: float = Field(ge=0.0, allow_inf_nan=False)
     peak_rss_mb: float | None = Field(None, ge=0.0, allow_inf_nan=False)
+    start_rss_mb: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     peak_device_mb: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     peak_rss_scope: str | None = Field(None, max_length=16)
     device: str | None = Field(None, max_length=32)
@@ -242,7 +243,8 @@ def _run_columns(doc: ResultsDocument) -> dict[str, Any]:
     assert block is not None
     extra = {"calibration": block.calibration, "tasks": doc.configs, "skipped": doc.skipped}
     extra |= {"source": block.source} if getattr(block, "source", None) else {}
-    extra |= {"steps": {name: step.model_dump() for name, step in block.steps.items()}} if block.steps else {}
+    extra |= {"steps": {name: step.model_dump(exclude_unset=True) for name, step in block.steps.items()}} if block.steps else {}
+    extra |= {"evaluation": block.evaluation} if isinstance(getattr(block, "evaluation", None), dict) else {}
     method = block.identity()
     return {
         "model": block.model,
