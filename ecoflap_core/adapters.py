@@ -77,6 +77,9 @@ class ModelAdapter(ABC):
     #: a block's tensors read from the model's files by the block's name (names relative to the block), for
     #: ``--offload disk``; set by loaders that left the blocks' weights unread (LoadOptions.extra["offload"])
     block_weights: Callable[[str], BlockState] | None = None
+    #: one tensor read from the model's files by its full name (the same loaders): the weights hash of a model
+    #: whose blocks stayed on disk reads them one at a time
+    stored_tensor: Callable[[str], torch.Tensor] | None = None
 
     def __init__(
         self,

@@ -102,7 +102,7 @@ def identify(adapter: ModelAdapter, config: PruneConfig) -> dict[str, Any]:
     return {
         "model": config.model,
         "model_id": adapter.model_id,
-        "weights_hash": weights_hash(adapter.model),
+        "weights_hash": weights_hash(adapter.model, adapter.stored_tensor),
         "describe": adapter.describe(),
         "layers": layers,
     }

@@ -14,7 +14,7 @@ import os
 import platform
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -44,12 +44,18 @@ def method_key(method: Mapping[str, Any] | None) -> str | None:
 
 
 # ---- identities --------------------------------------------------------------------------------------
-def weights_hash(model: Any) -> str:
-    """sha256 over every tensor of ``model.state_dict()`` (name, dtype, shape, bytes)."""
+def weights_hash(model: Any, stored: Callable[[str], Any] | None = None) -> str:
+    """sha256 over every tensor of ``model.state_dict()`` (name, dtype, shape, bytes). A tensor left on the meta
+    device (a block kept on disk by ``--offload disk``) is read by ``stored(name)``, one at a time: the hash is
+    that of the model in memory, without ever holding it whole."""
     import torch  # the only heavy import of this module: callers that hash weights have torch loaded
 
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
+        if tensor.is_meta:
+            if stored is None:
+                raise ValueError(f"{name} is on the meta device and no reader of the stored weights was given")
+            tensor = stored(name)
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(memoryview(flat.view(torch.uint8).numpy()))

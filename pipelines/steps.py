@@ -120,7 +120,8 @@ def _implementation(identity: Step, kind: str) -> dict[str, str | None] | None:
 def identify(config: RunConfig, registries: Registries, log: Log = print) -> Step:
     """Load the dense model once: its weights hash and prunable layers, saved for the later steps."""
     start = time.perf_counter()
-    adapter = job.load_model(registries, config.model_copy(update={"device": "cpu"}))  # hashed on the CPU
+    cpu = config.model_copy(update={"device": "cpu"})  # hashed on the CPU; blocks kept on disk are read one at a time
+    adapter = job.load_model(registries, cpu, offload=True)
     identity = job.identify(adapter, config) | {"implementations": implementations(config, registries)}
     key = cache_key("layers/v3", _model(identity), config.targets, config.ignore, config.towers)
     path = write_json(run_cache() / "layers" / f"{key}.json", identity)

@@ -193,3 +193,16 @@ def test_disk_offload_needs_a_loader_that_leaves_blocks_on_disk(toy_corpus: Path
     config = PruneConfig.build(**settings("tiny-llama", toy_corpus, offload="disk"))
     with pytest.raises(EcoflapError, match="cannot leave its blocks on disk"):
         job.load_model(REGISTRIES, config, offload=True)
+
+
+def test_disk_offload_hashes_the_weights_of_the_model_in_memory(llama_folder: Path) -> None:
+    """The identify step under --offload disk reads the blocks one tensor at a time: same hash, blocks never loaded."""
+    from ecoflap.core.provenance import weights_hash
+
+    in_memory = job.load_model(REGISTRIES, PruneConfig(model=str(llama_folder), device="cpu"))
+    on_disk = job.load_model(REGISTRIES, PruneConfig(model=str(llama_folder), device="cpu", offload="disk"), offload=True)
+    blocks = [p for tower in on_disk.towers() for block in tower.blocks for p in block.module.parameters()]
+    assert weights_hash(on_disk.model, on_disk.stored_tensor) == weights_hash(in_memory.model)
+    assert all(p.is_meta for p in blocks)
+    with pytest.raises(ValueError, match="meta device"):
+        weights_hash(on_disk.model)

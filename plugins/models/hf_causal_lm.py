@@ -146,6 +146,7 @@ def load_folder(options: LoadOptions) -> CausalLMAdapter:
     adapter = CausalLMAdapter(model, tokenizer, str(path), targets=options.targets, ignore=options.ignore)
     if on_disk:
         adapter.block_weights = lambda block: weights.tensors(block + ".")
+        adapter.stored_tensor = weights.tensor  # the weights hash reads the blocks from the files one at a time
     return adapter
 
 
@@ -165,6 +166,13 @@ class SafetensorsFolder:
                 self.files = dict.fromkeys(f.keys(), path / "model.safetensors")
         else:
             raise EcoflapError(f"--offload disk reads safetensors weights, and {path} has none: use --offload cpu")
+
+    def tensor(self, name: str) -> torch.Tensor:
+        """One tensor by its full name."""
+        from safetensors import safe_open
+
+        with safe_open(str(self.files[name]), framework="pt") as f:
+            return f.get_tensor(name).to(self.dtype)
 
     def tensors(self, prefix: str, exclude: str | None = None) -> dict[str, torch.Tensor]:
         """The tensors whose names start with ``prefix`` (and not ``exclude``), named without the prefix."""
