@@ -12,7 +12,7 @@ from ecoflap.core.allocation import Allocation, AllocationRequest, Allocator, La
 from ecoflap.core.config import PruneConfig
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.progress import ProgressFactory, no_progress
-from ecoflap.core.pruning import Comparison, LayerPruner
+from ecoflap.core.pruning import Comparison, LayerPruner, MaskRefiner
 from ecoflap.core.scoring import Scorer
 from ecoflap.core.sequential import LayerSparsity, prune_sequential
 
@@ -24,6 +24,8 @@ class Methods:
     scorer: Scorer | None
     allocator: Allocator
     pruner: type[LayerPruner]
+    #: ``--refine``: a refinement run after the pruner on every layer (None: the pruner's mask as it is)
+    refiner: type[MaskRefiner] | None = None
 
 
 @dataclass
@@ -102,7 +104,9 @@ def compress(
         timings["coarse"] = time.perf_counter() - start
     allocation = allocate(layer_infos(towers), config, methods.allocator, scores)
     start = time.perf_counter()
-    measured = prune_fine(adapter, towers, config, methods.pruner, fine_batch, allocation.sparsity, progress)
+    measured = prune_fine(
+        adapter, towers, config, methods.pruner, fine_batch, allocation.sparsity, progress, methods.refiner
+    )
     timings["fine"] = time.perf_counter() - start
     return PruneResult(allocation, measured, scores, timings, layer_infos(towers))
 
@@ -140,8 +144,10 @@ def prune_fine(
     fine_batch: Batch,
     sparsity: dict[str, float],
     progress: ProgressFactory = no_progress,
+    refiner: type[MaskRefiner] | None = None,
 ) -> LayerSparsity:
-    """The fine step alone: prune ``adapter.model`` in place to ``sparsity`` per layer."""
+    """The fine step alone: prune ``adapter.model`` in place to ``sparsity`` per layer (each mask then refined
+    by ``refiner``)."""
     return prune_sequential(
         adapter,
         towers,
@@ -153,4 +159,5 @@ def prune_fine(
         micro_batch=config.micro_batch,
         progress=progress,
         onloader=getattr(adapter, "onloader", None),
+        make_refiner=(lambda layer, comparison: refiner(layer, comparison)) if refiner else None,
     )

@@ -50,7 +50,10 @@ class PruneConfig(BaseModel):
     # group "method"
     scorer: str = Field("zeroth-order", description="coarse scorer: zeroth-order, first-order")
     allocator: str = Field("ecoflap", description="sparsity allocator: ecoflap, uniform, from-file")
-    pruner: str = Field("wanda", description="layer pruner: wanda, sparsegpt, magnitude")
+    pruner: str = Field("wanda", description="layer pruner: wanda, sparsegpt, magnitude, ria")
+    refine: str | None = Field(
+        None, min_length=1, description="refine each layer's mask after a mask-only pruner: dsnot (DSnoT)"
+    )
     allocation_file: str | None = Field(None, description="JSON sparsity per layer for --allocator from-file")
     sparsity: float = Field(0.5, ge=0.0, lt=1.0, allow_inf_nan=False, description="global target sparsity in [0, 1)")
     max_sparsity: float | None = Field(
@@ -85,8 +88,8 @@ class PruneConfig(BaseModel):
     GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Model": ("model", "targets", "ignore", "towers", "dtype", "corpus"),
         "Device": ("device", "offload"),
-        "Method": ("scorer", "allocator", "pruner", "allocation_file", "sparsity", "max_sparsity", "granularity",
-                   "aggregation", "per_tower", "nm", "comparison"),
+        "Method": ("scorer", "allocator", "pruner", "refine", "allocation_file", "sparsity", "max_sparsity",
+                   "granularity", "aggregation", "per_tower", "nm", "comparison"),
         "Calibration": ("nsamples", "seqlen", "score_nsamples", "score_seqlen", "seed", "micro_batch"),
         "Coarse-step scorers": ("zo_eps", "zo_noise", "zo_group", "zo_level", "fo_variant"),
     }  # fmt: skip
@@ -163,7 +166,7 @@ class PruneConfig(BaseModel):
         device = self.device_identity()  # absent on the CPU: the keys of CPU runs are those of before devices
         return ({"device": device} if device else {}) | {
             "pruner": self.pruner,
-            "pruner_options": {"comparison": self.comparison},
+            "pruner_options": {"comparison": self.comparison} | ({"refine": self.refine} if self.refine else {}),
             "nm": self.nm,
             "scorer": self.scorer if needs_scores else None,
             "scorer_options": self.scorer_options() if needs_scores else {},

@@ -10,6 +10,7 @@ those tasks. The checkpoint folder holds the pruned model, ``allocation.json`` a
 
 from __future__ import annotations
 
+import difflib
 import resource
 import threading
 from collections.abc import Callable
@@ -29,6 +30,7 @@ from ecoflap.core.outputs import staged_folder
 from ecoflap.core.plugins import Registries
 from ecoflap.core.progress import ProgressFactory, no_progress
 from ecoflap.core.provenance import versions, weights_hash, write_json
+from ecoflap.core.pruning import LayerPruner, MaskRefiner
 
 Log = Callable[[str], Any]
 REPORT_VERSION = "ecoflap-report/v2"
@@ -93,7 +95,32 @@ def resolve_methods(registries: Registries, config: PruneConfig) -> Methods:
         )
     if config.pattern and allocator_cls.needs_scores:
         raise EcoflapError(f"N:M sparsity ({config.nm}) is the same in every layer: use --allocator uniform")
-    return Methods(scorer, allocator_cls(**options), pruner)
+    return Methods(scorer, allocator_cls(**options), pruner, resolve_refiner(registries, config, pruner))
+
+
+def resolve_refiner(registries: Registries, config: PruneConfig, pruner: type[LayerPruner]) -> type[MaskRefiner] | None:
+    """``--refine``: a registered refinement, after a pruner whose mask it may change (checked before any model
+    loads)."""
+    refinements = {n: cls for n in registries.pruners if issubclass(cls := registries.pruners.get(n), MaskRefiner)}
+    if issubclass(pruner, MaskRefiner):
+        raise EcoflapError(
+            f"{config.pruner} refines another pruner's mask: use --pruner wanda --refine {config.pruner}"
+        )
+    if config.refine is None:
+        return None
+    if config.refine not in refinements:
+        close = difflib.get_close_matches(config.refine, refinements, n=1, cutoff=0.5)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise EcoflapError(
+            f"--refine {config.refine!r} is not a refinement of a pruner's mask.{hint} Available: "
+            + (", ".join(refinements) or "(none)")
+        )
+    if not pruner.mask_only:
+        raise EcoflapError(
+            f"--refine {config.refine} changes a mask and needs a pruner that only zeroes weights: "
+            f"{config.pruner} also changes the weights it keeps (use wanda, ria or magnitude)"
+        )
+    return refinements[config.refine]
 
 
 def identify(adapter: ModelAdapter, config: PruneConfig) -> dict[str, Any]:
@@ -162,7 +189,9 @@ def fine_step(
     towers = select_towers(adapter.towers(), config.towers)
     with measure_step(adapter.device) as step:
         batch = calibration_batch(adapter, config, config.nsamples, config.seqlen)
-        measured = prune_fine(adapter, towers, config, methods.pruner, batch, sparsity.sparsity, progress)
+        measured = prune_fine(
+            adapter, towers, config, methods.pruner, batch, sparsity.sparsity, progress, methods.refiner
+        )
     return PruneResult(
         sparsity, measured, timings={"fine": step.seconds}, layers=layer_infos(towers), steps={"fine": step.to_dict()}
     )

@@ -4,6 +4,9 @@ A pruner is a small object over ONE ``nn.Linear`` (the shape of IST-DASLab/spars
 locuslab/wanda ``WrappedGPT``): a forward hook feeds it the layer's inputs with ``add_batch``; then
 ``prune(sparsity, pattern)`` zeroes weights in place and returns the mask of PRUNED weights
 (``True`` where the weight was set to zero); ``free()`` drops the statistics.
+
+A :class:`MaskRefiner` (``--refine``, e.g. DSnoT) is registered as a pruner too: it collects its own
+statistics from the same inputs, then changes the mask a mask-only pruner chose for the same layer.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class LayerPruner(ABC):
     name: ClassVar[str]
     #: whether ``add_batch`` needs the layer's inputs (magnitude does not)
     needs_inputs: ClassVar[bool] = True
+    #: whether ``prune`` only zeroes weights, leaving the kept ones as they were (then ``--refine`` may follow)
+    mask_only: ClassVar[bool] = False
 
     def __init__(self, layer: nn.Linear, comparison: Comparison = "row") -> None:
         self.layer = layer
@@ -68,6 +73,36 @@ class LayerPruner(ABC):
 
     def free(self) -> None:  # noqa: B027 (optional hook)
         """Drop accumulated statistics."""
+
+
+class MaskRefiner(LayerPruner):
+    """Refines the mask that a mask-only pruner chose for the same layer (``--refine``), in the fine step."""
+
+    @abstractmethod
+    def refine(self, dense: torch.Tensor, mask: torch.Tensor, pattern: NMPattern | None = None) -> torch.Tensor:
+        """From the layer's ``dense`` weights and the pruner's ``mask`` (True = pruned), set the layer's weights to
+        the dense ones with the refined mask zeroed; return the refined mask."""
+
+    def prune(self, sparsity: float, pattern: NMPattern | None = None) -> torch.Tensor:
+        raise EcoflapError(f"{self.name} refines another pruner's mask: use --refine {self.name} after a --pruner")
+
+
+def input_tokens(inp: torch.Tensor) -> torch.Tensor:
+    """Inputs as ``[tokens, d_in]`` in fp32."""
+    return inp.detach().reshape(-1, inp.shape[-1]).float()
+
+
+def input_sequences(inp: torch.Tensor) -> int:
+    """How many sequences a batch holds (Wanda and SparseGPT average over sequences)."""
+    return inp.shape[0] if inp.dim() > 2 else 1
+
+
+def add_to_mean(mean: torch.Tensor, nsamples: int, total: torch.Tensor, count: int) -> int:
+    """Wanda's running mean over sequences: ``mean`` (in place) becomes the mean over ``nsamples + count``
+    sequences, given the ``total`` of the ``count`` new ones; returns ``nsamples + count``."""
+    mean *= nsamples / (nsamples + count)
+    mean += total / (nsamples + count)
+    return nsamples + count
 
 
 def validate_sparsity(sparsity: float) -> None:

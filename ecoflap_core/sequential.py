@@ -18,9 +18,10 @@ from torch import nn
 from ecoflap.core.adapters import Batch, Block, ModelAdapter, Tower, split_batch
 from ecoflap.core.onload import Onloader
 from ecoflap.core.progress import ProgressFactory, no_progress
-from ecoflap.core.pruning import Comparison, LayerPruner, NMPattern
+from ecoflap.core.pruning import Comparison, LayerPruner, MaskRefiner, NMPattern
 
 PrunerFactory = Callable[[nn.Linear, str], LayerPruner]
+RefinerFactory = Callable[[nn.Linear, str], MaskRefiner]
 
 
 class _Captured(Exception):
@@ -96,21 +97,41 @@ def run_block(block: Block, inputs: Sequence[BlockInput]) -> list[BlockInput]:
     return outputs
 
 
-def collect_statistics(block: Block, pruners: dict[str, LayerPruner], inputs: Sequence[BlockInput]) -> None:
-    """One pass of the (still dense) block with each pruner's ``add_batch`` on its layer's inputs."""
-    hooked = {n: p for n, p in pruners.items() if p.needs_inputs}
+def collect_statistics(
+    block: Block,
+    pruners: dict[str, LayerPruner],
+    inputs: Sequence[BlockInput],
+    refiners: dict[str, MaskRefiner] | None = None,
+) -> None:
+    """One pass of the (still dense) block with each pruner's (and refiner's) ``add_batch`` on its layer's inputs."""
+    groups: tuple[dict[str, Any], ...] = (pruners, refiners or {})
+    hooked = [(n, p) for group in groups for n, p in group.items() if p.needs_inputs]
     if not hooked:
         return
 
     def feeder(pruner: LayerPruner):
         return lambda module, args, output: pruner.add_batch(args[0].detach(), output.detach())
 
-    handles = [block.linears[n].register_forward_hook(feeder(p)) for n, p in hooked.items()]
+    handles = [block.linears[n].register_forward_hook(feeder(p)) for n, p in hooked]
     try:
         run_block(block, inputs)
     finally:
         for h in handles:
             h.remove()
+
+
+def prune_layer(
+    layer: nn.Linear, pruner: LayerPruner, sparsity: float, pattern: NMPattern | None, refiner: MaskRefiner | None
+) -> None:
+    """The pruner's mask, then (``--refine``) the refiner's change of it from the dense weights."""
+    if refiner is None:
+        pruner.prune(sparsity, pattern)
+        pruner.free()
+        return
+    dense = layer.weight.detach().clone()
+    refiner.refine(dense, pruner.prune(sparsity, pattern), pattern)
+    pruner.free()
+    refiner.free()
 
 
 def prune_block(
@@ -120,13 +141,14 @@ def prune_block(
     sparsity: dict[str, float],
     pattern: NMPattern | None,
     comparison: Comparison,
+    make_refiner: RefinerFactory | None = None,
 ) -> list[BlockInput]:
-    """Prune every linear of one block at once; return the pruned block's outputs."""
+    """Prune every linear of one block at once (each refined by ``make_refiner``'s); return the block's outputs."""
     pruners = {n: make_pruner(lin, comparison) for n, lin in block.linears.items()}
-    collect_statistics(block, pruners, inputs)
+    refiners = {n: make_refiner(lin, comparison) for n, lin in block.linears.items()} if make_refiner else {}
+    collect_statistics(block, pruners, inputs, refiners)
     for name, pruner in pruners.items():
-        pruner.prune(sparsity[name], pattern)
-        pruner.free()
+        prune_layer(block.linears[name], pruner, sparsity[name], pattern, refiners.get(name))
     return run_block(block, inputs)
 
 
@@ -142,6 +164,7 @@ def prune_sequential(
     micro_batch: int = 8,
     progress: ProgressFactory = no_progress,
     onloader: Onloader | None = None,
+    make_refiner: RefinerFactory | None = None,
 ) -> LayerSparsity:
     """Prune tower by tower, block by block, replaying inputs through the already-pruned blocks (with an
     ``onloader``, each block sits on the execution device only from its statistics to its pruned outputs)."""
@@ -152,7 +175,8 @@ def prune_sequential(
             inputs = [capture_inputs(adapter, tower.blocks[0], m) for m in split_batch(batch, micro_batch)]
             for block in tower.blocks:
                 with onloader.held(block.module) if onloader else contextlib.nullcontext():
-                    inputs = prune_block(block, inputs, make_pruner, sparsity, pattern, comparison(tower.name))
+                    groups = comparison(tower.name)
+                    inputs = prune_block(block, inputs, make_pruner, sparsity, pattern, groups, make_refiner)
                     for name, layer in block.linears.items():  # measured while the block is in memory
                         measured.record(name, layer.weight)
                 bar.update(1)

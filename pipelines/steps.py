@@ -64,7 +64,10 @@ def implementations(config: RunConfig, registries: Registries) -> dict[str, dict
     }
     if registries.allocators.get(config.allocator).needs_scores:
         parts["scorer"] = config.scorer
-    return {kind: registries.implementation(kind, name) for kind, name in parts.items()}
+    found = {kind: registries.implementation(kind, name) for kind, name in parts.items()}
+    if config.refine:  # a refinement (--refine) is registered as a pruner
+        found["refine"] = registries.implementation("pruner", config.refine)
+    return found
 
 
 def scores_key(config: RunConfig, identity: Step) -> str:
@@ -87,6 +90,8 @@ def checkpoint_key(config: RunConfig, identity: Step, allocated: Step) -> str:
     method = config.method()
     pruner = [method["pruner"], method["pruner_options"], method["nm"], config.micro_batch]
     implementation = _implementation(identity, "pruner")
+    if config.refine:  # keys without --refine stay those of before it
+        pruner.append(_implementation(identity, "refine"))
     return cache_key(
         "checkpoint/v3", allocated["key"], _model(identity), pruner, implementation, method["calibration"],
         *_device(config),

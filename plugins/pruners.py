@@ -1,4 +1,5 @@
-"""Built-in layer pruners: magnitude, Wanda (locuslab/wanda), SparseGPT (IST-DASLab/sparsegpt).
+"""Built-in layer pruners: magnitude, Wanda (locuslab/wanda), SparseGPT (IST-DASLab/sparsegpt); RIA (ria.py)
+and the DSnoT refinement (dsnot.py) are registered here too.
 
 Re-derived from the papers' algorithms; each works on one ``nn.Linear`` through the
 ``add_batch`` / ``prune`` / ``free`` contract of :mod:`ecoflap.core.pruning`.
@@ -14,7 +15,18 @@ from torch import nn
 
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
-from ecoflap.core.pruning import Comparison, LayerPruner, NMPattern, nm_mask, prune_mask, validate_sparsity
+from ecoflap.core.pruning import (
+    Comparison,
+    LayerPruner,
+    NMPattern,
+    input_sequences,
+    input_tokens,
+    nm_mask,
+    prune_mask,
+    validate_sparsity,
+)
+from ecoflap.plugins.dsnot import DSnoTRefiner
+from ecoflap.plugins.ria import RIAPruner
 
 
 def _zero(layer: nn.Linear, mask: torch.Tensor) -> torch.Tensor:
@@ -23,21 +35,12 @@ def _zero(layer: nn.Linear, mask: torch.Tensor) -> torch.Tensor:
     return mask
 
 
-def _tokens(inp: torch.Tensor) -> torch.Tensor:
-    """Inputs as ``[tokens, d_in]`` in fp32."""
-    return inp.detach().reshape(-1, inp.shape[-1]).float()
-
-
-def _sequences(inp: torch.Tensor) -> int:
-    """How many sequences a batch holds (Wanda and SparseGPT average over sequences)."""
-    return inp.shape[0] if inp.dim() > 2 else 1
-
-
 class MagnitudePruner(LayerPruner):
     """Prune the smallest |W| (absolute values: the reference's global variant ranked signed W)."""
 
     name = "magnitude"
     needs_inputs = False
+    mask_only = True
 
     def prune(self, sparsity: float, pattern: NMPattern | None = None) -> torch.Tensor:
         score = self.layer.weight.detach().abs().float()
@@ -48,16 +51,17 @@ class WandaPruner(LayerPruner):
     """score_ij = |W_ij| * ||X_j||_2, the squared input norms kept as Wanda's running mean."""
 
     name = "wanda"
+    mask_only = True
 
     def __init__(self, layer: nn.Linear, comparison: Comparison = "row") -> None:
         super().__init__(layer, comparison)
         self.scaler_row = torch.zeros(layer.in_features, dtype=torch.float32, device=layer.weight.device)
 
     def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
-        count = _sequences(inp)
+        count = input_sequences(inp)
         self.scaler_row *= self.nsamples / (self.nsamples + count)
         self.nsamples += count
-        self.scaler_row += _tokens(inp).pow(2).sum(dim=0) / self.nsamples
+        self.scaler_row += input_tokens(inp).pow(2).sum(dim=0) / self.nsamples
 
     def prune(self, sparsity: float, pattern: NMPattern | None = None) -> torch.Tensor:
         score = self.layer.weight.detach().abs().float() * self.scaler_row.sqrt()
@@ -83,10 +87,10 @@ class SparseGPTPruner(LayerPruner):
         self.H = torch.zeros(cols, cols, dtype=torch.float32, device=layer.weight.device)
 
     def add_batch(self, inp: torch.Tensor, out: torch.Tensor) -> None:
-        count = _sequences(inp)
+        count = input_sequences(inp)
         self.H *= self.nsamples / (self.nsamples + count)
         self.nsamples += count
-        x = math.sqrt(2 / self.nsamples) * _tokens(inp)
+        x = math.sqrt(2 / self.nsamples) * input_tokens(inp)
         self.H += x.T @ x
 
     def prune(self, sparsity: float, pattern: NMPattern | None = None) -> torch.Tensor:
@@ -165,3 +169,5 @@ def register_pruners(register: Callable[[type[LayerPruner]], None]) -> None:
     register(MagnitudePruner)
     register(WandaPruner)
     register(SparseGPTPruner)
+    register(RIAPruner)
+    register(DSnoTRefiner)

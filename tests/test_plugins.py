@@ -217,7 +217,7 @@ def test_plugins_command_lists_a_third_party_plugin() -> None:
     plugins = {p["name"]: p for p in json.loads(proc.stdout)}
     assert plugins["sample_pruner"]["registered"] == {"pruners": ["random-keep"]}
     assert plugins["sample_pruner"]["version"] == "0.1.0"
-    assert plugins["pruners"]["registered"]["pruners"] == ["magnitude", "wanda", "sparsegpt"]
+    assert plugins["pruners"]["registered"]["pruners"] == ["magnitude", "wanda", "sparsegpt", "ria", "dsnot"]
 
 
 def test_a_broken_plugin_is_named_and_skipped_or_fails_under_strict() -> None:
@@ -301,6 +301,8 @@ def test_a_third_party_wanda_fails_naming_both_and_the_builtin_keeps_the_name(hi
         "magnitude",
         "wanda",
         "sparsegpt",
+        "ria",
+        "dsnot",
     ]
     assert reg.plugins["hijack"].error == message.split("skipped: ", 1)[1]
     with pytest.raises(PluginLoadError, match=r"'hijack' \(ecoflap-hijack 0.1.0\).*'pruners' \(ecoflap "):
@@ -319,7 +321,7 @@ def test_the_override_gives_wanda_to_the_plugin_and_changes_its_implementation(
         reg = load_plugins(strict=True)
     assert reg.implementation("pruner", "wanda") == HIJACK_WANDA != without == BUILTIN_WANDA
     assert reg.pruners.get("wanda").__name__ == "LargestFirstPruner"
-    assert reg.plugins["pruners"].registered["pruners"] == ["magnitude", "sparsegpt"]
+    assert reg.plugins["pruners"].registered["pruners"] == ["magnitude", "sparsegpt", "ria", "dsnot"]
     assert reg.implementation("pruner", "magnitude")["plugin"] == "pruners"
 
 
@@ -439,7 +441,7 @@ def test_a_duplicate_wanda_from_the_cli_names_both_and_an_override_opts_in(tmp_p
     listed = ecoflap("ls", "pruners", pythonpath=[HIJACK], cwd=tmp_path, tiny_models=False)
     assert listed.returncode == 0, listed.stderr
     owners = {line.split()[0]: line.split()[1] for line in listed.stdout.splitlines()}
-    assert owners == {"magnitude": "pruners", "wanda": "pruners", "sparsegpt": "pruners"}
+    assert owners == {name: "pruners" for name in ("magnitude", "wanda", "sparsegpt", "ria", "dsnot")}
     (warning,) = listed.stderr.strip().splitlines()
     assert warning.startswith("warning: ecoflap plugin 'hijack' (ecoflap-hijack 0.1.0) failed to register")
     assert "'pruners' (ecoflap " in warning
