@@ -76,6 +76,8 @@ class Allocator(ABC):
 
     name: ClassVar[str]
     needs_scores: ClassVar[bool] = True
+    #: the scorer whose statistics this allocator reads, whatever --scorer says (None: the --scorer)
+    scorer: ClassVar[str | None] = None
 
     def __init__(self, **options: Any) -> None:
         self.options = options
@@ -116,6 +118,54 @@ def keep_counts(scores: Mapping[str, float], sizes: Mapping[str, int], target: f
             weights = {g: float(sizes[g] - keep[g]) for g in active}
         for g, extra in _largest_remainder(rest, weights).items():
             keep[g] = min(sizes[g], keep[g] + extra)
+    return keep
+
+
+def shifted_keep_counts(
+    density: Mapping[str, float], sizes: Mapping[str, int], target: float, cap: float
+) -> dict[str, int]:
+    """Exact kept counts near n_g * clip(d_g + c, 1 - cap, 1), with the one shift c that makes them sum to
+    floor(N (1 - target)): densities from a rule that fixes their differences, not their level (OWL, DLP)."""
+    validate_target(target, cap)
+    if any(not math.isfinite(d) for d in density.values()):
+        raise EcoflapError("layer densities must be finite")
+    budget = math.floor(sum(sizes.values()) * (1 - _exact(target)))
+    low = {g: math.ceil(n * (1 - _exact(cap))) for g, n in sizes.items()}
+    _trim_to_budget(low, sizes, cap, budget)
+    quotas = _shifted_quotas(density, sizes, low, budget)
+    return _round_to_budget(quotas, low, sizes, budget)
+
+
+def _shifted_quotas(
+    density: Mapping[str, float], sizes: Mapping[str, int], low: Mapping[str, int], budget: int
+) -> dict[str, float]:
+    """clip(n_g (d_g + c), low_g, n_g) with c found by bisection (the sum grows with c)."""
+
+    def quotas(shift: float) -> dict[str, float]:
+        return {g: min(max(n * (density[g] + shift), low[g]), n) for g, n in sizes.items()}
+
+    below = min(low[g] / n - density[g] for g, n in sizes.items()) - 1.0
+    above = max((1.0 - d for d in density.values()), default=0.0) + 1.0
+    for _ in range(200):
+        middle = (below + above) / 2
+        below, above = (middle, above) if sum(quotas(middle).values()) < budget else (below, middle)
+    return quotas(above)
+
+
+def _round_to_budget(
+    quotas: Mapping[str, float], low: Mapping[str, int], sizes: Mapping[str, int], budget: int
+) -> dict[str, int]:
+    """Integers within [low_g, n_g] that sum to ``budget``: floors, then +1 by largest remainder (or -1 by
+    smallest, if rounding in the quotas overshot)."""
+    keep = {g: min(max(math.floor(q), low[g]), sizes[g]) for g, q in quotas.items()}
+    by_remainder = sorted(quotas, key=lambda g: (keep[g] - quotas[g], g))
+    while (rest := budget - sum(keep.values())) != 0:
+        order = by_remainder if rest > 0 else by_remainder[::-1]
+        room = [g for g in order if (keep[g] < sizes[g] if rest > 0 else keep[g] > low[g])]
+        if not room:  # cannot happen: sum(low) <= budget <= N
+            raise AssertionError(f"no room for {rest} kept weights")
+        for g in room[: abs(rest)]:
+            keep[g] += 1 if rest > 0 else -1
     return keep
 
 

@@ -22,6 +22,8 @@ MAX_SAMPLES = 1_000_000
 MAX_SEQLEN = 1_048_576
 #: examples per evaluation task (the results database's integer columns are 32-bit)
 MAX_EXAMPLES = 2**31 - 1
+#: allocators that read their own statistics of the dense model (the scorer that computes them), not --scorer's
+LAYERWISE_SCORERS = {"owl": "wanda-metric", "dlp": "wanda-metric"}
 #: the largest M of an N:M pattern (layers' input widths are multiples of the usual 4, 8, 16, 32)
 MAX_NM_GROUP = 1024
 
@@ -49,7 +51,7 @@ class PruneConfig(BaseModel):
 
     # group "method"
     scorer: str = Field("zeroth-order", description="coarse scorer: zeroth-order, first-order")
-    allocator: str = Field("ecoflap", description="sparsity allocator: ecoflap, uniform, from-file")
+    allocator: str = Field("ecoflap", description="sparsity allocator: ecoflap, uniform, from-file, owl, dlp")
     pruner: str = Field("wanda", description="layer pruner: wanda, sparsegpt, magnitude, ria")
     refine: str | None = Field(
         None, min_length=1, description="refine each layer's mask after a mask-only pruner: dsnot (DSnoT)"
@@ -57,7 +59,11 @@ class PruneConfig(BaseModel):
     allocation_file: str | None = Field(None, description="JSON sparsity per layer for --allocator from-file")
     sparsity: float = Field(0.5, ge=0.0, lt=1.0, allow_inf_nan=False, description="global target sparsity in [0, 1)")
     max_sparsity: float | None = Field(
-        None, ge=0.0, le=1.0, allow_inf_nan=False, description="cap per group (the paper's p_max) [target + 0.1]"
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="cap per group (the paper's p_max) [target + 0.1; owl, dlp: none, their spread bounds them]",
     )
     granularity: Literal["layer", "block", "tower"] = Field("block", description="allocation groups")
     aggregation: Literal["sum", "avg"] = Field("sum", description="group score: sum or mean of its tensors")
@@ -84,6 +90,18 @@ class PruneConfig(BaseModel):
         "grad-mag-abs", description="first-order score variant"
     )
 
+    # group "owl / dlp" (the reference defaults: OWL's LLaMA-7B script, DLP's run.py)
+    owl_m: float = Field(5.0, gt=0.0, le=1e6, allow_inf_nan=False, description="OWL: outlier above M x block mean")
+    owl_lambda: float = Field(
+        0.08, ge=0.0, le=0.5, allow_inf_nan=False, description="OWL: block densities spread over [0, 2 lambda]"
+    )
+    dlp_alpha: float = Field(
+        0.15, ge=0.0, le=0.5, allow_inf_nan=False, description="DLP: block densities spread over [0, 2 alpha]"
+    )
+    dlp_statistic: Literal["median", "mean"] = Field(
+        "median", description="DLP: a block's unimportance, from its Wanda metric (paper: median)"
+    )
+
     #: how ``--help`` groups the options generated from these fields
     GROUPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "Model": ("model", "targets", "ignore", "towers", "dtype", "corpus"),
@@ -92,6 +110,7 @@ class PruneConfig(BaseModel):
                    "granularity", "aggregation", "per_tower", "nm", "comparison"),
         "Calibration": ("nsamples", "seqlen", "score_nsamples", "score_seqlen", "seed", "micro_batch"),
         "Coarse-step scorers": ("zo_eps", "zo_noise", "zo_group", "zo_level", "fo_variant"),
+        "OWL and DLP allocators": ("owl_m", "owl_lambda", "dlp_alpha", "dlp_statistic"),
     }  # fmt: skip
 
     @field_validator("targets", "ignore")
@@ -133,13 +152,17 @@ class PruneConfig(BaseModel):
     def _consistent(self) -> PruneConfig:
         if self.max_sparsity is not None and self.max_sparsity < self.sparsity:
             raise ValueError(f"max_sparsity {self.max_sparsity} is below the target sparsity {self.sparsity}")
+        if self.allocator in LAYERWISE_SCORERS and self.granularity != "block":
+            raise ValueError(f"the {self.allocator} allocator sets one sparsity per block: use granularity block")
         return self
 
     @property
     def cap(self) -> float:
-        """The maximum sparsity per layer: the paper's target + 0.1 unless set."""
+        """The maximum sparsity per layer: the paper's target + 0.1 unless set (none for owl and dlp)."""
         if self.max_sparsity is not None:
             return self.max_sparsity
+        if self.allocator in LAYERWISE_SCORERS:
+            return 1.0
         return min(round(self.sparsity + 0.1, 10), 1.0)
 
     @property
@@ -162,15 +185,17 @@ class PruneConfig(BaseModel):
 
     def method(self) -> dict[str, Any]:
         """The method's full identity: every setting that changes the pruned model (results, keys, rows)."""
-        needs_scores = self.allocator == "ecoflap"
+        scorer = self.coarse_scorer
         device = self.device_identity()  # absent on the CPU: the keys of CPU runs are those of before devices
+        allocator_options = self.allocator_options()  # absent when none: the keys of before owl and dlp
         return ({"device": device} if device else {}) | {
             "pruner": self.pruner,
             "pruner_options": {"comparison": self.comparison} | ({"refine": self.refine} if self.refine else {}),
             "nm": self.nm,
-            "scorer": self.scorer if needs_scores else None,
-            "scorer_options": self.scorer_options() if needs_scores else {},
+            "scorer": scorer,
+            "scorer_options": self.scorer_options() if scorer else {},
             "allocator": self.allocator,
+            **({"allocator_options": allocator_options} if allocator_options else {}),
             "allocation_file": fingerprint(self.allocation_file),
             "granularity": self.granularity,
             "aggregation": self.aggregation,
@@ -191,8 +216,27 @@ class PruneConfig(BaseModel):
             },
         }
 
+    @property
+    def coarse_scorer(self) -> str | None:
+        """The scorer the coarse step runs: owl's and dlp's own statistics, --scorer for ecoflap, else none."""
+        if self.allocator in LAYERWISE_SCORERS:
+            return LAYERWISE_SCORERS[self.allocator]
+        return self.scorer if self.allocator == "ecoflap" else None
+
+    def allocator_options(self) -> dict[str, Any]:
+        """The settings of the chosen allocator that change its allocation (given to it as options)."""
+        return {"owl": {"owl_lambda": self.owl_lambda}, "dlp": {"dlp_alpha": self.dlp_alpha}}.get(self.allocator, {})
+
+    def statistic_options(self) -> dict[str, Any]:
+        """What owl's and dlp's statistics scorer reduces each block's Wanda metric to (empty for the others)."""
+        if self.allocator == "owl":
+            return {"statistic": "outlier-ratio", "owl_m": self.owl_m}
+        return {"statistic": self.dlp_statistic} if self.allocator == "dlp" else {}
+
     def scorer_options(self) -> dict[str, Any]:
         """The settings of the chosen scorer that change its scores."""
+        if self.allocator in LAYERWISE_SCORERS:
+            return self.statistic_options()
         if self.scorer == "first-order":
             return {"fo_variant": self.fo_variant}
         if self.scorer == "zeroth-order":

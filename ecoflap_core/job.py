@@ -77,8 +77,8 @@ def resolve_methods(registries: Registries, config: PruneConfig) -> Methods:
     allocator_cls = registries.allocators.get(config.allocator)
     pruner = registries.pruners.get(config.pruner)
     scorer = None
-    if allocator_cls.needs_scores:
-        scorer = registries.scorers.get(config.scorer)(
+    if allocator_cls.needs_scores:  # owl and dlp name the scorer of their own statistics
+        scorer = registries.scorers.get(allocator_cls.scorer or config.scorer)(
             eps=config.zo_eps,
             num_noise=config.zo_noise,
             seed=config.seed,
@@ -86,9 +86,10 @@ def resolve_methods(registries: Registries, config: PruneConfig) -> Methods:
             group_size=config.zo_group,
             level=config.zo_level,
             variant=config.fo_variant,
+            **config.statistic_options(),
         )
-    options = {"path": config.allocation_file} if config.allocator == "from-file" else {}
-    if scorer is not None and config.offload != "none" and config.scorer == "first-order":
+    options = config.allocator_options() | ({"path": config.allocation_file} if config.allocator == "from-file" else {})
+    if scorer is not None and config.offload != "none" and scorer.name == "first-order":
         raise EcoflapError(
             "--offload applies to forward passes: first-order scoring needs the whole model on --device "
             "(use --scorer zeroth-order, or --offload none)"

@@ -62,8 +62,9 @@ def implementations(config: RunConfig, registries: Registries) -> dict[str, dict
         "pruner": config.pruner,
         "allocator": config.allocator,
     }
-    if registries.allocators.get(config.allocator).needs_scores:
-        parts["scorer"] = config.scorer
+    allocator = registries.allocators.get(config.allocator)
+    if allocator.needs_scores:
+        parts["scorer"] = allocator.scorer or config.scorer
     found = {kind: registries.implementation(kind, name) for kind, name in parts.items()}
     if config.refine:  # a refinement (--refine) is registered as a pruner
         found["refine"] = registries.implementation("pruner", config.refine)
@@ -74,7 +75,7 @@ def scores_key(config: RunConfig, identity: Step) -> str:
     method = config.method()
     calibration = {k: method["calibration"][k] for k in ("corpus", "score_nsamples", "score_seqlen", "seed")}
     layers = [config.targets, config.ignore, config.towers, config.dtype]
-    scorer = [config.scorer, config.scorer_options(), config.micro_batch, _implementation(identity, "scorer")]
+    scorer = [method["scorer"], config.scorer_options(), config.micro_batch, _implementation(identity, "scorer")]
     return cache_key("scores/v3", _model(identity), calibration, scorer, layers, *_device(config))
 
 
@@ -82,6 +83,7 @@ def allocation_key(config: RunConfig, identity: Step, scores: Step | None) -> st
     upstream = scores["key"] if scores else cache_key(_model(identity), config.targets, config.ignore, config.towers)
     method = config.method()
     settings = {k: method[k] for k in ("allocator", "allocation_file", "granularity", "aggregation", "per_tower")}
+    settings |= {k: method[k] for k in ("allocator_options",) if k in method}  # owl's lambda, dlp's alpha
     allocator = _implementation(identity, "allocator")
     return cache_key("allocation/v3", upstream, settings, config.target, config.cap, allocator)
 

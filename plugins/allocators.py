@@ -1,4 +1,4 @@
-"""Built-in sparsity allocators: ``ecoflap`` (score-driven, capped), ``uniform``, ``from-file``."""
+"""Built-in sparsity allocators: ``ecoflap`` (score-driven, capped), ``uniform``, ``from-file``, ``owl``, ``dlp``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ecoflap.core.allocation import (
 )
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
+from ecoflap.plugins.outlier_allocators import DlpAllocator, OwlAllocator
 
 
 class EcoflapAllocator(Allocator):
@@ -119,3 +120,5 @@ def register_allocators(register) -> None:
     register(EcoflapAllocator)
     register(UniformAllocator)
     register(FromFileAllocator)
+    register(OwlAllocator)
+    register(DlpAllocator)

@@ -6,6 +6,7 @@ from ecoflap.core.adapters import Batch, ModelAdapter, Tower
 from ecoflap.core.hookspecs import hookimpl
 from ecoflap.core.progress import ProgressFactory, no_progress
 from ecoflap.core.scoring import Scorer, first_order_scores, zeroth_order_scores
+from ecoflap.plugins.outlier_allocators import WandaMetricScorer
 
 
 def group_size(adapter: ModelAdapter, asked: int, micro_batch: int) -> int:
@@ -68,3 +69,4 @@ class FirstOrderScorer(Scorer):
 def register_scorers(register) -> None:
     register(ZerothOrderScorer)
     register(FirstOrderScorer)
+    register(WandaMetricScorer)  # the block statistics of --allocator owl and dlp
