@@ -13,7 +13,7 @@ import click
 
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.plugins import add_commands, raise_first_failure
-from ecoflap.pipelines import dashboard_cli, eval_cli, prune_cli, results_cli, run_cli
+from ecoflap.pipelines import arena_cli, dashboard_cli, eval_cli, prune_cli, results_cli, run_cli
 from ecoflap.pipelines.common import registries as loaded_plugins
 
 
@@ -92,7 +92,7 @@ def _plugin_commands() -> None:
 
 
 cli.add_command(prune_cli.prune)
-for _module in (run_cli, results_cli, eval_cli, dashboard_cli):
+for _module in (run_cli, arena_cli, results_cli, eval_cli, dashboard_cli):
     _module.register(cli)
 
 

@@ -196,6 +196,45 @@ def test_compare_two_runs(browser: Any, site: str, seeded: dict[str, Any]):
     screenshot(browser, "compare")
 
 
+def test_arena_ranks_the_cells_and_draws_each_allocation(browser: Any, site: str, seeded: dict[str, Any]):
+    from selenium.webdriver.common.by import By
+
+    from ecoflap.evaluation.results.arena import block_allocation
+
+    open_page(browser, f"{site}/arena?model=tiny-llama&task=wikitext&metric=token_perplexity", "svg#arena-chart-1")
+    assert browser.find_element(By.CSS_SELECTOR, "nav a.current").text == "Arena"
+    runs = pruned(seeded["runs"], "tiny-llama")
+    for n, sparsity in enumerate(SPARSITIES, start=1):
+        cells = [r for r in runs if r["target_sparsity"] == sparsity]
+        value = {
+            r["allocator"]: next(m["value"] for m in r["metrics"] if m["metric"] == "token_perplexity") for r in cells
+        }
+        table = browser.find_element(By.ID, f"arena-{n}")
+        rows = [
+            [td.text for td in tr.find_elements(By.TAG_NAME, "td")]
+            for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr")
+        ]
+        assert [row[1] for row in rows] == sorted(value, key=value.get)  # lower perplexity first
+        assert [row[0] for row in rows] == ["1", "2"] and {row[2] for row in rows} == {"wanda"}
+        scoring = {row[1]: row[8] for row in rows}
+        assert scoring["uniform"] == "0.0" and float(scoring["ecoflap"]) > 0  # the coarse step's time
+        chart = browser.find_element(By.ID, f"arena-chart-{n}")
+        lines = {
+            g.get_attribute("data-series").split(". ", 1)[1]: g
+            for g in chart.find_elements(By.CSS_SELECTOR, "g.series")
+        }
+        assert set(lines) == {"ecoflap + wanda", "uniform + wanda"}
+        for cell in cells:
+            blocks = [b["target"] for b in block_allocation(cell["allocation"])]
+            points = lines[f"{cell['allocator']} + wanda"].find_element(By.TAG_NAME, "polyline").get_attribute("points")
+            heights = [float(p.split(",")[1]) for p in points.split()]
+            assert len(heights) == len(blocks) > 1  # one point per block
+            order = sorted(range(len(blocks)), key=lambda i: blocks[i])  # a sparser block is drawn higher
+            assert all(heights[i] >= heights[j] for i, j in zip(order, order[1:], strict=False))
+            assert (len(set(heights)) == 1) == (cell["allocator"] == "uniform")
+    screenshot(browser, "arena")
+
+
 # ---- errors and escaping ------------------------------------------------------------------------
 
 

@@ -1,9 +1,9 @@
 """The results dashboard: a read-only Starlette app over the results database (SQLite or PostgreSQL).
 
 Pages (each with a JSON twin ``<page>.json`` and a CSV export ``<page>.csv``): the leaderboard (``/``),
-curves of a metric against sparsity (``/curves``), the runs (``/runs``), one run (``/runs/<ref>``) and
-two runs side by side (``/compare?a=..&b=..``). HTML comes from Jinja2 templates with autoescaping;
-charts are server-side SVG; styles are served from ``static/``; nothing loads from another host.
+curves of a metric against sparsity (``/curves``), the allocator arena (``/arena``), the runs (``/runs``), one
+run (``/runs/<ref>``) and two runs side by side (``/compare?a=..&b=..``). HTML comes from Jinja2 templates with
+autoescaping; charts are server-side SVG; styles are served from ``static/``; nothing loads from another host.
 Only GET (and HEAD) routes exist, and the database is opened read-only.
 """
 
@@ -30,6 +30,7 @@ from starlette.templating import Jinja2Templates
 
 from ecoflap.core.errors import EcoflapError
 from ecoflap.evaluation.dashboard import charts, views
+from ecoflap.evaluation.results.arena import COLUMNS as ARENA_COLUMNS
 from ecoflap.evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
 from ecoflap.evaluation.results.store import StoreUnavailable, masked, resolve_url
 from ecoflap.evaluation.results.tables import finite
@@ -159,15 +160,30 @@ def compare_page(request: Request, store: Any) -> Page:
 
 
 def _blocks_chart(view: dict[str, Any]) -> charts.LineChart | None:
-    series = {}
-    for side in ("a", "b"):
-        points = [(i, row[f"target_{side}"], None) for i, row in enumerate(view["blocks"])]
-        points = [p for p in points if p[1] is not None]
-        if points:
-            series[f"{side}: run {view[side]['id']} ({view[side]['method']})"] = points
-    return (
-        charts.line_chart(series, "block (in pruning order)", "allocated sparsity", scale="linear") if series else None
-    )
+    series = {
+        f"{side}: run {view[side]['id']} ({view[side]['method']})": [row[f"target_{side}"] for row in view["blocks"]]
+        for side in ("a", "b")
+    }
+    return charts.block_lines(series)
+
+
+def arena_page(request: Request, store: Any) -> Page:
+    view = views.arena(store, request.query_params)
+    figures = [_arena_chart(section["rows"]) for section in view.sections]
+    title = f"Arena: {view.metric} of {view.model} on {view.task}" if view.metric else "Arena"
+    context = {"view": view, "charts": figures}
+    return Page("arena", title, context, view.as_json(), view.rows(), ARENA_COLUMNS)
+
+
+def _arena_chart(rows: list[dict[str, Any]]) -> charts.LineChart | None:
+    """Each cell's allocated sparsity per block, side by side (blocks in the order the first cell lists them)."""
+    blocks = list(dict.fromkeys(b["block"] for row in rows for b in row["blocks"]))
+    series, ids = {}, {}
+    for row in rows:
+        name = f"{row['rank']}. {row['allocator']} + {row['pruner']}"
+        targets = {b["block"]: b["target"] for b in row["blocks"]}
+        series[name], ids[name] = [targets.get(block) for block in blocks], row["run_id"]
+    return charts.block_lines(series, ids)
 
 
 # ---- responses ----------------------------------------------------------------------------------
@@ -253,6 +269,7 @@ def _routes(dashboard: Dashboard) -> list[Any]:
         ("/", leaderboard_page, "leaderboard", ("html",)),
         ("/leaderboard", leaderboard_page, "leaderboard_page", ("html", "json", "csv")),
         ("/curves", curves_page, "curves", ("html", "json", "csv")),
+        ("/arena", arena_page, "arena", ("html", "json", "csv")),
         ("/runs", runs_page, "runs", ("html", "json", "csv")),
         ("/compare", compare_page, "compare", ("html", "json", "csv")),
         ("/runs/{ref}/allocation", run_allocation_page, "run_allocation", ("json", "csv")),

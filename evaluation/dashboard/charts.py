@@ -228,3 +228,13 @@ def _bar(row: dict[str, Any], x: float, step: float, y_scale: Scale, colours: di
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+def block_lines(series: dict[str, list[float | None]], ids: dict[str, Any] | None = None) -> LineChart | None:
+    """The sparsity each series allocated to each block (x: the block's place in pruning order), one line each."""
+    points = {
+        name: [(i, value, (ids or {}).get(name)) for i, value in enumerate(values) if value is not None]
+        for name, values in series.items()
+    }
+    points = {name: line for name, line in points.items() if line}
+    return line_chart(points, "block (in pruning order)", "allocated sparsity", scale="linear") if points else None

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.results.arena import arena_rows
 from ecoflap.evaluation.results.comparison import compare_runs
 from ecoflap.evaluation.results.leaderboard import COLUMNS as LEADERBOARD_COLUMNS
 from ecoflap.evaluation.results.method import SPARSITY_DIGITS
@@ -145,7 +146,22 @@ class Curves:
 
 def curves(store: Any, params: Mapping[str, str]) -> Curves:
     """The chosen model/task/metric (default: the first of each that has results) from the leaderboard rows."""
-    every = store.leaderboard()
+    chosen, options, rows = choose_metric(store.leaderboard(), params)
+    curve = Curves(**chosen, higher_is_better=rows[0]["higher_is_better"] if rows else None, options=options)
+    for row in sorted(rows, key=lambda r: (r["method"], r["sparsity"])):
+        point = {key: row[key] for key in ("method", "sparsity", "value", "stderr", "delta", "run_id")}
+        if row["method"] == "dense":
+            curve.dense = point
+        else:
+            curve.series.setdefault(row["method"], []).append(point)
+    return curve
+
+
+def choose_metric(
+    every: list[dict[str, Any]], params: Mapping[str, str]
+) -> tuple[dict[str, str | None], dict[str, list[str]], list[dict[str, Any]]]:
+    """The model, task and metric asked for (default: the first of each that has rows), the values each can take,
+    and the rows of that choice."""
     chosen: dict[str, str | None] = {}
     options: dict[str, list[str]] = {}
     rows = every
@@ -156,14 +172,41 @@ def curves(store: Any, params: Mapping[str, str]) -> Curves:
             raise BadRequest(f"no results for {name} {value!r} (there are: {', '.join(options[name]) or 'none'})")
         chosen[name] = value
         rows = [row for row in rows if row[name] == value]
-    curve = Curves(**chosen, higher_is_better=rows[0]["higher_is_better"] if rows else None, options=options)
-    for row in sorted(rows, key=lambda r: (r["method"], r["sparsity"])):
-        point = {key: row[key] for key in ("method", "sparsity", "value", "stderr", "delta", "run_id")}
-        if row["method"] == "dense":
-            curve.dense = point
-        else:
-            curve.series.setdefault(row["method"], []).append(point)
-    return curve
+    return chosen, options, rows
+
+
+# ---- arena --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Arena:
+    """Allocator x pruner cells of one model, task and metric: a ranking per target sparsity (see results.arena)."""
+
+    model: str | None
+    task: str | None
+    metric: str | None
+    higher_is_better: bool | None
+    sections: list[dict[str, Any]] = field(default_factory=list)
+    options: dict[str, list[str]] = field(default_factory=dict)
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for section in self.sections for row in section["rows"]]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"model": self.model, "task": self.task, "metric": self.metric,
+                "higher_is_better": self.higher_is_better, "sections": self.sections,
+                "options": self.options}  # fmt: skip
+
+
+def arena(store: Any, params: Mapping[str, str]) -> Arena:
+    """The arena's ranking of the chosen model/task/metric (default: the first of each), one section per sparsity."""
+    chosen, options, rows = choose_metric(arena_rows(store), params)
+    view = Arena(**chosen, higher_is_better=rows[0]["higher_is_better"] if rows else None, options=options)
+    for row in rows:  # ranked: by sparsity, then best first
+        if not view.sections or view.sections[-1]["sparsity"] != row["sparsity"]:
+            view.sections.append({"sparsity": row["sparsity"], "rows": []})
+        view.sections[-1]["rows"].append(row)
+    return view
 
 
 # ---- runs ---------------------------------------------------------------------------------------
