@@ -38,7 +38,9 @@ class PruneConfig(BaseModel):
     targets: list[str] = Field(default_factory=list, description="regex of layers to prune (repeatable)")
     ignore: list[str] = Field(default_factory=list, description="regex of layers to keep dense (repeatable)")
     towers: list[str] = Field(default_factory=list, description="prune only this tower, e.g. vision (repeatable)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights' precision")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32", description="weights' precision (Wanda's norms, SparseGPT's Hessian, zeroth-order losses: float32)"
+    )
     corpus: str = Field("wikipedia", description="calibration data: 'wikipedia', 'easy-vqa' or a text file")
 
     # group "device"

@@ -142,9 +142,7 @@ def _common(fn: Any) -> Any:
     "--overwrite", is_flag=True, default=None, help="replace an output folder (or results.json) that is not ecoflap's"
 )
 @click.option("--device", help="where the model is evaluated: auto (a GPU if any, else cpu), cpu, cuda[:N] [auto]")
-@click.option(
-    "--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="the weights' precision [float32]"
-)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), help="the weights' precision [float32]")
 @click.option("--cache/--no-cache", default=True, help="reuse task results computed before (Prefect's cache) [cache]")
 @click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command")
 def eval_command(config_file: Path | None, cache: bool, strict: bool, **flags: Any) -> None:

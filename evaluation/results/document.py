@@ -243,7 +243,11 @@ def _run_columns(doc: ResultsDocument) -> dict[str, Any]:
     assert block is not None
     extra = {"calibration": block.calibration, "tasks": doc.configs, "skipped": doc.skipped}
     extra |= {"source": block.source} if getattr(block, "source", None) else {}
-    extra |= {"steps": {name: step.model_dump(exclude_unset=True) for name, step in block.steps.items()}} if block.steps else {}
+    extra |= (
+        {"steps": {name: step.model_dump(exclude_unset=True) for name, step in block.steps.items()}}
+        if block.steps
+        else {}
+    )
     extra |= {"evaluation": block.evaluation} if isinstance(getattr(block, "evaluation", None), dict) else {}
     method = block.identity()
     return {
