@@ -91,6 +91,7 @@ def test_alpha_and_the_statistic_are_in_the_identity_and_the_keys() -> None:
     assert owl["scores"] != dlp["scores"]  # the same scorer, another statistic
 
 
+@pytest.mark.slow  # a CLI run in a fresh process: minutes on two cores
 def test_ecoflap_prune_with_dlp(tmp_path: Path, toy_corpus: Path) -> None:
     out = tmp_path / "dlp"
     proc = prune_cli(tmp_path, toy_corpus, "--allocator", "dlp", "--sparsity", "0.5", "-o", str(out))

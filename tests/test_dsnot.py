@@ -204,6 +204,7 @@ def test_magnitude_can_be_refined_too() -> None:
     assert resolve_methods(REGISTRIES, config).refiner is DSnoTRefiner
 
 
+@pytest.mark.slow  # a CLI run in a fresh process: minutes on two cores
 @pytest.mark.parametrize("flags", [["--pruner", "ria"], ["--refine", "dsnot"]])
 def test_ecoflap_prune_reaches_the_target_sparsity(tmp_path: Path, flags: list[str]) -> None:
     proc = ecoflap(

@@ -222,6 +222,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*ECOFLAP, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
 
 
+@pytest.mark.slow  # a CLI run in a fresh process: minutes on two cores
 def test_cli_prunes_both_towers_with_one_budget(folder: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = run_cli(

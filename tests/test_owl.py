@@ -253,6 +253,7 @@ def prune_cli(tmp_path: Path, corpus: Path, *args: str) -> subprocess.CompletedP
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # a CLI run in a fresh process: minutes on two cores
 def test_ecoflap_prune_with_owl(tmp_path: Path, toy_corpus: Path) -> None:
     out = tmp_path / "owl"
     proc = prune_cli(tmp_path, toy_corpus, "--allocator", "owl", "--owl-m", "2", "--sparsity", "0.6", "-o", str(out))

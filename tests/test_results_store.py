@@ -279,7 +279,7 @@ def test_unreachable_database_is_one_masked_line(tmp_path):
     message = str(caught.value)
     assert "\n" not in message and "s3cret" not in message and "postgres:***@127.0.0.1" in message
     assert isinstance(caught.value, EcoflapError)
-    with pytest.raises(StoreUnavailable, match="cannot create the folder"):
+    with pytest.raises(StoreUnavailable, match="file is a file, not a folder"):
         (tmp_path / "file").write_text("")
         ResultsStore(f"sqlite:///{tmp_path / 'file' / 'results.db'}")
     with pytest.raises(EcoflapError, match="invalid database URL"):
