@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -112,18 +113,22 @@ def process_peak_mb(child: subprocess.Popen) -> float:
     return peak
 
 
+def tensor_files(folder: Path) -> dict[str, Path]:
+    """Each tensor's name -> the safetensors file of ``folder`` that holds it (headers only)."""
+    from safetensors import safe_open
+
+    files = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            files |= dict.fromkeys(f.keys(), file)
+    return files
+
+
 def same_masks(a: Path, b: Path) -> bool:
     """Whether two pruned checkpoints zero the same weights (read one tensor at a time)."""
     from safetensors import safe_open
 
-    def tensors(folder: Path) -> dict[str, Path]:
-        files = {}
-        for file in sorted(folder.glob("*.safetensors")):
-            with safe_open(str(file), framework="pt") as f:
-                files |= dict.fromkeys(f.keys(), file)
-        return files
-
-    left, right = tensors(a), tensors(b)
+    left, right = tensor_files(a), tensor_files(b)
     if left.keys() != right.keys():
         return False
     for name in sorted(left):
@@ -138,19 +143,11 @@ def describe(folder: Path) -> dict[str, Any]:
     from safetensors import safe_open
 
     params = 0
-    for file in folder.glob("*.safetensors"):
+    for name, file in tensor_files(folder).items():
         with safe_open(str(file), framework="pt") as f:
-            for name in f.keys():
-                params += _numel(f.get_slice(name).get_shape())
+            params += math.prod(f.get_slice(name).get_shape())
     size = sum(p.stat().st_size for p in folder.glob("*.safetensors"))
     return {"params_m": round(params / 1e6, 1), "weights_mb": round(size / 2**20)}
-
-
-def _numel(shape: list[int]) -> int:
-    count = 1
-    for dim in shape:
-        count *= dim
-    return count
 
 
 def table(rows: list[dict[str, Any]]) -> str:

@@ -156,7 +156,8 @@ def coarse_scores(
     if methods.scorer is None:
         return None
     key = scores_key(config, identity)
-    log(f"coarse scores: computing {key[:12]} ({config.coarse_scorer}, {config.score_nsamples} x {config.score_seqlen})")
+    calibration = f"{config.score_nsamples} x {config.score_seqlen}"
+    log(f"coarse scores: computing {key[:12]} ({config.coarse_scorer}, {calibration})")
     coarse = job.coarse_scores(job.load_model(registries, config, offload=True), config, methods, progress)
     path = write_json(run_cache() / "scores" / f"{key}.json", coarse | {"key": key})
     log(f"coarse scores: {len(coarse['scores'])} tensors in {coarse['seconds']:.1f} s -> {path}")

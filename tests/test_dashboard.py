@@ -40,9 +40,12 @@ def two_towers(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 STEPS = {
-    "coarse": {"seconds": 137.25, "start_rss_mb": 811.6, "peak_rss_mb": 2048.4, "peak_device_mb": None, "peak_rss_scope": "step", "device": "cpu"},
-    "fine": {"seconds": 12.3, "peak_rss_mb": 1274.0, "peak_device_mb": 900.6, "peak_rss_scope": "step", "device": "cuda:0"},
-    "eval": {"seconds": 38.6, "peak_rss_mb": 1500.0, "peak_device_mb": None, "peak_rss_scope": "process", "device": "cpu"},
+    "coarse": {"seconds": 137.25, "start_rss_mb": 811.6, "peak_rss_mb": 2048.4, "peak_device_mb": None,
+               "peak_rss_scope": "step", "device": "cpu"},
+    "fine": {"seconds": 12.3, "peak_rss_mb": 1274.0, "peak_device_mb": 900.6, "peak_rss_scope": "step",
+             "device": "cuda:0"},
+    "eval": {"seconds": 38.6, "peak_rss_mb": 1500.0, "peak_device_mb": None, "peak_rss_scope": "process",
+             "device": "cpu"},
 }  # fmt: skip
 
 

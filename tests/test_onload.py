@@ -200,7 +200,8 @@ def test_disk_offload_hashes_the_weights_of_the_model_in_memory(llama_folder: Pa
     from ecoflap.core.provenance import weights_hash
 
     in_memory = job.load_model(REGISTRIES, PruneConfig(model=str(llama_folder), device="cpu"))
-    on_disk = job.load_model(REGISTRIES, PruneConfig(model=str(llama_folder), device="cpu", offload="disk"), offload=True)
+    disk = PruneConfig(model=str(llama_folder), device="cpu", offload="disk")
+    on_disk = job.load_model(REGISTRIES, disk, offload=True)
     blocks = [p for tower in on_disk.towers() for block in tower.blocks for p in block.module.parameters()]
     assert weights_hash(on_disk.model, on_disk.stored_tensor) == weights_hash(in_memory.model)
     assert all(p.is_meta for p in blocks)

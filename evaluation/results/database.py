@@ -137,7 +137,9 @@ def existing_folder(url: URL, path: Path) -> Path | None:
         return folder
     if folder.exists() or folder.parent.is_file():  # sqlite:///notes.txt/r.db: the "folder" is a file
         file = folder if folder.exists() else folder.parent
-        raise NotADatabase(f"cannot use the results database {masked(url)}: {file} is a file, not a folder ({URL_HINT})")
+        raise NotADatabase(
+            f"cannot use the results database {masked(url)}: {file} is a file, not a folder ({URL_HINT})"
+        )
     if folder == default_folder():
         return None
     if not folder.parent.is_dir():
