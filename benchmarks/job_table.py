@@ -46,8 +46,11 @@ class Table:
                 )
             summary = run_flow(config)
             self.rows.append(row(label, read_json(summary["results"])))
-            write_json(self.path, {"git_hash": self.version, "command": self.command, "rows": self.rows})
+            self.save()
         return next(r for r in self.rows if r["label"] == label)
+
+    def save(self) -> None:
+        write_json(self.path, {"git_hash": self.version, "command": self.command, "rows": self.rows})
 
 
 def row(label: str, document: dict[str, Any]) -> dict[str, Any]:

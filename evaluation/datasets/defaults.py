@@ -1,7 +1,9 @@
 """The shipped default data of each task, converted once into the task's standard format under the cache.
 
 - VQA: easy-vqa test as VQAv2 (questions + annotations, each answer given by all 10 "humans",
-  ``answer_list.json`` = easy-vqa's 13 answers);
+  ``answer_list.json`` = easy-vqa's 13 answers); its validation split (``--task-arg split=validation``):
+  1,000 easy-vqa train questions, a seeded sample, for choosing settings without touching test (the pruned
+  towers never saw easy-vqa; mini-blip2's small bridge trained on train, so validation reads higher);
 - captioning: easy-vqa test images in COCO caption format, one caption per image ("a red circle");
 - retrieval: the same images and captions in Karpathy's ``dataset_*.json`` format (split "test");
 - ImageNet: real photos carried by scikit-image and scikit-learn, labelled by hand with one
@@ -19,6 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from ecoflap.core.cache import cache_dir
@@ -56,11 +59,11 @@ def _write(path: Path, data: object) -> None:
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
-def _link_images(folder: Path) -> None:
-    """``folder/images`` -> easy-vqa's test image folder."""
+def _link_images(folder: Path, split: str = "test") -> None:
+    """``folder/images`` -> easy-vqa's image folder of ``split``."""
     from ecoflap.core.datasets import easy_vqa
 
-    source = next(iter(easy_vqa.image_paths("test").values())).parent
+    source = next(iter(easy_vqa.image_paths(split).values())).parent
     _link(source, folder / "images")
 
 
@@ -71,11 +74,17 @@ def _link(source: Path, link: Path) -> None:
         (shutil.copytree if source.is_dir() else shutil.copy2)(source, link)
 
 
-def build_vqa(folder: Path) -> None:
+VALIDATION_QUESTIONS = 1000  # easy-vqa has no validation split: a seeded sample of its train questions
+
+
+def build_vqa(folder: Path, split: str = "test") -> None:
     from ecoflap.core.datasets import easy_vqa
 
-    questions = easy_vqa.questions("test")
-    info = {"data_type": "easy-vqa", "data_subtype": "test", "task_type": "Open-Ended"}
+    if split == "validation":
+        questions = easy_vqa.question_sample(VALIDATION_QUESTIONS, seed=0, split="train")
+    else:
+        questions = list(easy_vqa.questions("test"))
+    info = {"data_type": "easy-vqa", "data_subtype": split, "task_type": "Open-Ended"}
     rows = [{"question_id": i, "image_id": q.image_id, "question": q.question} for i, q in enumerate(questions)]
     anns = [
         {
@@ -88,10 +97,10 @@ def build_vqa(folder: Path) -> None:
         }
         for i, q in enumerate(questions)
     ]
-    _write(folder / "easyvqa_test_questions.json", info | {"questions": rows})
-    _write(folder / "easyvqa_test_annotations.json", info | {"annotations": anns})
+    _write(folder / f"easyvqa_{split}_questions.json", info | {"questions": rows})
+    _write(folder / f"easyvqa_{split}_annotations.json", info | {"annotations": anns})
     _write(folder / "answer_list.json", easy_vqa.answers())
-    _link_images(folder)
+    _link_images(folder, "train" if split == "validation" else "test")
 
 
 def build_captions(folder: Path) -> None:
@@ -138,6 +147,11 @@ def build_mmlu(folder: Path) -> None:
 
 BUILDERS = {
     "vqa": ("easy-vqa-vqav2", build_vqa, "easy-vqa test (VQAv2 format)"),
+    "vqa:validation": (
+        "easy-vqa-vqav2-validation",
+        partial(build_vqa, split="validation"),
+        f"easy-vqa validation: {VALIDATION_QUESTIONS} seeded train questions (VQAv2 format)",
+    ),
     "captioning": ("easy-vqa-coco-captions", build_captions, "easy-vqa test images, label captions (COCO format)"),
     "retrieval": ("easy-vqa-karpathy", build_retrieval, "easy-vqa test images and captions (Karpathy format)"),
     "imagenet": ("imagenet-smoke", build_imagenet, "5 real photos from scikit-image/scikit-learn (smoke set)"),
@@ -146,6 +160,6 @@ BUILDERS = {
 
 
 def default_data(task: str) -> tuple[Path, str]:
-    """(folder, description) of a task's default data, built on first use."""
+    """(folder, description) of a task's default data (``task:split`` for another split), built on first use."""
     name, build, description = BUILDERS[task]
     return default_dir(name, build), description

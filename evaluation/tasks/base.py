@@ -14,8 +14,9 @@ class TaskSkipped(EcoflapError):
     """The model cannot do this task on this data (the reason is recorded, the run goes on)."""
 
 
-def data_folder(task: str, options: TaskOptions) -> tuple[Path, str, bool]:
-    """(folder, description, is_default): ``--data-dir`` (or ``data=`` task argument), else the shipped default."""
+def data_folder(task: str, options: TaskOptions, split: str | None = None) -> tuple[Path, str, bool]:
+    """(folder, description, is_default): ``--data-dir`` (or ``data=`` task argument), else the shipped default
+    (of ``split`` where the task's default data has one besides test)."""
     given = options.extra.get("data") or options.data_dir
     if given is not None:
         path = Path(given).expanduser()
@@ -24,7 +25,7 @@ def data_folder(task: str, options: TaskOptions) -> tuple[Path, str, bool]:
         return path, str(path), False
     from ecoflap.evaluation.datasets.defaults import default_data
 
-    folder, description = default_data(task)
+    folder, description = default_data(task if split in (None, "test") else f"{task}:{split}")
     return folder, description, True
 
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from ecoflap.core.errors import EcoflapError
 from ecoflap.core.tasks import Metric, Task, TaskOptions, TaskResult
 from ecoflap.evaluation.metrics import mean, mean_stderr
 from ecoflap.evaluation.metrics.classification import topk_correct
@@ -26,19 +27,28 @@ from ecoflap.evaluation.tasks.base import (
 BATCH = 16
 
 
+VQA_SPLITS = ("test", "validation")
+
+
 class VqaTask(Task):
     """VQAv2 / OK-VQA accuracy (official VQA metric) or GQA accuracy; open generation and candidate ranking."""
 
     name = "vqa"
     capability = "visual-question-answerer"
     metrics = (Metric("acc"), Metric("invalid_rate", higher_is_better=False), Metric("rank_acc"))
-    description = "VQAv2 / OK-VQA / GQA accuracy [easy-vqa test]; task args mode=generate|rank|both"
+    description = (
+        "VQAv2 / OK-VQA / GQA accuracy [easy-vqa test]; task args mode=generate|rank|both, "
+        "split=test|validation (the default data's)"
+    )
 
     @classmethod
     def load(cls, options: TaskOptions) -> tuple[Any, str, bool]:
         from ecoflap.evaluation.datasets.vqa import read_vqa
 
-        folder, description, default = data_folder(cls.name, options)
+        split = arg(options, "split", "test")
+        if split not in VQA_SPLITS:
+            raise EcoflapError(f"task argument split={split!r} must be one of {', '.join(VQA_SPLITS)}")
+        folder, description, default = data_folder(cls.name, options, split)
         data = read_vqa(
             folder, path_arg(options, "questions"), path_arg(options, "annotations"), path_arg(options, "images")
         )
