@@ -85,7 +85,7 @@ def resolve_methods(registries: Registries, config: PruneConfig) -> Methods:
             micro_batch=config.micro_batch,
             group_size=config.zo_group,
             level=config.zo_level,
-            variant=config.fo_variant,
+            variant=config.zo_variant if config.scorer == "zeroth-order" else config.fo_variant,
             **config.statistic_options(),
         )
     options = config.allocator_options() | ({"path": config.allocation_file} if config.allocator == "from-file" else {})

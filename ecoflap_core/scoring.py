@@ -10,6 +10,10 @@ micro-batch and the blocks before the perturbed one are replaced by their cached
 perturbation of block k leaves everything before block k unchanged), and the samples of a
 micro-batch run together, each group with its own perturbation.
 
+Variants of the zeroth-order score s_W (the reference's MEZO-*): grad-only s_W (the reference's scripts);
+grad-mag-abs s_W * sum |W|; grad-mag-square s_W^2 * sum W^2 (the reference multiplies the scalar into |W|
+element by element; the group score sums the elements, so the tensor's total is the same).
+
 First-order: I = |W| * mean_b |g_b| per element (GradMagAbs; GradOnly and GradMagSquare variants),
 the tensor's score is the sum of I.
 """
@@ -30,6 +34,7 @@ from ecoflap.core.errors import EcoflapError
 from ecoflap.core.progress import ProgressFactory, no_progress
 
 FirstOrderVariant = Literal["grad-mag-abs", "grad-only", "grad-mag-square"]
+ZerothOrderVariant = Literal["grad-only", "grad-mag-abs", "grad-mag-square"]
 
 
 class Scorer(ABC):
@@ -182,6 +187,25 @@ def zeroth_order_scores(
             bar.update(1)
     bar.close()
     return scores
+
+
+def zeroth_order_variant(
+    scores: dict[str, float], adapter: ModelAdapter, towers: Sequence[Tower], variant: ZerothOrderVariant
+) -> dict[str, float]:
+    """The scalars s_W of :func:`zeroth_order_scores` as the ``variant`` score of each tensor."""
+    if variant == "grad-only":
+        return dict(scores)
+    power = 1 if variant == "grad-mag-abs" else 2
+    totals = {}
+    for name, layer in linears(towers).items():
+        weight = layer.weight
+        if weight.is_meta:  # a block kept on disk (--offload disk): read the tensor from the files
+            if adapter.stored_tensor is None:
+                raise EcoflapError(f"{name} is on the meta device and the model has no reader of its stored weights")
+            weight = adapter.stored_tensor(f"{name}.weight")
+        magnitude = float(weight.detach().float().abs().pow(power).sum())
+        totals[name] = scores[name] ** power * magnitude
+    return totals
 
 
 def _check_zo(batch: Batch, micro_batch: int, group_size: int, eps: float, num_noise: int) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ecoflap.core.adapters import Batch, ModelAdapter, Tower
 from ecoflap.core.hookspecs import hookimpl
 from ecoflap.core.progress import ProgressFactory, no_progress
-from ecoflap.core.scoring import Scorer, first_order_scores, zeroth_order_scores
+from ecoflap.core.scoring import Scorer, first_order_scores, zeroth_order_scores, zeroth_order_variant
 from ecoflap.plugins.outlier_allocators import WandaMetricScorer
 
 
@@ -16,7 +16,8 @@ def group_size(adapter: ModelAdapter, asked: int, micro_batch: int) -> int:
 
 
 class ZerothOrderScorer(Scorer):
-    """MEZO-GradOnly: |L(W + eps z) - L(W - eps z)| / (2 eps), summed, one scalar per tensor."""
+    """MEZO-GradOnly: |L(W + eps z) - L(W - eps z)| / (2 eps), summed, one scalar per tensor
+    (variants grad-mag-abs and grad-mag-square weigh it by the tensor's magnitude)."""
 
     name = "zeroth-order"
 
@@ -28,7 +29,7 @@ class ZerothOrderScorer(Scorer):
         progress: ProgressFactory = no_progress,
     ) -> dict[str, float]:
         o = self.options
-        return zeroth_order_scores(
+        scalars = zeroth_order_scores(
             adapter,
             towers,
             batch,
@@ -40,6 +41,7 @@ class ZerothOrderScorer(Scorer):
             level=o.get("level", "tensor"),
             progress=progress,
         )
+        return zeroth_order_variant(scalars, adapter, towers, o.get("variant", "grad-only"))
 
 
 class FirstOrderScorer(Scorer):

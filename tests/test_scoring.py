@@ -106,3 +106,33 @@ def test_bad_zeroth_order_settings(make_adapter, toy_text) -> None:
     batch = adapter.calibration_batch([toy_text], 3, 16, seed=0)
     with pytest.raises(EcoflapError, match="multiple"):
         zeroth_order_scores(adapter, adapter.towers(), batch, micro_batch=3, group_size=2)
+
+
+@pytest.mark.parametrize("variant", ["grad-only", "grad-mag-abs", "grad-mag-square"])
+def test_zeroth_order_variants_are_the_references_mezo_scores(make_adapter, toy_text, variant) -> None:
+    """The reference's MEZO-* importance, element by element (|W| * s, W^2 * s^2, or the scalar s), summed per
+    tensor as the group score sums it: what the scorer plugin returns for each --zo-variant."""
+    from ecoflap.plugins.scorers import ZerothOrderScorer
+
+    adapter = make_adapter("tiny-llama", torch.float64)
+    batch = adapter.calibration_batch([toy_text], 4, 24, seed=1)
+    towers = adapter.towers()
+    scalars = zeroth_order_scores_naive(adapter, towers, batch)
+    ours = ZerothOrderScorer(variant=variant, micro_batch=4).score(adapter, towers, batch)
+    for block in ordered_blocks(towers):
+        for name, lin in block.linears.items():
+            w, s = lin.weight.detach(), torch.tensor(scalars[name], dtype=torch.float64)
+            element = {"grad-only": s, "grad-mag-abs": w.abs() * s, "grad-mag-square": w.pow(2) * s.pow(2)}[variant]
+            assert ours[name] == pytest.approx(float(element.sum()), rel=1e-6), name
+    assert variant == "grad-only" or len({round(ours[n] / scalars[n], 6) for n in ours}) > 1  # not a constant factor
+
+
+def test_zeroth_order_variant_is_in_the_method_identity_only_off_its_default() -> None:
+    from ecoflap.core.config import PruneConfig
+
+    default = PruneConfig(scorer="zeroth-order").method()["scorer_options"]
+    assert "zo_variant" not in default  # the keys of runs recorded before the variant existed
+    assert PruneConfig(scorer="zeroth-order", zo_variant="grad-mag-abs").method()["scorer_options"] == default | {
+        "zo_variant": "grad-mag-abs"
+    }
+    assert "zo_variant" not in PruneConfig(scorer="first-order", zo_variant="grad-mag-abs").method()["scorer_options"]
