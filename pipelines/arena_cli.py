@@ -19,7 +19,15 @@ import click
 
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.provenance import method_key, write_json
-from ecoflap.evaluation.results.arena import Cell, arena_document, arena_markdown, arena_rows, recorded
+from ecoflap.evaluation.results.arena import (
+    Cell,
+    arena_document,
+    arena_markdown,
+    arena_rows,
+    recorded,
+    versus_uniform,
+    versus_uniform_markdown,
+)
 from ecoflap.pipelines import common, run_cli
 from ecoflap.pipelines.common import GroupedCommand, config_options
 from ecoflap.pipelines.run_config import RunConfig, SweepConfig, build_sweep
@@ -220,6 +228,9 @@ def show_table(url: str | None, model: str | None, json_path: Path | None, regis
     finally:
         store.close()
     click.echo(arena_markdown(rows) if rows else f"no recorded arena cells{f' of {model}' if model else ''}")
+    if rows:
+        click.echo("Each allocator against uniform (same model, pruner and sparsity):\n")
+        click.echo(versus_uniform_markdown(versus_uniform(rows)))
     if json_path is not None:
         command = shlex.join(["ecoflap", "arena", "--table", *(["--model", model] if model else [])])
         write_json(json_path, arena_document([_without_blocks(row) for row in rows], command))

@@ -15,7 +15,15 @@ from test_flows import prefect_api, score_calls  # noqa: F401 - the session's Pr
 from ecoflap.core.allocation import Allocation, AllocationRequest, Allocator
 from ecoflap.core.hookspecs import hookimpl
 from ecoflap.core.plugins import load_plugins
-from ecoflap.evaluation.results.arena import Cell, arena_markdown, arena_rows, block_allocation, recorded
+from ecoflap.evaluation.results.arena import (
+    Cell,
+    arena_markdown,
+    arena_rows,
+    block_allocation,
+    recorded,
+    versus_uniform,
+    versus_uniform_markdown,
+)
 from ecoflap.evaluation.results.store import ResultsStore
 from ecoflap.pipelines import arena_cli, common, run_cli, steps
 from ecoflap.pipelines.cli import cli
@@ -217,6 +225,31 @@ def test_ranking_orders_cells_by_the_metric_with_their_scoring_cost(tmp_path: Pa
     store.close()
 
 
+def test_each_allocator_against_uniform_in_the_same_cell() -> None:
+    """Lower-is-better perplexity and higher-is-better accuracy, each cell against uniform's of the same pruner and
+    sparsity; a cell without a uniform counterpart is not counted."""
+
+    def cell(allocator: str, pruner: str, sparsity: float, value: float, task: str = "wikitext") -> dict[str, Any]:
+        lower = task == "wikitext"
+        return {"model": "m", "task": task, "metric": "x", "sparsity": sparsity, "pruner": pruner,
+                "allocator": allocator, "value": value, "higher_is_better": not lower}  # fmt: skip
+
+    rows = [cell("uniform", "wanda", 0.5, 100.0), cell("uniform", "sparsegpt", 0.5, 80.0),
+            cell("ecoflap", "wanda", 0.5, 50.0), cell("ecoflap", "sparsegpt", 0.5, 80.0),
+            cell("owl", "wanda", 0.5, 110.0), cell("owl", "wanda", 0.6, 1.0),  # no uniform at 0.6: not counted
+            cell("uniform", "wanda", 0.3, 0.40, "vqa"), cell("dlp", "wanda", 0.3, 0.30, "vqa")]  # fmt: skip
+    summary = {(e["task"], e["allocator"]): e for e in versus_uniform(rows)}
+    assert set(summary) == {("wikitext", "ecoflap"), ("wikitext", "owl"), ("vqa", "dlp")}
+    eco, owl, dlp = summary["wikitext", "ecoflap"], summary["wikitext", "owl"], summary["vqa", "dlp"]
+    assert (eco["cells"], eco["at_or_above"], eco["never_below"]) == (2, 2, True)  # a tie counts as not below
+    assert (eco["worst"], eco["best"]) == (0.0, 0.5)
+    assert (owl["cells"], owl["at_or_above"], owl["never_below"]) == (1, 0, False)
+    assert owl["worst"] == pytest.approx(-0.1)
+    assert (dlp["at_or_above"], dlp["worst"]) == (0, pytest.approx(-0.25))
+    table = versus_uniform_markdown(versus_uniform(rows))
+    assert "| m | wikitext x | ecoflap | 2 of 2 (never below) | +0.0% | +50.0% |" in table
+
+
 def test_block_allocation_is_weighted_by_parameters() -> None:
     rows = [{"layer": "b0.q", "block": "b0", "target": 0.2, "params": 100},
             {"layer": "b0.mlp", "block": "b0", "target": 0.8, "params": 300},
@@ -252,6 +285,8 @@ def test_table_writes_the_json_the_readme_table_comes_from(tmp_path: Path) -> No
     assert [(r["rank"], r["allocator"]) for r in saved["rows"]] == [(1, "uniform"), (2, "ecoflap")]
     assert saved["rows"][0]["blocks"] == [{"block": f"blocks.{i}", "target": 0.5} for i in range(3)]
     assert "| 1 | uniform | wanda |" in result.output and saved["command"].startswith("ecoflap arena --table")
+    assert [(e["allocator"], e["never_below"]) for e in saved["versus_uniform"]] == [("ecoflap", False)]
+    assert "| m | wikitext word_perplexity | ecoflap | 0 of 1 | -20.0% | -20.0% |" in result.output
     missing = CliRunner().invoke(
         cli, ["arena", "--table", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--json", str(out)]
     )

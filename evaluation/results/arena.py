@@ -128,6 +128,44 @@ def arena_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(out)
 
 
+def versus_uniform(rows: Sequence[Mapping[str, Any]], baseline: str = "uniform") -> list[dict[str, Any]]:
+    """Per model, task, metric and allocator: its cells against the baseline's cell of the same pruner and sparsity
+    (``at_or_above``: as good or better; ``worst``: the largest shortfall as a ratio of the baseline's value, signed
+    so that a negative number is worse; ``never_below``: no cell worse than the baseline's)."""
+    base = {_place(r): r for r in rows if r["allocator"] == baseline}
+    summary: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:
+        other = base.get(_place(r))
+        if r["allocator"] in (baseline, None) or other is None or r["value"] is None or other["value"] is None:
+            continue
+        better = r["value"] >= other["value"] if r["higher_is_better"] is not False else r["value"] <= other["value"]
+        sign = 1.0 if r["higher_is_better"] is not False else -1.0
+        relative = sign * (r["value"] - other["value"]) / abs(other["value"]) + 0.0 if other["value"] else 0.0  # no -0
+        entry = summary.setdefault((r["model"], r["task"], r["metric"], r["allocator"]), {
+            "model": r["model"], "task": r["task"], "metric": r["metric"], "allocator": r["allocator"],
+            "cells": 0, "at_or_above": 0, "worst": relative, "best": relative})  # fmt: skip
+        entry["cells"] += 1
+        entry["at_or_above"] += int(better)
+        entry["worst"], entry["best"] = min(entry["worst"], relative), max(entry["best"], relative)
+    return [entry | {"never_below": entry["at_or_above"] == entry["cells"]} for entry in summary.values()]
+
+
+def _place(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Where a cell sits in the grid, whatever its allocator."""
+    return row["model"], row["task"], row["metric"], row["sparsity"], row["pruner"]
+
+
+def versus_uniform_markdown(summary: Sequence[Mapping[str, Any]]) -> str:
+    """The summary of :func:`versus_uniform` as a markdown table."""
+    out = ["| model | metric | allocator | cells at or above uniform | worst vs uniform | best vs uniform |",
+           "|---|---|---|---:|---:|---:|"]  # fmt: skip
+    for e in summary:
+        cells = f"{e['at_or_above']} of {e['cells']}" + (" (never below)" if e["never_below"] else "")
+        out.append(f"| {e['model']} | {e['task']} {e['metric']} | {e['allocator']} | {cells} | {e['worst']:+.1%} | "
+                   f"{e['best']:+.1%} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def _markdown_row(cell: Mapping[str, Any]) -> str:
     values = [cell["rank"], cell["allocator"] or "-", cell["pruner"] or "-", _number(cell["measured_sparsity"], ".4f"),
               _number(cell["value"], ".4g"), _number(cell["delta"], "+.4g"), _number(cell["scoring_s"], ".1f"),
@@ -143,4 +181,6 @@ def arena_document(rows: Sequence[Mapping[str, Any]], command: str) -> dict[str,
     """benchmarks/results/arena.json: the command that made it and every ranked cell (JSON-safe)."""
     from ecoflap.core.provenance import git_hash
 
-    return finite({"command": command, "git_hash": git_hash(), "columns": COLUMNS, "rows": list(rows)})
+    summary = versus_uniform(rows)
+    return finite({"command": command, "git_hash": git_hash(), "columns": COLUMNS, "rows": list(rows),
+                   "versus_uniform": summary})  # fmt: skip
