@@ -5,7 +5,7 @@ cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[dev]'
+.venv/bin/python -m pip install -q -e '.[dev,bench]'
 # packages whose declared pins conflict with a current stack (see requirements-nodeps.txt)
 .venv/bin/python -m pip install -q --no-deps -r requirements-nodeps.txt
 .venv/bin/python -c "import torch, torchvision, transformers, lm_eval, prefect, pycocoevalcap, sqlalchemy, pluggy; print('ecoflap installed: torch', torch.__version__, '| transformers', transformers.__version__)"

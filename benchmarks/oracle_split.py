@@ -11,7 +11,7 @@ Settings are chosen on ``split=validation`` (1,000 seeded easy-vqa train questio
 test split answers only for the oracle's choice and the scorers' runs.
 
     python benchmarks/oracle_split.py [--budgets 0.3 0.4] [--vision 0 0.2 0.4 ... 0.8] [--questions 300]
-    python benchmarks/oracle_split.py --table        # the table and benchmarks/results/oracle_split.svg
+    python benchmarks/oracle_split.py --table        # the table and benchmarks/results/oracle_split.png
 """
 
 from __future__ import annotations
@@ -84,6 +84,8 @@ def main() -> None:
     if not args.table:
         run_grid(table, args)
     print(markdown(table.rows, args.budgets))
+    if table.rows:
+        print(f"figure: {figure(table.rows, args.budgets, args.output.with_suffix('.png'))}")
 
 
 def run_grid(table: Table, args: argparse.Namespace) -> None:
@@ -128,7 +130,7 @@ def markdown(rows: list[dict[str, Any]], budgets: list[float]) -> str:
         lines += [
             f"\nBudget {budget:.0%}",
             "",
-            "| split | vision / language | VQA generate | VQA rank |",
+            "| run | vision / language | VQA generate | VQA rank |",
             "|---|---|---|---|",
         ]
         for r in sorted(
@@ -140,6 +142,39 @@ def markdown(rows: list[dict[str, Any]], budgets: list[float]) -> str:
                 f"{metric(r, 'vqa', 'acc'):.3f} ± {stderr(r, 'acc'):.3f} | {metric(r, 'vqa', 'rank_acc'):.3f} |"
             )
     return "\n".join(lines)
+
+
+MARKERS = {"ecoflap zeroth-order": ("v", "tab:red"), "ecoflap first-order": ("^", "tab:green"),
+           "uniform": ("s", "tab:gray"), "oracle": ("*", "tab:blue")}  # fmt: skip
+
+
+def figure(rows: list[dict[str, Any]], budgets: list[float], path: Path) -> Path:
+    """Validation accuracy along each budget's line of splits, with the split each scorer chose (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5.2 * len(budgets), 3.8), sharey=True, squeeze=False)
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        grid = sorted((r for r in rows if r.get("kind") == "grid" and r["budget"] == budget), key=lambda r: r["vision"])
+        xs = [r["per_tower"]["vision"] for r in grid]
+        ax.plot(xs, [metric(r, "vqa", "acc") for r in grid], "o-", color="tab:blue", label="uniform within towers")
+        ax.plot(xs, [metric(r, "vqa", "rank_acc") for r in grid], "o:", color="tab:blue", alpha=0.5, label="(ranking)")
+        for r in rows:
+            if r.get("budget") == budget and r.get("kind") in MARKERS and r["split"] == "validation":
+                marker, colour = MARKERS[r["kind"]]
+                ax.plot(r["per_tower"]["vision"], metric(r, "vqa", "acc"), marker, color=colour, markersize=10,
+                        label=r["kind"])  # fmt: skip
+        ax.set_title(f"mini-blip2, {budget:.0%} of both towers' weights pruned")
+        ax.set_xlabel("vision tower sparsity (language: the rest of the budget)")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("VQA accuracy, validation (generation)")
+    axes[0][-1].legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def stderr(row: dict[str, Any], name: str) -> float:

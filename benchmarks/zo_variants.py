@@ -1,0 +1,109 @@
+"""Why zeroth-order splits the budget the way it does: every score variant's allocation from one set of scores.
+
+The coarse step's scores of the job (zeroth-order MEZO scalars s_W and first-order |W| * mean|g|, each computed
+once by the job's own step or read from its run cache) are turned into each variant's tensor scores and
+allocated by the ecoflap allocator at each budget, with sum and avg aggregation; printed per variant:
+the parameter-weighted sparsity of each tower, and the Spearman correlation of its block scores with the
+first-order grad-mag-abs block scores (the score whose allocation answers best on mini-blip2). No pruning and no
+evaluation: this says which variants move the budget where, so that only those are pruned and evaluated
+(benchmarks/oracle_split.py, on the validation questions).
+
+Variants of the zeroth-order scalar s_W (an estimate of sqrt(2/pi) * ||grad_W L||_2 summed over samples):
+  grad-only         s_W                                  (the reference's scripts: MEZO-GradOnly)
+  grad-mag-abs      s_W * sum|W|                         (MEZO-GradMagAbs)
+  grad-mag-square   s_W^2 * sum W^2                      (MEZO-GradMagSquare)
+  grad-mag-mean     s_W * sqrt(n_W) * mean|W|            (first-order's sum |W| |g| under |g| ~ ||g||_2 / sqrt(n))
+
+    python benchmarks/zo_variants.py [--model mini-blip2] [--budgets 0.3 0.4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+from scipy.stats import spearmanr
+
+from ecoflap.core.allocation import LayerInfo
+from ecoflap.core.compress import allocate
+from ecoflap.core.job import load_model, resolve_methods
+from ecoflap.core.provenance import read_json, write_json
+from ecoflap.core.scoring import zeroth_order_variant
+from ecoflap.pipelines import common, steps
+from ecoflap.pipelines.run_config import RunConfig
+
+RESULTS = Path(__file__).parent / "results"
+VARIANTS = ("grad-only", "grad-mag-abs", "grad-mag-square", "grad-mag-mean")
+
+
+def coarse(config: RunConfig, registries: Any) -> dict[str, float]:
+    """The job's coarse scores for ``config``: from the run cache when the job computed them, else computed now."""
+    identity = steps.identify(config, registries)
+    path = steps.run_cache() / "scores" / f"{steps.scores_key(config, identity)}.json"
+    if not path.is_file():
+        path = Path(steps.coarse_scores(config, identity, registries)["path"])
+    return read_json(path)["scores"]
+
+
+def variant_scores(variant: str, scalars: dict[str, float], adapter: Any) -> dict[str, float]:
+    towers = adapter.towers()
+    if variant != "grad-mag-mean":
+        return zeroth_order_variant(scalars, adapter, towers, variant)
+    weights = {n: layer.weight.detach().float() for n, layer in adapter.prunable_layers().items()}
+    return {n: s * math.sqrt(weights[n].numel()) * float(weights[n].abs().mean()) for n, s in scalars.items()}
+
+
+def tower_split(allocation: Any, layers: list[LayerInfo]) -> dict[str, float]:
+    zeros: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    for layer in layers:
+        zeros[layer.tower] = zeros.get(layer.tower, 0.0) + allocation.sparsity[layer.name] * layer.size
+        sizes[layer.tower] = sizes.get(layer.tower, 0) + layer.size
+    return {tower: zeros[tower] / sizes[tower] for tower in sizes}
+
+
+def block_totals(scores: dict[str, float], layers: list[LayerInfo]) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for layer in layers:
+        totals[layer.block] = totals.get(layer.block, 0.0) + scores[layer.name]
+    return totals
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="mini-blip2")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.3, 0.4])
+    parser.add_argument("-o", "--output", type=Path, default=RESULTS / "zo_variants.json")
+    args = parser.parse_args()
+    registries = common.registries(False)
+    zo_config = RunConfig.build(model=args.model, scorer="zeroth-order")
+    fo_config = RunConfig.build(model=args.model, scorer="first-order")
+    scalars, first_order = coarse(zo_config, registries), coarse(fo_config, registries)
+    adapter = load_model(registries, zo_config)
+    layers = [LayerInfo(**info) for info in read_json(steps.identify(zo_config, registries)["layers_path"])["layers"]]
+    reference_blocks = block_totals(first_order, layers)
+    candidates = {f"zeroth-order {v}": variant_scores(v, scalars, adapter) for v in VARIANTS}
+    candidates["first-order grad-mag-abs"] = first_order
+    rows = []
+    for name, scores in candidates.items():
+        blocks = block_totals(scores, layers)
+        rho = spearmanr([blocks[b] for b in reference_blocks], list(reference_blocks.values())).statistic
+        for aggregation in ("sum", "avg"):
+            for budget in args.budgets:
+                config = zo_config.model_copy(update={"sparsity": budget, "aggregation": aggregation})
+                split = tower_split(
+                    allocate(layers, config, resolve_methods(registries, config).allocator, scores), layers
+                )
+                rows.append({"scores": name, "aggregation": aggregation, "budget": budget, "split": split,
+                             "spearman_blocks_vs_first_order": rho})  # fmt: skip
+                print(
+                    f"{name:28s} {aggregation:3s} B={budget:.2f}: vision {split.get('vision', 0):.3f} / "
+                    f"language {split.get('language', 0):.3f}   block Spearman vs first-order {rho:.3f}"
+                )
+    write_json(args.output, {"model": args.model, "budgets": args.budgets, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
