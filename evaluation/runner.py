@@ -174,3 +174,40 @@ def format_table(document: dict[str, Any]) -> str:
 def _say(log: Log | None, message: str) -> None:
     if log is not None:
         log(message)
+
+
+def tower_sparsity(allocation: list[dict[str, Any]]) -> dict[str, float]:
+    """Measured sparsity of each tower of a results block's allocation, weighted by the layers' parameters."""
+    zeros: dict[str, float] = {}
+    sizes: dict[str, int] = {}
+    for layer in allocation:
+        tower, params = layer.get("tower") or "-", layer.get("params") or 0
+        zeros[tower] = zeros.get(tower, 0.0) + (layer.get("measured") or 0.0) * params
+        sizes[tower] = sizes.get(tower, 0) + params
+    return {tower: zeros[tower] / sizes[tower] for tower in sizes if sizes[tower]}
+
+
+def comparison_table(documents: list[dict[str, Any]]) -> str:
+    """Runs side by side (a sweep, ``--compare``): method, measured sparsity overall and per tower, and each
+    task's metrics with their standard errors, in the order given."""
+    from ecoflap.evaluation.results.method import method_label
+
+    metrics = list(dict.fromkeys((task, name.split(",")[0]) for d in documents for task, values in d["results"].items()
+                                 for name in values if "," in name and "_stderr" not in name))  # fmt: skip
+    header = ["method", "sparsity", "per tower"] + [f"{task} {name}" for task, name in metrics]
+    rows = [header, ["---"] * len(header)]
+    for document in documents:
+        block = document["ecoflap"]
+        towers = tower_sparsity(block.get("allocation") or [])
+        dense = block.get("dense", True)
+        row = ["dense" if dense else method_label(block.get("method"), block.get("target_sparsity")),
+               "0" if dense else f"{block['measured_sparsity']:.4f}",
+               " / ".join(f"{t} {s:.3f}" for t, s in towers.items()) or "-"]  # fmt: skip
+        for task, name in metrics:
+            values = document["results"].get(task, {})
+            value, err = values.get(f"{name},none"), values.get(f"{name}_stderr,none")
+            number = isinstance(value, (int, float)) and math.isfinite(value)
+            spread = f" ± {err:.3f}" if isinstance(err, (int, float)) and math.isfinite(err) else ""
+            row.append(f"{value:.4g}{spread}" if number else "-")
+        rows.append(row)
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows)

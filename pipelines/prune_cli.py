@@ -7,9 +7,10 @@ from typing import Any
 
 import click
 
+from ecoflap.core.errors import EcoflapError
 from ecoflap.pipelines import common
 from ecoflap.pipelines.common import GroupedCommand
-from ecoflap.pipelines.run_cli import execute, load_target, run_options
+from ecoflap.pipelines.run_cli import compared, execute, load_target, run_options
 
 PRUNE_EXAMPLES = """
 \b
@@ -20,6 +21,7 @@ Examples:
   ecoflap prune --pruner sparsegpt --allocator uniform --sparsity 0.6
   ecoflap prune --scorer first-order --sparsity 0.6 --max-sparsity 0.7 -o out/fo60
   ecoflap prune --allocator uniform --nm 2:4
+  ecoflap prune --compare                         # beside uniform (same budget) and dense, side by side
   ecoflap prune --no-eval                         # prune and save only
   ecoflap prune -C run.yaml --seed 1              # flags override the file
 \b
@@ -32,11 +34,14 @@ model, allocation.json, report.json and results.json go to -o (default runs/NAME
 @click.command(cls=GroupedCommand, epilog=PRUNE_EXAMPLES)
 @run_options
 @click.option("--eval/--no-eval", "evaluate", default=True, help="evaluate the pruned model [eval]")
-def prune(config_file: Path | None, strict: bool, cache: bool, evaluate: bool, **flags: Any) -> None:
+def prune(config_file: Path | None, strict: bool, cache: bool, compare: bool, evaluate: bool, **flags: Any) -> None:
     """Prune a model with ECoFLaP (or a baseline), save it, and report sparsity and its task metrics."""
     values = flags | {"refresh": None if cache else True, "save_model": True}
     if not evaluate:
         values["tasks"] = []  # given, so it overrides a config file's tasks
     target = load_target(config_file, values, ())
+    if compare and not evaluate:
+        raise EcoflapError("--compare compares evaluations: remove --no-eval")
+    target = compared(target) if compare else target
     common.wanted_threads()  # a bad ECOFLAP_THREADS fails before anything is checked or written
     execute(target, strict)

@@ -12,7 +12,7 @@ import yaml
 
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.provenance import read_json
-from ecoflap.evaluation.runner import format_table
+from ecoflap.evaluation.runner import comparison_table, format_table
 from ecoflap.pipelines import common
 from ecoflap.pipelines.common import GroupedCommand, config_options
 from ecoflap.pipelines.run_config import SWEEP_KEYS, RunConfig, SweepConfig, build_sweep
@@ -65,6 +65,17 @@ def load_target(config_file: Path | None, flags: dict[str, Any], grid: tuple[str
     return sweep if is_sweep else sweep.base
 
 
+def compared(target: Any) -> SweepConfig:
+    """``--compare``: the run beside the uniform allocation of the same budget and pruner and the dense model (same
+    calibration, same evaluation; the uniform run reuses the calibration and costs only its fine step and
+    evaluation), as one sweep whose root is ``-o`` (default ``runs``): each run in ROOT/<run name>."""
+    if isinstance(target, SweepConfig):
+        raise EcoflapError("--compare applies to one run: a sweep compares with --grid allocator=A,uniform")
+    if target.dense or target.allocator == "uniform":
+        raise EcoflapError("--compare puts a run beside uniform and dense: give it another --allocator (e.g. ecoflap)")
+    return build_sweep(target.model_dump(exclude_unset=True) | {"grid": {"allocator": ["uniform", target.allocator]}})
+
+
 RUN_ONLY = ("task_args", "save_model", "refresh", "record", "tasks", "output", "database_url")
 
 
@@ -85,6 +96,12 @@ def run_options(command: Any) -> Any:
                 "--record/--no-record", default=None, help="record the results in the results database [record]"
             ),
             click.option("--strict", is_flag=True, help="a plugin that fails to load fails the command"),
+            click.option(
+                "--compare",
+                is_flag=True,
+                help="also run uniform (same budget and pruner) and the dense model, and print them side by side; "
+                "-o is then the folder of the three runs",
+            ),
         ]
     ):
         command = option(command)
@@ -108,8 +125,8 @@ def execute(target: Any, strict: bool, timeout_s: float | None = None) -> list[d
 
     result = run_flow(target, timeout_s)
     summaries = result if isinstance(result, list) else [result]
-    if len(summaries) == 1:
-        click.echo(format_table(read_json(summaries[0]["results"])))
+    documents = [read_json(summary["results"]) for summary in summaries]
+    click.echo(format_table(documents[0]) if len(documents) == 1 else comparison_table(documents))
     for summary in summaries:
         click.echo(_summary_line(summary))
     return summaries
@@ -147,10 +164,17 @@ def output_dir(target: Any, run: Any) -> Path:
     help="seconds to wait for the deployment's runs; unfinished ones are then cancelled [no limit]",
 )
 def run_command(
-    config_file: Path | None, grid: tuple[str, ...], strict: bool, cache: bool, timeout_s: float | None, **flags: Any
+    config_file: Path | None,
+    grid: tuple[str, ...],
+    strict: bool,
+    cache: bool,
+    compare: bool,
+    timeout_s: float | None,
+    **flags: Any,
 ) -> None:
     """Prune, evaluate and record as a Prefect flow (resumable; no server needed)."""
     target = load_target(config_file, flags | {"refresh": None if cache else True}, grid)
+    target = compared(target) if compare else target
     if timeout_s is not None and not getattr(target, "deployment", None):
         raise EcoflapError("--deployment-timeout applies to a sweep with --deployment: give both, or neither")
     execute(target, strict, timeout_s)

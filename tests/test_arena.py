@@ -292,3 +292,40 @@ def test_table_writes_the_json_the_readme_table_comes_from(tmp_path: Path) -> No
     )
     assert missing.exit_code == 1 and missing.output.startswith("Error: no results database at")
     assert arena_cli.DEFAULT_TABLE == Path("benchmarks/results/arena.json")
+
+
+def test_prune_compare_puts_the_run_beside_uniform_and_dense(
+    prefect_api: Any,  # noqa: F811
+    workspace: dict[str, Any],
+    with_ramp: Any,
+) -> None:
+    """``ecoflap prune --compare``: the run, uniform at the same budget and pruner, and dense, each recorded, each in
+    ROOT/<run name>, printed side by side (dense, uniform, the run)."""
+    root = workspace["root"] / "compare"
+    method = ["--allocator", "ramp", "--pruner", "magnitude", "--sparsity", "0.5"]
+    result = CliRunner().invoke(cli, ["prune", *workspace["args"], *method, "--compare", "-o", str(root)])
+    assert result.exit_code == 0, result.output
+    runs = ResultsStore(workspace["url"]).runs()
+    assert sorted((r["allocator"] or "dense", r["target_sparsity"]) for r in runs) == [
+        ("dense", 0.0), ("ramp", 0.5), ("uniform", 0.5)]  # fmt: skip
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        ["tiny-llama_dense", "tiny-llama_ramp_magnitude_s0.5", "tiny-llama_uniform_magnitude_s0.5"])  # fmt: skip
+    table = [line for line in result.output.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| method | sparsity | per tower | wikitext ")
+    methods = [line.split(" | ")[0].split(" calibration ")[0] for line in table[2:]]  # the toy calibration shown
+    assert methods == ["| dense", "| magnitude / uniform", "| magnitude / ramp"]
+    sparsity = [line.split(" | ")[1] for line in table[2:]]
+    assert sparsity[0] == "0" and float(sparsity[2]) == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--allocator", "uniform"], "--compare puts a run beside uniform and dense"),
+        (["--no-eval"], "--compare compares evaluations"),
+    ],  # fmt: skip
+)
+def test_prune_compare_bad_input_is_one_line(workspace: dict[str, Any], extra: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, ["prune", *workspace["args"], "--compare", *extra])
+    assert result.exit_code == 1 and result.output.startswith(f"Error: {message}"), result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (workspace["root"] / "runs").exists()
