@@ -32,6 +32,11 @@ from ecoflap.pipelines.run_config import RunConfig
 RESULTS = Path(__file__).parent / "results"
 SCORERS = {
     "ecoflap zeroth-order": {"allocator": "ecoflap", "scorer": "zeroth-order"},
+    "ecoflap zeroth-order grad-mag-abs": {
+        "allocator": "ecoflap",
+        "scorer": "zeroth-order",
+        "zo_variant": "grad-mag-abs",
+    },  # fmt: skip
     "ecoflap first-order": {"allocator": "ecoflap", "scorer": "first-order"},
     "uniform": {"allocator": "uniform"},
 }
@@ -144,7 +149,8 @@ def markdown(rows: list[dict[str, Any]], budgets: list[float]) -> str:
     return "\n".join(lines)
 
 
-MARKERS = {"ecoflap zeroth-order": ("v", "tab:red"), "ecoflap first-order": ("^", "tab:green"),
+MARKERS = {"ecoflap zeroth-order": ("v", "tab:red"), "ecoflap zeroth-order grad-mag-abs": ("D", "tab:orange"),
+           "ecoflap first-order": ("^", "tab:green"),
            "uniform": ("s", "tab:gray"), "oracle": ("*", "tab:blue")}  # fmt: skip
 
 
