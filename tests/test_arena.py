@@ -310,8 +310,9 @@ def test_prune_compare_puts_the_run_beside_uniform_and_dense(
         ("dense", 0.0), ("ramp", 0.5), ("uniform", 0.5)]  # fmt: skip
     assert sorted(p.name for p in root.iterdir()) == sorted(
         ["tiny-llama_dense", "tiny-llama_ramp_magnitude_s0.5", "tiny-llama_uniform_magnitude_s0.5"])  # fmt: skip
-    table = [line for line in result.output.splitlines() if line.startswith("| ")]
-    assert table[0].startswith("| method | sparsity | per tower | wikitext ")
+    lines = result.output.splitlines()  # stderr's progress bars may share the header's line: find it by its text
+    start = next(i for i, line in enumerate(lines) if "| method | sparsity | per tower | wikitext " in line)
+    table = ["| method"] + [line for line in lines[start + 1 :] if line.startswith("| ")]
     methods = [line.split(" | ")[0].split(" calibration ")[0] for line in table[2:]]  # the toy calibration shown
     assert methods == ["| dense", "| magnitude / uniform", "| magnitude / ramp"]
     sparsity = [line.split(" | ")[1] for line in table[2:]]
