@@ -16,6 +16,7 @@ from typing import Any
 
 from ecoflap.core.provenance import git_hash, read_json, write_json
 from ecoflap.evaluation.results.method import method_label
+from ecoflap.evaluation.runner import tower_sparsity
 from ecoflap.pipelines.run_config import RunConfig
 
 
@@ -71,13 +72,8 @@ def row(label: str, document: dict[str, Any]) -> dict[str, Any]:
 
 
 def per_tower(allocation: list[dict[str, Any]]) -> dict[str, float]:
-    """Measured sparsity of each tower, weighted by parameters."""
-    zeros: dict[str, float] = {}
-    sizes: dict[str, int] = {}
-    for layer in allocation:
-        zeros[layer["tower"]] = zeros.get(layer["tower"], 0.0) + (layer["measured"] or 0.0) * layer["params"]
-        sizes[layer["tower"]] = sizes.get(layer["tower"], 0) + layer["params"]
-    return {tower: zeros[tower] / sizes[tower] for tower in sizes}
+    """Measured sparsity of each tower, weighted by parameters (the comparison table's own helper)."""
+    return tower_sparsity(allocation)
 
 
 def metric(row_: dict[str, Any], task: str, name: str) -> float:
