@@ -88,6 +88,9 @@ class PruneConfig(BaseModel):
     zo_noise: int = Field(1, ge=1, le=1000, description="perturbations per tensor per group")
     zo_group: int = Field(1, ge=1, le=MAX_SAMPLES, description="calibration samples sharing one perturbation")
     zo_level: Literal["tensor", "block"] = Field("tensor", description="perturb one tensor or a whole block")
+    zo_difference: Literal["central", "forward"] = Field(
+        "central", description="derivative along z: (L(W+eps z) - L(W-eps z)) / 2eps, or (L(W+eps z) - L(W)) / eps"
+    )
     zo_variant: Literal["grad-only", "grad-mag-abs", "grad-mag-square"] = Field(
         "grad-only", description="zeroth-order score per tensor: s, s * sum|W| or s^2 * sum W^2 (MEZO-*)"
     )
@@ -114,7 +117,8 @@ class PruneConfig(BaseModel):
         "Method": ("scorer", "allocator", "pruner", "refine", "allocation_file", "sparsity", "max_sparsity",
                    "granularity", "aggregation", "per_tower", "nm", "comparison"),
         "Calibration": ("nsamples", "seqlen", "score_nsamples", "score_seqlen", "seed", "micro_batch"),
-        "Coarse-step scorers": ("zo_eps", "zo_noise", "zo_group", "zo_level", "zo_variant", "fo_variant"),
+        "Coarse-step scorers": ("zo_eps", "zo_noise", "zo_group", "zo_level", "zo_difference", "zo_variant",
+                                "fo_variant"),
         "OWL and DLP allocators": ("owl_m", "owl_lambda", "dlp_alpha", "dlp_statistic"),
     }  # fmt: skip
 
@@ -245,7 +249,9 @@ class PruneConfig(BaseModel):
         if self.scorer == "first-order":
             return {"fo_variant": self.fo_variant}
         if self.scorer == "zeroth-order":
-            variant = {"zo_variant": self.zo_variant} if self.zo_variant != "grad-only" else {}  # keys of before
+            # settings added later are keyed only off the value that runs recorded before them used
+            later = {"zo_variant": "grad-only", "zo_difference": "central"}
+            variant = {key: getattr(self, key) for key, before in later.items() if getattr(self, key) != before}
             return {
                 "zo_eps": self.zo_eps,
                 "zo_noise": self.zo_noise,

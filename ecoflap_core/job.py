@@ -85,6 +85,7 @@ def resolve_methods(registries: Registries, config: PruneConfig) -> Methods:
             micro_batch=config.micro_batch,
             group_size=config.zo_group,
             level=config.zo_level,
+            difference=config.zo_difference,
             variant=config.zo_variant if config.scorer == "zeroth-order" else config.fo_variant,
             **config.statistic_options(),
         )

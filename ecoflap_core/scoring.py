@@ -10,6 +10,11 @@ micro-batch and the blocks before the perturbed one are replaced by their cached
 perturbation of block k leaves everything before block k unchanged), and the samples of a
 micro-batch run together, each group with its own perturbation.
 
+Two estimators of the derivative along z: ``central`` (the reference's), |L(W + eps z) - L(W - eps z)| / (2 eps),
+two passes per unit; ``forward``, |L(W + eps z) - L(W)| / eps, one pass per unit and L(W) once per micro-batch
+(from the cached block outputs: only the parts between and after the blocks run). Its bias is eps/2 z^T H z; at
+``level="block"`` (one perturbation per block, the allocation's own granularity) it is the fast default.
+
 Variants of the zeroth-order score s_W (the reference's MEZO-*): grad-only s_W (the reference's scripts);
 grad-mag-abs s_W * sum |W|; grad-mag-square s_W^2 * sum W^2 (the reference multiplies the scalar into |W|
 element by element; the group score sums the elements, so the tensor's total is the same).
@@ -138,20 +143,26 @@ def perturbed(layers: dict[nn.Linear, list[torch.Tensor]], scale: float, group_s
             h.remove()
 
 
-def _antithetic_difference(
+def _directional_derivative(
     adapter: ModelAdapter,
     batch: Batch,
     layers: dict[nn.Linear, list[torch.Tensor]],
     group_size: int,
     eps: float,
+    base: torch.Tensor | None,
 ) -> torch.Tensor:
-    """|L(W + eps z) - L(W - eps z)| per perturbation group (a group's loss: its samples' mean)."""
+    """|dL/dW . z| per perturbation group (a group's loss: its samples' mean): the central difference
+    (L(W + eps z) - L(W - eps z)) / (2 eps), or with ``base`` = L(W) the forward one (L(W + eps z) - L(W)) / eps."""
     with perturbed(layers, eps, group_size):
         plus = adapter.loss(batch).double()
-    with perturbed(layers, -eps, group_size):
-        minus = adapter.loss(batch).double()
+    if base is None:
+        with perturbed(layers, -eps, group_size):
+            minus = adapter.loss(batch).double()
+        change, step = plus - minus, 2 * eps
+    else:
+        change, step = plus - base, eps
     groups = plus.numel() // group_size
-    return (plus - minus).view(groups, group_size).mean(dim=1).abs()
+    return change.view(groups, group_size).mean(dim=1).abs() / step
 
 
 def zeroth_order_scores(
@@ -165,6 +176,7 @@ def zeroth_order_scores(
     micro_batch: int = 4,
     group_size: int = 1,
     level: Literal["tensor", "block"] = "tensor",
+    difference: Literal["central", "forward"] = "central",
     progress: ProgressFactory = no_progress,
 ) -> dict[str, float]:
     """MEZO-GradOnly scores: one scalar per tensor (``level="block"``: per block, shared by size)."""
@@ -177,16 +189,25 @@ def zeroth_order_scores(
     bar = progress(total=len(micros) * len(units), desc="zeroth-order scores")
     for start, micro in zip(range(0, batch_size(batch), micro_batch), micros, strict=True):
         outputs = capture_block_outputs(adapter, blocks, micro)
+        base = unperturbed_loss(adapter, blocks, outputs, micro) if difference == "forward" else None
         first_group = start // group_size
         for k, names in units:
             with torch.no_grad(), replayed(blocks[:k], outputs[:k]):
                 for noise in range(num_noise):
                     zs = _draw(blocks[k], names, index, seed, first_group, batch_size(micro) // group_size, noise)
-                    diff = _antithetic_difference(adapter, micro, zs, group_size, eps)
-                    _accumulate(scores, blocks[k], names, float(diff.sum()) / (2 * eps))
+                    derivative = _directional_derivative(adapter, micro, zs, group_size, eps, base)
+                    _accumulate(scores, blocks[k], names, float(derivative.sum()))
             bar.update(1)
     bar.close()
     return scores
+
+
+def unperturbed_loss(
+    adapter: ModelAdapter, blocks: Sequence[Block], outputs: Sequence[Any], batch: Batch
+) -> torch.Tensor:
+    """L(W) per sample with every block replayed from ``outputs`` (the same path as the perturbed passes)."""
+    with torch.no_grad(), replayed(blocks, outputs):
+        return adapter.loss(batch).double()
 
 
 def zeroth_order_variant(
@@ -334,11 +355,13 @@ def zeroth_order_scores_naive(
     num_noise: int = 1,
     seed: int = 42,
     group_size: int = 1,
+    difference: Literal["central", "forward"] = "central",
     progress: ProgressFactory = no_progress,
 ) -> dict[str, float]:
     """The same estimator computed as the reference does: for each tensor and each group, the
     weight is perturbed in place (+eps z, then -eps z), two FULL forward passes, then restored by
-    copy. Same seeds as :func:`zeroth_order_scores`, so the scores agree to rounding."""
+    copy (``forward``: +eps z and the unperturbed model). Same seeds as :func:`zeroth_order_scores`,
+    so the scores agree to rounding."""
     index = {name: i for i, name in enumerate(ordered_layers(towers))}
     layers = linears(towers)
     scores = dict.fromkeys(index, 0.0)
@@ -352,10 +375,11 @@ def zeroth_order_scores_naive(
                     z = perturbation(layer.weight, perturbation_seed(seed, index[name], g, noise))
                     layer.weight.add_(z, alpha=eps)
                     plus = adapter.loss(group).double().mean()
-                    layer.weight.add_(z, alpha=-2 * eps)
-                    minus = adapter.loss(group).double().mean()
+                    layer.weight.add_(z, alpha=-2 * eps if difference == "central" else -eps)
+                    other = adapter.loss(group).double().mean()
                     layer.weight.copy_(original)
-                    scores[name] += float((plus - minus).abs()) / (2 * eps)
+                    step = 2 * eps if difference == "central" else eps
+                    scores[name] += float((plus - other).abs()) / step
             bar.update(1)
     bar.close()
     return scores

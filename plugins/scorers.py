@@ -39,6 +39,7 @@ class ZerothOrderScorer(Scorer):
             micro_batch=o.get("micro_batch", 4),
             group_size=group_size(adapter, o.get("group_size", 1), o.get("micro_batch", 4)),
             level=o.get("level", "tensor"),
+            difference=o.get("difference", "central"),
             progress=progress,
         )
         return zeroth_order_variant(scalars, adapter, towers, o.get("variant", "grad-only"))
