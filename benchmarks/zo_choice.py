@@ -33,11 +33,16 @@ from ecoflap.pipelines.run_cli import prefect_defaults
 from ecoflap.pipelines.run_config import RunConfig
 
 RESULTS = Path(__file__).parent / "results"
-EXACT = {"zo_level": "tensor", "zo_difference": "central"}
-FAST = {"zo_level": "block", "zo_difference": "forward"}
+MODES = {  # exact: the reference's estimator; the others trade it for time
+    "exact": {"zo_level": "tensor", "zo_difference": "central"},
+    "fast": {"zo_level": "block", "zo_difference": "forward"},
+    "block-central": {"zo_level": "block", "zo_difference": "central"},
+    "tensor-forward": {"zo_level": "tensor", "zo_difference": "forward"},
+    "fast-noise2": {"zo_level": "block", "zo_difference": "forward", "zo_noise": 2},
+}
 ZEROTH = {
     f"zo {mode} {variant}": {"allocator": "ecoflap", "scorer": "zeroth-order", "zo_variant": variant} | settings
-    for mode, settings in (("exact", EXACT), ("fast", FAST))
+    for mode, settings in MODES.items()
     for variant in ("grad-only", "grad-mag-abs")
 }
 OTHERS = {
@@ -84,11 +89,11 @@ def settings_of(label: str) -> dict[str, Any]:
     return ZEROTH.get(label) or OTHERS[label]
 
 
-def run_stage(table: Table, stage: str, zo: str | None) -> None:
+def run_stage(table: Table, stage: str, zo: str | None, labels: list[str], sparsities: list[float]) -> None:
     prefect_defaults()
     spec = STAGES[stage]
-    for sparsity in spec["sparsities"]:
-        for label in rows_of(stage, zo):
+    for sparsity in sparsities or spec["sparsities"]:
+        for label in labels or rows_of(stage, zo):
             key = f"{label} @ {sparsity}"
             output = str(Path("runs") / "bench-zo-choice" / stage / key)
             config = RunConfig.build(**spec["base"] | {"pruner": "wanda", "record": False, "output": output}
@@ -136,13 +141,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", choices=list(STAGES), required=True)
     parser.add_argument("--zo", choices=list(ZEROTH), help="the zeroth-order row chosen on validation")
+    parser.add_argument("--rows", nargs="+", default=[], help="run these rows only (labels as printed)")
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[], help="[the stage's]")
     parser.add_argument("-o", "--output", type=Path, help="[benchmarks/results/zo_choice_<stage>.json]")
     parser.add_argument("--fresh", action="store_true", help="start a new table (rows of another code version)")
     parser.add_argument("--table", action="store_true", help="print the finished rows")
     args = parser.parse_args()
     table = Table(args.output or RESULTS / f"zo_choice_{args.stage}.json", args.fresh)
     if not args.table:
-        run_stage(table, args.stage, args.zo)
+        run_stage(table, args.stage, args.zo, args.rows, args.sparsities)
     print(markdown(table, args.stage))
 
 
