@@ -39,6 +39,8 @@ MODES = {  # exact: the reference's estimator; the others trade it for time
     "block-central": {"zo_level": "block", "zo_difference": "central"},
     "tensor-forward": {"zo_level": "tensor", "zo_difference": "forward"},
     "fast-noise2": {"zo_level": "block", "zo_difference": "forward", "zo_noise": 2},
+    "sampled": {"zo_level": "sampled", "zo_difference": "forward"},
+    "sampled-central": {"zo_level": "sampled", "zo_difference": "central"},
 }
 ZEROTH = {
     f"zo {mode} {variant}": {"allocator": "ecoflap", "scorer": "zeroth-order", "zo_variant": variant} | settings

@@ -87,7 +87,9 @@ class PruneConfig(BaseModel):
     zo_eps: float = Field(1e-3, gt=0.0, le=1.0, allow_inf_nan=False, description="zeroth-order perturbation size")
     zo_noise: int = Field(1, ge=1, le=1000, description="perturbations per tensor per group")
     zo_group: int = Field(1, ge=1, le=MAX_SAMPLES, description="calibration samples sharing one perturbation")
-    zo_level: Literal["tensor", "block"] = Field("tensor", description="perturb one tensor or a whole block")
+    zo_level: Literal["tensor", "block", "sampled"] = Field(
+        "tensor", description="perturb one tensor, a whole block, or one tensor of every block per sample in turn"
+    )
     zo_difference: Literal["central", "forward"] = Field(
         "central", description="derivative along z: (L(W+eps z) - L(W-eps z)) / 2eps, or (L(W+eps z) - L(W)) / eps"
     )

@@ -13,7 +13,13 @@ micro-batch run together, each group with its own perturbation.
 Two estimators of the derivative along z: ``central`` (the reference's), |L(W + eps z) - L(W - eps z)| / (2 eps),
 two passes per unit; ``forward``, |L(W + eps z) - L(W)| / eps, one pass per unit and L(W) once per micro-batch
 (from the cached block outputs: only the parts between and after the blocks run). Its bias is eps/2 z^T H z; at
-``level="block"`` (one perturbation per block, the allocation's own granularity) it is the fast default.
+``level="block"`` (one perturbation per block) it is the fastest.
+
+``level="sampled"`` costs what ``block`` costs and estimates what ``tensor`` does: each perturbation group
+perturbs ONE tensor of each block, tensor (group x noises + noise) mod (tensors in the block) in turn, and a
+tensor's sum is scaled by (all draws) / (its draws). Over exchangeable calibration samples its expectation is
+the per-tensor estimator's; a whole-block perturbation instead measures ||g_block||, which weighs blocks whose
+gradient sits in one tensor above blocks where it is spread (ell-2 against the per-tensor ell-1).
 
 Variants of the zeroth-order score s_W (the reference's MEZO-*): grad-only s_W (the reference's scripts);
 grad-mag-abs s_W * sum |W|; grad-mag-square s_W^2 * sum W^2 (the reference multiplies the scalar into |W|
@@ -121,8 +127,8 @@ def replayed(blocks: Sequence[Block], outputs: Sequence[Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def perturbed(layers: dict[nn.Linear, list[torch.Tensor]], scale: float, group_size: int) -> Iterator[None]:
-    """Each layer's output becomes x (W + scale z_g)^T for the samples of group g."""
+def perturbed(layers: dict[nn.Linear, list[torch.Tensor | None]], scale: float, group_size: int) -> Iterator[None]:
+    """Each layer's output becomes x (W + scale z_g)^T for the samples of group g (z_g None: x W^T)."""
 
     def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         zs = layers[module]
@@ -130,6 +136,8 @@ def perturbed(layers: dict[nn.Linear, list[torch.Tensor]], scale: float, group_s
         x = args[0].reshape(samples, -1, args[0].shape[-1])
         out = output.view(samples, -1, output.shape[-1])
         for g, z in enumerate(zs):
+            if z is None:
+                continue
             rows = slice(g * group_size, (g + 1) * group_size)
             dtype = torch.promote_types(x.dtype, z.dtype)  # fp32 at least: eps z is 1-2 ulp in bf16
             out[rows] += (scale * (x[rows].to(dtype) @ z.to(x.device, dtype).T)).to(out.dtype)
@@ -146,7 +154,7 @@ def perturbed(layers: dict[nn.Linear, list[torch.Tensor]], scale: float, group_s
 def _directional_derivative(
     adapter: ModelAdapter,
     batch: Batch,
-    layers: dict[nn.Linear, list[torch.Tensor]],
+    layers: dict[nn.Linear, list[torch.Tensor | None]],
     group_size: int,
     eps: float,
     base: torch.Tensor | None,
@@ -175,31 +183,52 @@ def zeroth_order_scores(
     seed: int = 42,
     micro_batch: int = 4,
     group_size: int = 1,
-    level: Literal["tensor", "block"] = "tensor",
+    level: Literal["tensor", "block", "sampled"] = "tensor",
     difference: Literal["central", "forward"] = "central",
     progress: ProgressFactory = no_progress,
 ) -> dict[str, float]:
-    """MEZO-GradOnly scores: one scalar per tensor (``level="block"``: per block, shared by size)."""
+    """MEZO-GradOnly scores: one scalar per tensor (``level="block"``: per block, shared by size;
+    ``"sampled"``: one tensor per block and group, see the module's text)."""
     _check_zo(batch, micro_batch, group_size, eps, num_noise)
     blocks = ordered_blocks(towers)
     index = {name: i for i, name in enumerate(ordered_layers(towers))}
     scores = dict.fromkeys(index, 0.0)
+    draws = dict.fromkeys(index, 0)
     units = _perturbation_units(blocks, level)
+    if level == "sampled":
+        _check_draws(units, (batch_size(batch) // group_size) * num_noise)
     micros = split_batch(batch, micro_batch)
     bar = progress(total=len(micros) * len(units), desc="zeroth-order scores")
     for start, micro in zip(range(0, batch_size(batch), micro_batch), micros, strict=True):
         outputs = capture_block_outputs(adapter, blocks, micro)
         base = unperturbed_loss(adapter, blocks, outputs, micro) if difference == "forward" else None
         first_group = start // group_size
+        groups = range(first_group, first_group + batch_size(micro) // group_size)
         for k, names in units:
             with torch.no_grad(), replayed(blocks[:k], outputs[:k]):
                 for noise in range(num_noise):
-                    zs = _draw(blocks[k], names, index, seed, first_group, batch_size(micro) // group_size, noise)
+                    chosen = _chosen(names, groups, num_noise, noise, level)
+                    zs = _draw(blocks[k], chosen, index, seed, groups, noise)
                     derivative = _directional_derivative(adapter, micro, zs, group_size, eps, base)
-                    _accumulate(scores, blocks[k], names, float(derivative.sum()))
+                    if level == "sampled":
+                        for (name,), value in zip(chosen, derivative.tolist(), strict=True):
+                            scores[name] += value
+                            draws[name] += 1
+                    else:
+                        _accumulate(scores, blocks[k], names, float(derivative.sum()))
             bar.update(1)
     bar.close()
+    if level == "sampled":
+        total = (batch_size(batch) // group_size) * num_noise
+        return {n: scores[n] * total / draws[n] if draws[n] else 0.0 for n in scores}
     return scores
+
+
+def _chosen(names: list[str], groups: range, num_noise: int, noise: int, level: str) -> list[list[str]]:
+    """The layers each perturbation group perturbs in this unit (``sampled``: one, in turn)."""
+    if level != "sampled":
+        return [names for _ in groups]
+    return [[names[(g * num_noise + noise) % len(names)]] for g in groups]
 
 
 def unperturbed_loss(
@@ -241,29 +270,39 @@ def _check_zo(batch: Batch, micro_batch: int, group_size: int, eps: float, num_n
         raise EcoflapError("zeroth-order eps must be > 0 and num_noise >= 1")
 
 
+def _check_draws(units: list[tuple[int, list[str]]], draws: int) -> None:
+    widest = max(len(names) for _, names in units)
+    if draws < widest:
+        raise EcoflapError(
+            f"--zo-level sampled perturbs one tensor of a block per draw: {draws} draws (samples / --zo-group x "
+            f"--zo-noise) leave some of a block's {widest} tensors unscored; raise --score-nsamples or --zo-noise"
+        )
+
+
 def _perturbation_units(blocks: Sequence[Block], level: str) -> list[tuple[int, list[str]]]:
-    """(block index, the layers perturbed together): one layer at a time, or a whole block."""
-    if level == "block":
+    """(block index, the layers perturbed together): one layer at a time, or a whole block (``sampled``:
+    the block's layers, of which each group perturbs one)."""
+    if level in ("block", "sampled"):
         return [(k, list(b.linears)) for k, b in enumerate(blocks) if b.linears]
     return [(k, [n]) for k, b in enumerate(blocks) for n in b.linears]
 
 
 def _draw(
     block: Block,
-    names: list[str],
+    chosen: list[list[str]],
     index: dict[str, int],
     seed: int,
-    first_group: int,
-    groups: int,
+    groups: range,
     noise: int,
-) -> dict[nn.Linear, list[torch.Tensor]]:
-    """z for each perturbed layer and each perturbation group of the micro-batch."""
+) -> dict[nn.Linear, list[torch.Tensor | None]]:
+    """z for each perturbed layer and each perturbation group of the micro-batch (None: not perturbed there)."""
+    layers = {n for names in chosen for n in names}
     return {
         block.linears[n]: [
-            perturbation(block.linears[n].weight, perturbation_seed(seed, index[n], first_group + g, noise))
-            for g in range(groups)
+            perturbation(block.linears[n].weight, perturbation_seed(seed, index[n], g, noise)) if n in names else None
+            for g, names in zip(groups, chosen, strict=True)
         ]
-        for n in names
+        for n in sorted(layers, key=index.__getitem__)
     }
 
 

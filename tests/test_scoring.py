@@ -164,3 +164,49 @@ def test_later_zeroth_order_settings_are_keyed_only_off_the_value_before_them() 
     assert "zo_difference" not in before and "zo_variant" not in before
     assert options(zo_variant="grad-only", zo_difference="forward") == before | {"zo_difference": "forward"}
     assert options(zo_level="block") != options(zo_level="tensor")
+
+
+def _one_draw(adapter, layer, batch, group: int, seed: int, index: int, eps: float, difference: str) -> float:
+    """|dL/dW . z| of one group's sample, the weight perturbed in place (the reference's way)."""
+    from ecoflap.core.scoring import perturbation, perturbation_seed
+
+    sample = {k: v[group : group + 1] for k, v in batch.items()}
+    z = perturbation(layer.weight, perturbation_seed(seed, index, group, 0))
+    original = layer.weight.detach().clone()
+    with torch.no_grad():
+        layer.weight.add_(z, alpha=eps)
+        plus = adapter.loss(sample).double().mean()
+        layer.weight.add_(z, alpha=-2 * eps if difference == "central" else -eps)
+        other = adapter.loss(sample).double().mean()
+        layer.weight.copy_(original)
+    return float((plus - other).abs()) / (2 * eps if difference == "central" else eps)
+
+
+@pytest.mark.parametrize("difference", ["central", "forward"])
+def test_sampled_level_perturbs_one_tensor_per_block_and_group_in_turn(make_adapter, toy_text, difference) -> None:
+    """Group g perturbs tensor g mod n of every block; a tensor's draws are summed and scaled to all groups."""
+    from ecoflap.core.scoring import ordered_layers
+
+    adapter = make_adapter("tiny-llama", torch.float64)
+    towers = adapter.towers()
+    blocks = ordered_blocks(towers)
+    width = len(blocks[0].linears)
+    nsamples = width + 2  # the first two tensors of a block are drawn twice, the others once
+    batch = adapter.calibration_batch([toy_text], nsamples, 16, seed=2)
+    ours = zeroth_order_scores(adapter, towers, batch, micro_batch=1, level="sampled", difference=difference, seed=5)
+    index = {n: i for i, n in enumerate(ordered_layers(towers))}
+    for block in blocks:
+        names = list(block.linears)
+        for t, name in enumerate(names):
+            groups = [g for g in range(nsamples) if g % len(names) == t]
+            values = [
+                _one_draw(adapter, block.linears[name], batch, g, 5, index[name], 1e-3, difference) for g in groups
+            ]
+            assert ours[name] == pytest.approx(sum(values) * nsamples / len(groups), rel=1e-6), name
+
+
+def test_sampled_level_needs_a_draw_per_tensor(make_adapter, toy_text) -> None:
+    adapter = make_adapter("tiny-llama")
+    batch = adapter.calibration_batch([toy_text], 2, 16, seed=0)
+    with pytest.raises(EcoflapError, match="raise --score-nsamples or --zo-noise"):
+        zeroth_order_scores(adapter, adapter.towers(), batch, micro_batch=2, level="sampled")
