@@ -7,8 +7,10 @@ Side by side in one run, each variant in a fresh subprocess (so peak RSS is its 
   zeroth-order-ref     the reference's way: per tensor and sample, W += eps z in place, two FULL
                        forward passes, restore by copy (same seeds -> the same estimator)
   zeroth-order-block   one perturbation per block instead of per tensor, central difference
-  zeroth-order-fast    the default mode: one perturbation per block, forward difference (one perturbed
-                       pass per block against the unperturbed loss from the cached block outputs)
+  zeroth-order-fast    one perturbation per block, forward difference (one perturbed pass per block
+                       against the unperturbed loss from the cached block outputs)
+  zeroth-order-sampled the default mode: per sample one tensor of every block in turn, forward difference
+                       (with fewer samples than a block's tensors, more rounds per sample)
   first-order          |W| * mean|g| from backward passes
 Prints time and peak memory as ratios, score agreement, and writes the raw figures as JSON.
 
@@ -32,6 +34,7 @@ VARIANTS = [
     "zeroth-order-ref",
     "zeroth-order-block",
     "zeroth-order-fast",
+    "zeroth-order-sampled",
     "first-order",
 ]
 
@@ -87,9 +90,10 @@ def run_variant(variant: str, nsamples: int, seqlen: int, micro_batch: int, seed
         scores = zeroth_order_scores(adapter, towers, batch, micro_batch=micro_batch, seed=seed)
     elif variant == "zeroth-order-block":
         scores = zeroth_order_scores(adapter, towers, batch, micro_batch=micro_batch, seed=seed, level="block")
-    elif variant == "zeroth-order-fast":
+    elif variant in ("zeroth-order-fast", "zeroth-order-sampled"):
+        level = "block" if variant == "zeroth-order-fast" else "sampled"
         scores = zeroth_order_scores(
-            adapter, towers, batch, micro_batch=micro_batch, seed=seed, level="block", difference="forward"
+            adapter, towers, batch, micro_batch=micro_batch, seed=seed, level=level, difference="forward"
         )
     elif variant == "zeroth-order-ref":
         scores = zeroth_order_scores_naive(adapter, towers, batch, seed=seed)
@@ -145,8 +149,9 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
     def growth(v: str) -> float:  # memory the step itself added above the loaded, warmed-up model
         return results[v]["peak_rss_mb"] - results[v]["loaded_rss_mb"]
 
-    ours, ref, block, fast = (
-        results[v]["scores"] for v in ("zeroth-order", "zeroth-order-ref", "zeroth-order-block", "zeroth-order-fast")
+    ours, ref, block, fast, sampled = (
+        results[v]["scores"]
+        for v in ("zeroth-order", "zeroth-order-ref", "zeroth-order-block", "zeroth-order-fast", "zeroth-order-sampled")
     )
     names = list(ours)
     first = {n: results["first-order"]["scores"][n] for n in names}
@@ -162,7 +167,9 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
         "time_ratio_reference_way_vs_first_order": ratio("zeroth-order-ref", "first-order", "seconds"),
         "time_ratio_block_vs_first_order": ratio("zeroth-order-block", "first-order", "seconds"),
         "time_ratio_fast_vs_first_order": ratio("zeroth-order-fast", "first-order", "seconds"),
+        "time_ratio_sampled_vs_first_order": ratio("zeroth-order-sampled", "first-order", "seconds"),
         "speedup_fast_vs_exact": ratio("zeroth-order", "zeroth-order-fast", "seconds"),
+        "speedup_sampled_vs_exact": ratio("zeroth-order", "zeroth-order-sampled", "seconds"),
         "peak_ratio_zeroth_vs_first_order": ratio("zeroth-order", "first-order", "peak_rss_mb"),
         "peak_ratio_zeroth_vs_plain_forward": ratio("zeroth-order", "plain-forward", "peak_rss_mb"),
         "growth_ratio_zeroth_vs_first_order": growth("zeroth-order") / growth("first-order"),
@@ -177,6 +184,9 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
         ).statistic,
         "fast_block_spearman_vs_tensor_level_block_sums": spearmanr(
             list(block_sums(fast).values()), list(block_sums(ours).values())
+        ).statistic,
+        "sampled_block_spearman_vs_tensor_level_block_sums": spearmanr(
+            list(block_sums(sampled).values()), list(block_sums(ours).values())
         ).statistic,
         "zeroth_vs_first_order_spearman": spearmanr([ours[n] for n in names], [first[n] for n in names]).statistic,
     }

@@ -17,9 +17,11 @@ two passes per unit; ``forward``, |L(W + eps z) - L(W)| / eps, one pass per unit
 
 ``level="sampled"`` costs what ``block`` costs and estimates what ``tensor`` does: each perturbation group
 perturbs ONE tensor of each block, tensor (group x noises + noise) mod (tensors in the block) in turn, and a
-tensor's sum is scaled by (all draws) / (its draws). Over exchangeable calibration samples its expectation is
-the per-tensor estimator's; a whole-block perturbation instead measures ||g_block||, which weighs blocks whose
-gradient sits in one tensor above blocks where it is spread (ell-2 against the per-tensor ell-1).
+tensor's sum is scaled by (all draws) / (its draws); with fewer groups than a block has tensors, each group
+runs ceil(tensors / groups) rounds (``num_noise`` at least that), so that every tensor is drawn. Over
+exchangeable calibration samples its expectation is the per-tensor estimator's; a whole-block perturbation
+instead measures ||g_block||, which weighs blocks whose gradient sits in one tensor above blocks where it is
+spread (ell-2 against the per-tensor ell-1).
 
 Variants of the zeroth-order score s_W (the reference's MEZO-*): grad-only s_W (the reference's scripts);
 grad-mag-abs s_W * sum |W|; grad-mag-square s_W^2 * sum W^2 (the reference multiplies the scalar into |W|
@@ -195,8 +197,8 @@ def zeroth_order_scores(
     scores = dict.fromkeys(index, 0.0)
     draws = dict.fromkeys(index, 0)
     units = _perturbation_units(blocks, level)
-    if level == "sampled":
-        _check_draws(units, (batch_size(batch) // group_size) * num_noise)
+    if level == "sampled":  # every tensor of a block drawn at least once: more rounds when samples are few
+        num_noise = max(num_noise, -(-max(len(names) for _, names in units) // (batch_size(batch) // group_size)))
     micros = split_batch(batch, micro_batch)
     bar = progress(total=len(micros) * len(units), desc="zeroth-order scores")
     for start, micro in zip(range(0, batch_size(batch), micro_batch), micros, strict=True):
@@ -268,15 +270,6 @@ def _check_zo(batch: Batch, micro_batch: int, group_size: int, eps: float, num_n
         raise EcoflapError(f"{batch_size(batch)} samples do not split into groups of {group_size}")
     if eps <= 0 or num_noise < 1:
         raise EcoflapError("zeroth-order eps must be > 0 and num_noise >= 1")
-
-
-def _check_draws(units: list[tuple[int, list[str]]], draws: int) -> None:
-    widest = max(len(names) for _, names in units)
-    if draws < widest:
-        raise EcoflapError(
-            f"--zo-level sampled perturbs one tensor of a block per draw: {draws} draws (samples / --zo-group x "
-            f"--zo-noise) leave some of a block's {widest} tensors unscored; raise --score-nsamples or --zo-noise"
-        )
 
 
 def _perturbation_units(blocks: Sequence[Block], level: str) -> list[tuple[int, list[str]]]:

@@ -205,8 +205,14 @@ def test_sampled_level_perturbs_one_tensor_per_block_and_group_in_turn(make_adap
             assert ours[name] == pytest.approx(sum(values) * nsamples / len(groups), rel=1e-6), name
 
 
-def test_sampled_level_needs_a_draw_per_tensor(make_adapter, toy_text) -> None:
+def test_sampled_level_draws_every_tensor_when_samples_are_few(make_adapter, toy_text) -> None:
+    """2 samples, 7 tensors per block: 4 rounds per sample, so no tensor is left unscored; = num_noise=4 asked."""
     adapter = make_adapter("tiny-llama")
     batch = adapter.calibration_batch([toy_text], 2, 16, seed=0)
-    with pytest.raises(EcoflapError, match="raise --score-nsamples or --zo-noise"):
-        zeroth_order_scores(adapter, adapter.towers(), batch, micro_batch=2, level="sampled")
+    towers = adapter.towers()
+    scores = zeroth_order_scores(adapter, towers, batch, micro_batch=2, level="sampled", difference="forward")
+    assert all(v > 0 for v in scores.values())
+    asked = zeroth_order_scores(
+        adapter, towers, batch, micro_batch=2, level="sampled", difference="forward", num_noise=4
+    )
+    assert scores == asked
