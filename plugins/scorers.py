@@ -16,8 +16,8 @@ def group_size(adapter: ModelAdapter, asked: int, micro_batch: int) -> int:
 
 
 class ZerothOrderScorer(Scorer):
-    """MEZO-GradOnly: |L(W + eps z) - L(W - eps z)| / (2 eps), summed, one scalar per tensor
-    (variants grad-mag-abs and grad-mag-square weigh it by the tensor's magnitude)."""
+    """Per tensor: s = sum |dL/dW . z| from forward passes (default: one tensor of each block per sample in turn,
+    forward difference), weighed by the tensor's magnitude (grad-mag-abs; grad-only is the reference's scripts')."""
 
     name = "zeroth-order"
 
@@ -38,11 +38,11 @@ class ZerothOrderScorer(Scorer):
             seed=o.get("seed", 42),
             micro_batch=o.get("micro_batch", 4),
             group_size=group_size(adapter, o.get("group_size", 1), o.get("micro_batch", 4)),
-            level=o.get("level", "tensor"),
-            difference=o.get("difference", "central"),
+            level=o.get("level", "sampled"),
+            difference=o.get("difference", "forward"),
             progress=progress,
         )
-        return zeroth_order_variant(scalars, adapter, towers, o.get("variant", "grad-only"))
+        return zeroth_order_variant(scalars, adapter, towers, o.get("variant", "grad-mag-abs"))
 
 
 class FirstOrderScorer(Scorer):

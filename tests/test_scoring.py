@@ -143,15 +143,18 @@ def test_zeroth_order_variants_are_the_references_mezo_scores(make_adapter, toy_
     assert variant == "grad-only" or len({round(ours[n] / scalars[n], 6) for n in ours}) > 1  # not a constant factor
 
 
-def test_zeroth_order_variant_is_in_the_method_identity_only_off_its_default() -> None:
+def test_zeroth_order_variant_is_in_the_method_identity_only_off_grad_only() -> None:
     from ecoflap.core.config import PruneConfig
 
-    default = PruneConfig(scorer="zeroth-order").method()["scorer_options"]
-    assert "zo_variant" not in default  # the keys of runs recorded before the variant existed
-    assert PruneConfig(scorer="zeroth-order", zo_variant="grad-mag-abs").method()["scorer_options"] == default | {
+    reference = PruneConfig(scorer="zeroth-order", zo_variant="grad-only").method()["scorer_options"]
+    assert "zo_variant" not in reference  # the keys of runs recorded before the variant existed
+    assert PruneConfig(scorer="zeroth-order", zo_variant="grad-mag-abs").method()["scorer_options"] == reference | {
         "zo_variant": "grad-mag-abs"
     }
     assert "zo_variant" not in PruneConfig(scorer="first-order", zo_variant="grad-mag-abs").method()["scorer_options"]
+    default = PruneConfig(scorer="zeroth-order").method()["scorer_options"]  # the defaults chosen on validation
+    assert default == {"zo_eps": 1e-3, "zo_noise": 1, "zo_group": 1, "zo_level": "sampled",
+                       "zo_difference": "forward", "zo_variant": "grad-mag-abs"}  # fmt: skip
 
 
 def test_later_zeroth_order_settings_are_keyed_only_off_the_value_before_them() -> None:
