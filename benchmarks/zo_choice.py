@@ -41,6 +41,7 @@ MODES = {  # exact: the reference's estimator; the others trade it for time
     "fast-noise2": {"zo_level": "block", "zo_difference": "forward", "zo_noise": 2},
     "sampled": {"zo_level": "sampled", "zo_difference": "forward"},
     "sampled-central": {"zo_level": "sampled", "zo_difference": "central"},
+    "sampled-noise2": {"zo_level": "sampled", "zo_difference": "forward", "zo_noise": 2},
 }
 ZEROTH = {
     f"zo {mode} {variant}": {"allocator": "ecoflap", "scorer": "zeroth-order", "zo_variant": variant} | settings
@@ -130,7 +131,7 @@ def markdown(table: Table, stage: str) -> str:
     for r in table.rows:
         towers = r["per_tower"]
         split = f"{towers['vision']:.3f} / {towers['language']:.3f}" if "vision" in towers else "-"
-        result = summary(r).split(", ", 2)[-1] if "vision" in towers else summary(r)
+        result = summary(r).split(", ", 1)[-1] if "vision" in towers else summary(r)
         if stage == "test":
             low, high = wilson(r)
             result += f" [{low:.3f}, {high:.3f}]"
