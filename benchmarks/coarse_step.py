@@ -141,55 +141,59 @@ def block_sums(scores: dict[str, float]) -> dict[str, float]:
 
 
 def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
+    """Ratios and score agreements of the variants that ran (``--variants`` may leave some out)."""
     from scipy.stats import spearmanr
 
-    def ratio(a: str, b: str, key: str) -> float:
+    def ratio(a: str, b: str, key: str = "seconds") -> float:
         return results[a][key] / results[b][key]
 
     def growth(v: str) -> float:  # memory the step itself added above the loaded, warmed-up model
         return results[v]["peak_rss_mb"] - results[v]["loaded_rss_mb"]
 
-    ours, ref, block, fast, sampled = (
-        results[v]["scores"]
-        for v in ("zeroth-order", "zeroth-order-ref", "zeroth-order-block", "zeroth-order-fast", "zeroth-order-sampled")
-    )
-    names = list(ours)
-    first = {n: results["first-order"]["scores"][n] for n in names}
-    rel = max(abs(ours[n] - ref[n]) / abs(ref[n]) for n in names)
-    summary = {
+    def blocks_rho(a: str, b: str) -> float:
+        x, y = block_sums(results[a]["scores"]), block_sums(results[b]["scores"])
+        return spearmanr([x[k] for k in x], [y[k] for k in x]).statistic
+
+    ratios = {  # name: (numerator, denominator, key)
+        "speedup_ours_vs_reference_way": ("zeroth-order-ref", "zeroth-order", "seconds"),
+        "time_ratio_zeroth_vs_first_order": ("zeroth-order", "first-order", "seconds"),
+        "time_ratio_reference_way_vs_first_order": ("zeroth-order-ref", "first-order", "seconds"),
+        "time_ratio_block_vs_first_order": ("zeroth-order-block", "first-order", "seconds"),
+        "time_ratio_fast_vs_first_order": ("zeroth-order-fast", "first-order", "seconds"),
+        "time_ratio_sampled_vs_first_order": ("zeroth-order-sampled", "first-order", "seconds"),
+        "speedup_fast_vs_exact": ("zeroth-order", "zeroth-order-fast", "seconds"),
+        "speedup_sampled_vs_exact": ("zeroth-order", "zeroth-order-sampled", "seconds"),
+        "peak_ratio_zeroth_vs_first_order": ("zeroth-order", "first-order", "peak_rss_mb"),
+        "peak_ratio_zeroth_vs_plain_forward": ("zeroth-order", "plain-forward", "peak_rss_mb"),
+    }
+    agreements = {  # block sums of the scores, Spearman: name: (variant, against)
+        "block_level_spearman_vs_tensor_level_block_sums": ("zeroth-order-block", "zeroth-order"),
+        "fast_block_spearman_vs_tensor_level_block_sums": ("zeroth-order-fast", "zeroth-order"),
+        "sampled_block_spearman_vs_tensor_level_block_sums": ("zeroth-order-sampled", "zeroth-order"),
+        "sampled_block_spearman_vs_first_order": ("zeroth-order-sampled", "first-order"),
+        "zeroth_vs_first_order_block_spearman": ("zeroth-order", "first-order"),
+    }
+    summary: dict = {
         "settings": {k: str(v) for k, v in vars(args).items() if k != "out"}
         | {"threads": os.environ.get("ECOFLAP_THREADS", "2")},
         "seconds": {v: r["seconds"] for v, r in results.items()},
         "peak_rss_mb": {v: r["peak_rss_mb"] for v, r in results.items()},
         "step_rss_growth_mb": {v: growth(v) for v in results},
-        "speedup_ours_vs_reference_way": ratio("zeroth-order-ref", "zeroth-order", "seconds"),
-        "time_ratio_zeroth_vs_first_order": ratio("zeroth-order", "first-order", "seconds"),
-        "time_ratio_reference_way_vs_first_order": ratio("zeroth-order-ref", "first-order", "seconds"),
-        "time_ratio_block_vs_first_order": ratio("zeroth-order-block", "first-order", "seconds"),
-        "time_ratio_fast_vs_first_order": ratio("zeroth-order-fast", "first-order", "seconds"),
-        "time_ratio_sampled_vs_first_order": ratio("zeroth-order-sampled", "first-order", "seconds"),
-        "speedup_fast_vs_exact": ratio("zeroth-order", "zeroth-order-fast", "seconds"),
-        "speedup_sampled_vs_exact": ratio("zeroth-order", "zeroth-order-sampled", "seconds"),
-        "peak_ratio_zeroth_vs_first_order": ratio("zeroth-order", "first-order", "peak_rss_mb"),
-        "peak_ratio_zeroth_vs_plain_forward": ratio("zeroth-order", "plain-forward", "peak_rss_mb"),
-        "growth_ratio_zeroth_vs_first_order": growth("zeroth-order") / growth("first-order"),
-        "growth_ratio_zeroth_vs_plain_forward": growth("zeroth-order") / max(growth("plain-forward"), 1.0),
-        "scores_max_relative_difference_ours_vs_reference_way": rel,
-        "scores_spearman_ours_vs_reference_way": spearmanr([ours[n] for n in names], [ref[n] for n in names]).statistic,
-        "block_level_spearman_vs_tensor_level_block_sums": spearmanr(
-            list(block_sums(block).values()), list(block_sums(ours).values())
-        ).statistic,
-        "fast_block_spearman_vs_block_level": spearmanr(
-            list(block_sums(fast).values()), list(block_sums(block).values())
-        ).statistic,
-        "fast_block_spearman_vs_tensor_level_block_sums": spearmanr(
-            list(block_sums(fast).values()), list(block_sums(ours).values())
-        ).statistic,
-        "sampled_block_spearman_vs_tensor_level_block_sums": spearmanr(
-            list(block_sums(sampled).values()), list(block_sums(ours).values())
-        ).statistic,
-        "zeroth_vs_first_order_spearman": spearmanr([ours[n] for n in names], [first[n] for n in names]).statistic,
     }
+    summary |= {name: ratio(*spec) for name, spec in ratios.items() if {spec[0], spec[1]} <= results.keys()}
+    if {"zeroth-order", "first-order", "plain-forward"} <= results.keys():
+        summary["growth_ratio_zeroth_vs_first_order"] = growth("zeroth-order") / growth("first-order")
+        summary["growth_ratio_zeroth_vs_plain_forward"] = growth("zeroth-order") / max(growth("plain-forward"), 1.0)
+    if {"zeroth-order", "zeroth-order-ref"} <= results.keys():
+        ours, ref = results["zeroth-order"]["scores"], results["zeroth-order-ref"]["scores"]
+        names = list(ours)
+        summary["scores_max_relative_difference_ours_vs_reference_way"] = max(
+            abs(ours[n] - ref[n]) / abs(ref[n]) for n in names
+        )
+        summary["scores_spearman_ours_vs_reference_way"] = spearmanr(
+            [ours[n] for n in names], [ref[n] for n in names]
+        ).statistic
+    summary |= {name: blocks_rho(*pair) for name, pair in agreements.items() if set(pair) <= results.keys()}
     return summary
 
 
@@ -219,6 +223,7 @@ def main() -> None:
         default=1,
         help="zeroth-order variants score every K-th block only (first-order: all)",
     )
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS, help="[all]")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coarse_step.json"))
     args = parser.parse_args()
     if args.variant:
@@ -226,7 +231,7 @@ def main() -> None:
         print(json.dumps(figures))
         return
     results = {}
-    for v in VARIANTS:
+    for v in args.variants:
         print(f"running {v} ...", file=sys.stderr, flush=True)
         results[v] = spawn(v, args)
     summary = report(results, args)
