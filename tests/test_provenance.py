@@ -6,8 +6,6 @@ import os
 import stat
 from pathlib import Path
 
-import pytest
-
 from ecoflap.core.provenance import cache_key, fingerprint, weights_hash, write_json
 
 
