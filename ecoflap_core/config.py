@@ -28,6 +28,11 @@ LAYERWISE_SCORERS = {"owl": "wanda-metric", "dlp": "wanda-metric"}
 MAX_NM_GROUP = 1024
 
 
+# Zeroth-order settings added after runs were recorded: a method identity holds them only off the value those
+# runs used (so their keys stay valid), and a reader fills a missing one with that value.
+ZO_KEYS_BEFORE: dict[str, str] = {"zo_variant": "grad-only", "zo_difference": "central"}
+
+
 class PruneConfig(BaseModel):
     """What ``ecoflap prune`` runs; the defaults are the embedded default job."""
 
@@ -177,7 +182,7 @@ class PruneConfig(BaseModel):
             return self.max_sparsity
         if self.allocator in LAYERWISE_SCORERS:
             return 1.0
-        return min(round(self.sparsity + 0.1, 10), 1.0)
+        return min(round(self.target + 0.1, 10), 1.0)
 
     @property
     def pattern(self) -> NMPattern | None:
@@ -254,15 +259,13 @@ class PruneConfig(BaseModel):
         if self.scorer == "first-order":
             return {"fo_variant": self.fo_variant}
         if self.scorer == "zeroth-order":
-            # settings added later are keyed only off the value that runs recorded before them used
-            later = {"zo_variant": "grad-only", "zo_difference": "central"}
-            variant = {key: getattr(self, key) for key, before in later.items() if getattr(self, key) != before}
+            later = {key: getattr(self, key) for key, before in ZO_KEYS_BEFORE.items() if getattr(self, key) != before}
             return {
                 "zo_eps": self.zo_eps,
                 "zo_noise": self.zo_noise,
                 "zo_group": self.zo_group,
                 "zo_level": self.zo_level,
-            } | variant
+            } | later
         return {name: getattr(self, name) for name in ("zo_eps", "zo_noise", "zo_group", "zo_level", "fo_variant")}
 
     @classmethod

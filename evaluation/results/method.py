@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ecoflap.core.config import ZO_KEYS_BEFORE, PruneConfig
 from ecoflap.core.provenance import method_key
 
 SPARSITY_DIGITS = 6  # target sparsities equal to this many digits are the same sparsity
@@ -22,8 +23,8 @@ FIELDS = (
 # The default job's settings: a label leaves these out.
 DEFAULTS: dict[str, Any] = {
     "pruner_options": {"comparison": "auto"},
-    "scorer_options": {"zo_eps": 0.001, "zo_noise": 1, "zo_group": 1, "zo_level": "tensor",
-                       "fo_variant": "grad-mag-abs"},
+    "scorer_options": {name: PruneConfig.model_fields[name].default
+                       for name in ("zo_eps", "zo_noise", "zo_group", "zo_level", *ZO_KEYS_BEFORE, "fo_variant")},
     "granularity": "block",
     "aggregation": "sum",
     "per_tower": False,
@@ -66,7 +67,7 @@ def method_label(method: Mapping[str, Any] | None, target: float | None = None) 
     if method is None:
         return "dense"
     left = [method.get("pruner") or "-", method.get("nm"), *_options(method, "pruner_options")]
-    right = [method.get("allocator") or "-", method.get("scorer"), *_options(method, "scorer_options")]
+    right = [method.get("allocator") or "-", method.get("scorer"), *_options(_zo_filled(method), "scorer_options")]
     right += _allocation_settings(method, target) + _calibration(method)
     right += [f"{k}={_short(v)}" for k, v in sorted(method.items()) if _extra(k) and v and DEFAULTS.get(k) != v]
     return " ".join(filter(None, left)) + " / " + " ".join(filter(None, right))
@@ -87,6 +88,14 @@ def _allocation_settings(method: Mapping[str, Any], target: float | None) -> lis
     words += [f"{name} {','.join(method[name])}" for name in ("towers", "targets", "ignore") if method.get(name)]
     file = method.get("allocation_file")
     return words + ([f"file {_short(file)}"] if file else [])
+
+
+def _zo_filled(method: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A zeroth-order run's options with the settings added later filled in with the value it used."""
+    options = method.get("scorer_options") or {}
+    if method.get("scorer") != "zeroth-order" or "zo_level" not in options:
+        return method
+    return {**method, "scorer_options": ZO_KEYS_BEFORE | options}
 
 
 def _options(method: Mapping[str, Any], name: str) -> list[str]:
