@@ -64,8 +64,7 @@ class PruneConfig(BaseModel):
         None, min_length=1, description="refine each layer's mask after a mask-only pruner: dsnot (DSnoT)"
     )
     allocation_file: str | None = Field(None, description="JSON sparsity per layer for --allocator from-file")
-    # the default model (mini-blip2, a 135 M language tower) still answers at 30%; the paper's LLMs: 50%
-    sparsity: float = Field(0.3, ge=0.0, lt=1.0, allow_inf_nan=False, description="global target sparsity in [0, 1)")
+    sparsity: float = Field(0.5, ge=0.0, lt=1.0, allow_inf_nan=False, description="global target sparsity in [0, 1)")
     max_sparsity: float | None = Field(
         None,
         ge=0.0,

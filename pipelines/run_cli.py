@@ -20,7 +20,7 @@ from ecoflap.pipelines.run_config import SWEEP_KEYS, RunConfig, SweepConfig, bui
 RUN_EXAMPLES = """
 \b
 Examples:
-  ecoflap run                                     # mini-blip2, ECoFLaP + Wanda at 30%, easy-vqa
+  ecoflap run                                     # mini-blip2, ECoFLaP + Wanda at 50%, easy-vqa
   ecoflap run --model smollm2-135m --allocator uniform --limit 8
   ecoflap run -C run.yaml --seed 1                # flags override the file
   ecoflap run --grid sparsity=0.5,0.6 --grid pruner=wanda,sparsegpt --parallel 2
