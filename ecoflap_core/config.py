@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ecoflap.core.datasets.corpora import check_corpus
 from ecoflap.core.devices import check_device_name, device_identity, resolve_device
 from ecoflap.core.errors import EcoflapError, describe_validation_error
-from ecoflap.core.provenance import fingerprint
+from ecoflap.core.provenance import SCORER_DEFAULTS, ZO_KEYS_BEFORE, fingerprint
 from ecoflap.core.pruning import NMPattern
 
 #: seeds reach numpy (lm-eval seeds it), whose seeds are unsigned 32-bit integers
@@ -26,11 +26,6 @@ MAX_EXAMPLES = 2**31 - 1
 LAYERWISE_SCORERS = {"owl": "wanda-metric", "dlp": "wanda-metric"}
 #: the largest M of an N:M pattern (layers' input widths are multiples of the usual 4, 8, 16, 32)
 MAX_NM_GROUP = 1024
-
-
-# Zeroth-order settings added after runs were recorded: a method identity holds them only off the value those
-# runs used (so their keys stay valid), and a reader fills a missing one with that value.
-ZO_KEYS_BEFORE: dict[str, str] = {"zo_variant": "grad-only", "zo_difference": "central"}
 
 
 class PruneConfig(BaseModel):
@@ -89,22 +84,28 @@ class PruneConfig(BaseModel):
     micro_batch: int = Field(4, ge=1, le=MAX_SAMPLES, description="samples per forward pass")
 
     # group "zeroth-order / first-order"
-    zo_eps: float = Field(1e-3, gt=0.0, le=1.0, allow_inf_nan=False, description="zeroth-order perturbation size")
-    zo_noise: int = Field(1, ge=1, le=1000, description="perturbations per tensor per group")
-    zo_group: int = Field(1, ge=1, le=MAX_SAMPLES, description="calibration samples sharing one perturbation")
-    # defaults chosen on easy-vqa validation questions (benchmarks/zo_choice.py); the reference's estimator is
-    # --zo-level tensor --zo-difference central --zo-variant grad-only
+    zo_eps: float = Field(
+        SCORER_DEFAULTS["zo_eps"], gt=0.0, le=1.0, allow_inf_nan=False, description="zeroth-order perturbation size"
+    )
+    zo_noise: int = Field(SCORER_DEFAULTS["zo_noise"], ge=1, le=1000, description="perturbations per tensor per group")
+    zo_group: int = Field(
+        SCORER_DEFAULTS["zo_group"], ge=1, le=MAX_SAMPLES, description="calibration samples sharing one perturbation"
+    )
+    # the reference's estimator is --zo-level tensor --zo-difference central --zo-variant grad-only
     zo_level: Literal["tensor", "block", "sampled"] = Field(
-        "sampled", description="perturb one tensor, a whole block, or one tensor of every block per sample in turn"
+        SCORER_DEFAULTS["zo_level"],
+        description="perturb one tensor, a whole block, or one tensor of every block per sample in turn",
     )
     zo_difference: Literal["central", "forward"] = Field(
-        "forward", description="derivative along z: (L(W+eps z) - L(W-eps z)) / 2eps, or (L(W+eps z) - L(W)) / eps"
+        SCORER_DEFAULTS["zo_difference"],
+        description="derivative along z: (L(W+eps z) - L(W-eps z)) / 2eps, or (L(W+eps z) - L(W)) / eps",
     )
     zo_variant: Literal["grad-only", "grad-mag-abs", "grad-mag-square"] = Field(
-        "grad-mag-abs", description="zeroth-order score per tensor: s, s * sum|W| or s^2 * sum W^2 (MEZO-*)"
+        SCORER_DEFAULTS["zo_variant"],
+        description="zeroth-order score per tensor: s, s * sum|W| or s^2 * sum W^2 (MEZO-*)",
     )
     fo_variant: Literal["grad-mag-abs", "grad-only", "grad-mag-square"] = Field(
-        "grad-mag-abs", description="first-order score variant"
+        SCORER_DEFAULTS["fo_variant"], description="first-order score variant"
     )
 
     # group "owl / dlp" (the reference defaults: OWL's LLaMA-7B script, DLP's run.py)

@@ -32,6 +32,22 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+# The coarse-step scorers' defaults: PruneConfig's fields take them from here, and a method label leaves them out
+# (kept in this torch-free module so that the results store and the dashboard need not import the config).
+SCORER_DEFAULTS: dict[str, Any] = {
+    "zo_eps": 1e-3,
+    "zo_noise": 1,
+    "zo_group": 1,
+    "zo_level": "sampled",  # chosen on easy-vqa validation questions (benchmarks/zo_choice.py)
+    "zo_difference": "forward",
+    "zo_variant": "grad-mag-abs",
+    "fo_variant": "grad-mag-abs",
+}
+# Zeroth-order settings added after runs were recorded: a method identity holds them only off the value those
+# runs used (so their keys stay valid), and a reader fills a missing one with that value.
+ZO_KEYS_BEFORE: dict[str, str] = {"zo_variant": "grad-only", "zo_difference": "central"}
+
+
 def method_key(method: Mapping[str, Any] | None) -> str | None:
     """sha256 hex of the method's canonical JSON (sorted keys, no spaces); None for a dense model.
 

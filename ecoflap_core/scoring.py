@@ -398,6 +398,7 @@ def zeroth_order_scores_naive(
     layers = linears(towers)
     scores = dict.fromkeys(index, 0.0)
     groups = split_batch(batch, group_size)
+    step = 2 * eps if difference == "central" else eps
     bar = progress(total=len(layers), desc="zeroth-order scores (reference way)")
     with torch.no_grad():
         for name, layer in layers.items():
@@ -407,10 +408,9 @@ def zeroth_order_scores_naive(
                     z = perturbation(layer.weight, perturbation_seed(seed, index[name], g, noise))
                     layer.weight.add_(z, alpha=eps)
                     plus = adapter.loss(group).double().mean()
-                    layer.weight.add_(z, alpha=-2 * eps if difference == "central" else -eps)
+                    layer.weight.add_(z, alpha=-step)  # to W - eps z (central) or back to W (forward)
                     other = adapter.loss(group).double().mean()
                     layer.weight.copy_(original)
-                    step = 2 * eps if difference == "central" else eps
                     scores[name] += float((plus - other).abs()) / step
             bar.update(1)
     bar.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ecoflap.core.adapters import Batch, ModelAdapter, Tower
 from ecoflap.core.hookspecs import hookimpl
 from ecoflap.core.progress import ProgressFactory, no_progress
+from ecoflap.core.provenance import SCORER_DEFAULTS
 from ecoflap.core.scoring import Scorer, first_order_scores, zeroth_order_scores, zeroth_order_variant
 from ecoflap.plugins.outlier_allocators import WandaMetricScorer
 
@@ -33,16 +34,16 @@ class ZerothOrderScorer(Scorer):
             adapter,
             towers,
             batch,
-            eps=o.get("eps", 1e-3),
-            num_noise=o.get("num_noise", 1),
+            eps=o.get("eps", SCORER_DEFAULTS["zo_eps"]),
+            num_noise=o.get("num_noise", SCORER_DEFAULTS["zo_noise"]),
             seed=o.get("seed", 42),
             micro_batch=o.get("micro_batch", 4),
-            group_size=group_size(adapter, o.get("group_size", 1), o.get("micro_batch", 4)),
-            level=o.get("level", "sampled"),
-            difference=o.get("difference", "forward"),
+            group_size=group_size(adapter, o.get("group_size", SCORER_DEFAULTS["zo_group"]), o.get("micro_batch", 4)),
+            level=o.get("level", SCORER_DEFAULTS["zo_level"]),
+            difference=o.get("difference", SCORER_DEFAULTS["zo_difference"]),
             progress=progress,
         )
-        return zeroth_order_variant(scalars, adapter, towers, o.get("variant", "grad-mag-abs"))
+        return zeroth_order_variant(scalars, adapter, towers, o.get("variant", SCORER_DEFAULTS["zo_variant"]))
 
 
 class FirstOrderScorer(Scorer):
@@ -63,7 +64,7 @@ class FirstOrderScorer(Scorer):
             towers,
             batch,
             micro_batch=group_size(adapter, o.get("fo_micro_batch", 1), o.get("micro_batch", 4)),
-            variant=o.get("variant", "grad-mag-abs"),
+            variant=o.get("variant", SCORER_DEFAULTS["fo_variant"]),
             progress=progress,
         )
 

@@ -521,3 +521,9 @@ def test_a_default_cap_follows_the_sparsity_within_one_curve() -> None:
     assert key(sparsity=0.5) == key(sparsity=0.6)  # caps 0.6 and 0.7: the default rule, one curve
     assert key(sparsity=0.5, max_sparsity=0.8) != key(sparsity=0.5)  # an explicit cap is another method
     assert key(sparsity=0.5, max_sparsity=0.8) == key(sparsity=0.6, max_sparsity=0.8)  # one fixed cap: one curve
+
+
+def test_method_labels_import_without_torch():
+    """The results store, the dashboard and `ecoflap results` label methods; that must not load torch (seconds)."""
+    code = "import sys, ecoflap.evaluation.results.method; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ecoflap.core.config import ZO_KEYS_BEFORE, PruneConfig
-from ecoflap.core.provenance import method_key
+from ecoflap.core.provenance import SCORER_DEFAULTS, ZO_KEYS_BEFORE, method_key
 
 SPARSITY_DIGITS = 6  # target sparsities equal to this many digits are the same sparsity
 CAP_STEP = 0.1  # the default cap is the target + 0.1 (the paper's p_max)
@@ -23,8 +22,7 @@ FIELDS = (
 # The default job's settings: a label leaves these out.
 DEFAULTS: dict[str, Any] = {
     "pruner_options": {"comparison": "auto"},
-    "scorer_options": {name: PruneConfig.model_fields[name].default
-                       for name in ("zo_eps", "zo_noise", "zo_group", "zo_level", *ZO_KEYS_BEFORE, "fo_variant")},
+    "scorer_options": SCORER_DEFAULTS,
     "granularity": "block",
     "aggregation": "sum",
     "per_tower": False,
