@@ -19,6 +19,20 @@ its zeroth-order settings, so no row depends on the defaults of the code that ru
     python benchmarks/zo_choice.py --stage test --zo "zo fast grad-mag-abs"
     python benchmarks/zo_choice.py --stage smollm2 --zo "zo fast grad-mag-abs"
     python benchmarks/zo_choice.py --stage test --table     # print a finished stage
+
+Seeds (the rule fixed before their runs): the validation stages at several seeds (calibration windows and
+perturbations) for the CANDIDATES and first-order, into ``zo_choice_seeds_*.json``; ``--choose`` reads them
+all. A candidate's gap to first-order at the same seed and sparsity, averaged over seeds and both
+sparsities: on mini-blip2 validation accuracy points (candidate - first-order), on SmolLM2 validation
+word perplexity (candidate / first-order - 1). It passes where the first is >= -2 points and the second
+<= +5% (the issue's targets); the default is the cheapest passing candidate, or where none passes the one
+with the smallest worst gap, max(-points / 2, percent / 5).
+
+    python benchmarks/zo_choice.py --stage validation --seeds 42 1 2 --rows <candidates> first-order \
+        -o benchmarks/results/zo_choice_seeds_vqa.json
+    python benchmarks/zo_choice.py --stage smollm2-validation --seeds 42 1 2 \
+        -o benchmarks/results/zo_choice_seeds_smollm2.json
+    python benchmarks/zo_choice.py --choose
 """
 
 from __future__ import annotations
@@ -59,6 +73,15 @@ STAGES = {
         "sparsities": (0.3, 0.4),
     },
     "test": {"base": {"model": "mini-blip2", "tasks": ["vqa"], "limit": 400}, "sparsities": (0.3, 0.4)},
+    "smollm2-validation": {
+        "base": {
+            "model": "smollm2-135m",
+            "tasks": ["wikitext"],
+            "limit": None,
+            "task_args": {"tokens": 16384, "max_length": 512, "split": "validation"},
+        },
+        "sparsities": (0.5, 0.6),
+    },
     "smollm2": {
         "base": {
             "model": "smollm2-135m",
@@ -71,12 +94,19 @@ STAGES = {
 }
 
 
+#: the cheap modes between which the seeds decide (the rule below was fixed before their runs)
+CANDIDATES = ("zo sampled grad-mag-abs", "zo sampled-noise2 grad-mag-abs")
+DEFAULT_SEED = 42
+
+
 def exact_twin(label: str) -> str:
     return label.replace("fast", "exact")
 
 
 def rows_of(stage: str, zo: str | None) -> list[str]:
     """The labels a stage runs, in table order."""
+    if stage == "smollm2-validation":
+        return [*CANDIDATES, "first-order"]
     if stage == "validation":
         return ["zo fast grad-mag-abs", "zo fast grad-only", "first-order", "uniform wanda", "zo exact grad-mag-abs"]
     if zo is None:
@@ -92,19 +122,28 @@ def settings_of(label: str) -> dict[str, Any]:
     return ZEROTH.get(label) or OTHERS[label]
 
 
-def run_stage(table: Table, stage: str, zo: str | None, labels: list[str], sparsities: list[float]) -> None:
+def run_stage(table: Table, stage: str, zo: str | None, labels: list[str], sparsities: list[float],
+              seeds: list[int]) -> None:  # fmt: skip
     prefect_defaults()
     spec = STAGES[stage]
-    for sparsity in sparsities or spec["sparsities"]:
-        for label in labels or rows_of(stage, zo):
-            key = f"{label} @ {sparsity}"
-            output = str(Path("runs") / "bench-zo-choice" / stage / key)
-            config = RunConfig.build(**spec["base"] | {"pruner": "wanda", "record": False, "output": output}
-                                     | settings_of(label) | {"sparsity": sparsity})  # fmt: skip
-            done = table.run(key, config)
-            done.update({"name": label, "sparsity": sparsity, "questions": config.limit})
-            table.save()
-            print(f"{key}: {summary(done)}", flush=True)
+    for seed in seeds:
+        for sparsity in sparsities or spec["sparsities"]:
+            for label in labels or rows_of(stage, zo):
+                run_row(table, stage, label, sparsity, seed)
+
+
+def run_row(table: Table, stage: str, label: str, sparsity: float, seed: int) -> None:
+    """One row: the stage's model and task, the row's method, at one sparsity and seed (calibration windows
+    and perturbations)."""
+    spec = STAGES[stage]
+    key = f"{label} @ {sparsity}" + ("" if seed == DEFAULT_SEED else f" seed {seed}")
+    output = str(Path("runs") / "bench-zo-choice" / stage / key)
+    config = RunConfig.build(**spec["base"] | {"pruner": "wanda", "record": False, "output": output}
+                             | settings_of(label) | {"sparsity": sparsity, "seed": seed})  # fmt: skip
+    done = table.run(key, config)
+    done.update({"name": label, "sparsity": sparsity, "questions": config.limit, "seed": seed})
+    table.save()
+    print(f"{key}: {summary(done)}", flush=True)
 
 
 def wilson(row: dict[str, Any]) -> tuple[float, float]:
@@ -127,7 +166,7 @@ def summary(row: dict[str, Any]) -> str:
 
 
 def markdown(table: Table, stage: str) -> str:
-    lines = ["| row | sparsity | towers (vision / language) | result | coarse s |", "|---|---|---|---|---|"]
+    lines = ["| row | sparsity | seed | towers (vision / language) | result | coarse s |", "|---|---|---|---|---|---|"]
     for r in table.rows:
         towers = r["per_tower"]
         split = f"{towers['vision']:.3f} / {towers['language']:.3f}" if "vision" in towers else "-"
@@ -136,23 +175,63 @@ def markdown(table: Table, stage: str) -> str:
             low, high = wilson(r)
             result += f" [{low:.3f}, {high:.3f}]"
         coarse = r["timings_s"].get("coarse", 0.0)
-        lines.append(f"| {r['name']} | {r['sparsity']:.0%} | {split} | {result} | {coarse:.1f} |")
+        seed = r.get("seed", DEFAULT_SEED)
+        lines.append(f"| {r['name']} | {r['sparsity']:.0%} | {seed} | {split} | {result} | {coarse:.1f} |")
     return "\n".join(lines)
+
+
+def gaps(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
+    """Each candidate's gaps to first-order at the same seed and sparsity: accuracy points (VQA) and
+    perplexity percent (WikiText)."""
+    by_key = {(r["name"], r["sparsity"], r.get("seed", DEFAULT_SEED), task): r for r in rows for task in r["results"]}
+    found: dict[str, dict[str, list[float]]] = {c: {"vqa": [], "wikitext": []} for c in CANDIDATES}
+    for (name, sparsity, seed, task), r in by_key.items():
+        reference = by_key.get(("first-order", sparsity, seed, task))
+        if name not in found or reference is None:
+            continue
+        if task == "vqa":
+            found[name][task].append(100 * (metric(r, "vqa", "acc") - metric(reference, "vqa", "acc")))
+        else:
+            ratio = metric(r, task, "word_perplexity") / metric(reference, task, "word_perplexity")
+            found[name][task].append(100 * (ratio - 1))
+    return found
+
+
+def choose(rows: list[dict[str, Any]]) -> str:
+    """The rule of the docstring, on every seed row: the cheapest passing candidate, else the least bad."""
+    lines, worst = [], {}
+    for name, gap in gaps(rows).items():
+        if not gap["vqa"] or not gap["wikitext"]:
+            raise SystemExit(f"Error: {name} lacks seed rows on one of the validation stages: run both first")
+        points, percent = sum(gap["vqa"]) / len(gap["vqa"]), sum(gap["wikitext"]) / len(gap["wikitext"])
+        worst[name] = max(-points / 2, percent / 5)
+        pairs = f"{len(gap['vqa'])} VQA / {len(gap['wikitext'])} WikiText pairs"
+        lines.append(f"{name}: {points:+.1f} points, {percent:+.1f}% perplexity over {pairs} (worst {worst[name]:.2f})")
+    passing = [name for name in CANDIDATES if worst[name] <= 1.0]  # CANDIDATES run cheapest first
+    chosen = passing[0] if passing else min(worst, key=worst.__getitem__)
+    return "\n".join([*lines, f"chosen: {chosen} ({'passes' if passing else 'none passes: the least bad'})"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stage", choices=list(STAGES), required=True)
+    parser.add_argument("--stage", choices=list(STAGES))
+    parser.add_argument("--choose", action="store_true", help="apply the seeds rule to zo_choice_seeds_*.json")
     parser.add_argument("--zo", choices=list(ZEROTH), help="the zeroth-order row chosen on validation")
     parser.add_argument("--rows", nargs="+", default=[], help="run these rows only (labels as printed)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[], help="[the stage's]")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[DEFAULT_SEED], help="[42]")
     parser.add_argument("-o", "--output", type=Path, help="[benchmarks/results/zo_choice_<stage>.json]")
     parser.add_argument("--fresh", action="store_true", help="start a new table (rows of another code version)")
     parser.add_argument("--table", action="store_true", help="print the finished rows")
     args = parser.parse_args()
+    if args.choose:
+        print(choose([r for path in sorted(RESULTS.glob("zo_choice_seeds_*.json")) for r in Table(path).rows]))
+        return
+    if args.stage is None:
+        parser.error("give --stage (or --choose)")
     table = Table(args.output or RESULTS / f"zo_choice_{args.stage}.json", args.fresh)
     if not args.table:
-        run_stage(table, args.stage, args.zo, args.rows, args.sparsities)
+        run_stage(table, args.stage, args.zo, args.rows, args.sparsities, args.seeds)
     print(markdown(table, args.stage))
 
 

@@ -394,6 +394,30 @@ def test_wikitext_token_perplexity_is_exp_mean_nll(make_adapter, tmp_path: Path)
     assert result.n_samples == 2 and result.config["n_tokens"] == count
 
 
+def test_wikitext_validation_split_never_overlaps_test_or_calibration_stream_order(tmp_path: Path) -> None:
+    """split=validation chooses settings on other articles than the reported test: the shipped data's
+    validation is calibration-side (every 10th of it), a folder's is its wiki.valid.raw."""
+    from ecoflap.core.datasets.corpora import split_corpus, wikipedia_articles
+    from ecoflap.evaluation.tasks.language import WikitextTask
+
+    test, _ = WikitextTask.load(_options())
+    validation, description = WikitextTask.load(_options(split="validation"))
+    calibration, heldout = split_corpus(wikipedia_articles())
+    assert test == heldout and "validation" in description
+    assert validation and not set(validation) & set(test) and set(validation) <= set(calibration)
+    assert validation == calibration[9::10]
+    (tmp_path / "wiki.test.raw").write_text(" = Test = \n\n The test article . \n\n")
+    (tmp_path / "wiki.valid.raw").write_text(" = Valid = \n\n The validation article . \n\n")
+    valid, _ = WikitextTask.load(_options(tmp_path, split="validation"))
+    assert len(valid) == 1 and "validation article" in valid[0]
+    assert "test article" in WikitextTask.load(_options(tmp_path))[0][0]
+    with pytest.raises(EcoflapError, match="split='train' must be one of test, validation"):
+        WikitextTask.load(_options(split="train"))
+    (tmp_path / "wiki.valid.raw").unlink()
+    with pytest.raises(EcoflapError, match="no WikiText validation file"):
+        WikitextTask.load(_options(tmp_path, split="validation"))
+
+
 def test_mmlu_through_lm_eval_per_subject_and_average(make_adapter) -> None:
     from ecoflap.evaluation.tasks.language import MmluTask
 

@@ -17,7 +17,11 @@ from ecoflap.core.errors import EcoflapError
 from ecoflap.evaluation.datasets import load_json, non_empty, require
 
 LETTERS = "ABCD"
-WIKITEXT_FILES = ("wiki.test.raw", "test.raw", "wiki.test.tokens")
+#: the files of a WikiText folder, per split (the raw files first)
+WIKITEXT_FILES = {
+    "test": ("wiki.test.raw", "test.raw", "wiki.test.tokens"),
+    "validation": ("wiki.valid.raw", "valid.raw", "wiki.valid.tokens"),
+}
 
 
 @dataclass(frozen=True)
@@ -115,17 +119,18 @@ def lm_eval_dev_questions() -> list[MmluQuestion]:
     return questions
 
 
-def read_wikitext(path: Path) -> list[str]:
-    """Articles of a WikiText raw file (``wiki.test.raw``), or of the one such file in a folder."""
+def read_wikitext(path: Path, split: str = "test") -> list[str]:
+    """Articles of a WikiText raw file (``wiki.test.raw``), or of a folder's file of ``split``."""
     from ecoflap.core.datasets.corpora import read_text_corpus, split_text_documents
 
     if path.is_dir():
-        for name in WIKITEXT_FILES:
+        for name in WIKITEXT_FILES[split]:
             if (path / name).is_file():
                 path = path / name
                 break
         else:
-            raise EcoflapError(f"no WikiText file in {path} (looked for {', '.join(WIKITEXT_FILES)})")
+            names = ", ".join(WIKITEXT_FILES[split])
+            raise EcoflapError(f"no WikiText {split} file in {path} (looked for {names})")
     if path.suffix in (".raw", ".tokens"):
         try:
             documents = split_text_documents(path.read_text(encoding="utf-8"))

@@ -165,6 +165,17 @@ def mmlu_result(task: Task, out: dict, plan: dict[str, int], config: dict[str, A
     return TaskResult(task.name, task.version, metrics, stderr, sum(sizes), config)
 
 
+def default_wikipedia(split: str) -> tuple[list[str], str]:
+    """The shipped Wikipedia articles of a split: test = the held-out articles (never calibration), validation =
+    every 10th calibration-side article (for choosing settings; calibration windows may overlap it)."""
+    from ecoflap.core.datasets.corpora import split_corpus, wikipedia_articles
+
+    calibration, heldout = split_corpus(wikipedia_articles())
+    if split == "test":
+        return heldout, "held-out Wikipedia articles (gensim test data)"
+    return split_corpus(calibration)[1], "calibration-side Wikipedia articles (gensim test data), validation"
+
+
 class WikitextTask(Task):
     """Word / byte / token perplexity and bits per byte through lm-eval's loglikelihood_rolling."""
 
@@ -174,19 +185,23 @@ class WikitextTask(Task):
         Metric(m, higher_is_better=False)
         for m in ("word_perplexity", "byte_perplexity", "bits_per_byte", "token_perplexity")
     )
-    description = "WikiText-2 raw perplexity via lm-eval [held-out Wikipedia articles shipped with gensim]"
+    description = (
+        "WikiText-2 raw perplexity via lm-eval [held-out Wikipedia articles shipped with gensim]; "
+        "task arg split=test|validation (the default data's validation: every 10th calibration-side article)"
+    )
 
     @classmethod
     def load(cls, options: TaskOptions) -> tuple[list[str], str]:
-        from ecoflap.evaluation.datasets.text import read_wikitext
+        from ecoflap.evaluation.datasets.text import WIKITEXT_FILES, read_wikitext
 
+        split = arg(options, "split", "test")
+        if split not in WIKITEXT_FILES:
+            raise EcoflapError(f"task argument split={split!r} must be one of {', '.join(WIKITEXT_FILES)}")
         given = options.extra.get("data") or options.data_dir
         if given is None:
-            from ecoflap.core.datasets.corpora import split_corpus, wikipedia_articles
-
-            return split_corpus(wikipedia_articles())[1], "held-out Wikipedia articles (gensim test data)"
+            return default_wikipedia(split)
         folder, description, _ = data_folder(cls.name, options)
-        return read_wikitext(folder), description
+        return read_wikitext(folder, split), description if split == "test" else f"{description} ({split})"
 
     @classmethod
     def describe_data(cls, options: TaskOptions) -> str:
