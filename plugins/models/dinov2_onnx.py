@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ecoflap.core.cache import cache_dir
+from ecoflap.core.cache import cache_dir, publish_folder
 from ecoflap.core.errors import EcoflapError
 
 ONNX_FILE = "models/vit_s_focus.onnx"
@@ -103,12 +103,7 @@ def convert(path: Path | None = None) -> Any:
 def dinov2_small_folder() -> Path:
     """The converted model as a Hugging Face folder in the cache (converted once)."""
     target = cache_dir() / "models" / "dinov2-small-imgfocus"
-    if (target / "model.safetensors").is_file():
-        return target
-    tmp = target.with_name(target.name + ".partial")
-    convert().save_pretrained(tmp, safe_serialization=True)
-    tmp.rename(target)
-    return target
+    return publish_folder(target, lambda folder: convert().save_pretrained(folder, safe_serialization=True))
 
 
 def onnx_backbone_output(pixel_values: torch.Tensor, path: Path | None = None) -> torch.Tensor:

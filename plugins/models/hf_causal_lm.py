@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecoflap.core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
-from ecoflap.core.cache import cache_dir
+from ecoflap.core.cache import cache_dir, publish_folder
 from ecoflap.core.calibration import token_windows
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
@@ -214,9 +214,10 @@ def _smollm2_package_dir() -> Path:
 
 def smollm2_folder() -> Path:
     """SmolLM2-135M-Instruct expanded from the package's GGUF into a safetensors folder, once."""
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
-    if (target / "model.safetensors").is_file():
-        return target
+    return publish_folder(cache_dir() / "models" / "smollm2-135m-instruct", _expand_smollm2)
+
+
+def _expand_smollm2(folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     pkg = _smollm2_package_dir()
@@ -227,11 +228,8 @@ def smollm2_folder() -> Path:
     delattr(config, "quantization_config")
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(gguf.state_dict())
-    tmp = target.with_name(target.name + ".partial")
-    plain.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
-    return target
+    plain.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
 
 
 def load_smollm2(options: LoadOptions) -> CausalLMAdapter:

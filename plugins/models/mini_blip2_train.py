@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ecoflap.core.cache import cache_dir
+from ecoflap.core.cache import cache_dir, publish_file
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.provenance import file_sha256, git_hash
 from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
@@ -97,11 +97,9 @@ def _save_checkpoint(
     bridge: QFormerBridge, optimizer: Any, step: int, config: TrainConfig, losses: list, schedules: list[int]
 ) -> None:
     path = _checkpoint_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {"bridge": bridge.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
     state |= {"config": asdict(config), "losses": losses, "schedules": schedules}
-    torch.save(state, path.with_suffix(".partial"))
-    path.with_suffix(".partial").rename(path)
+    publish_file(path, lambda tmp: torch.save(state, tmp))
 
 
 def _resume(bridge: QFormerBridge, optimizer: Any, config: TrainConfig, log: Any) -> tuple[int, list, list[int]]:

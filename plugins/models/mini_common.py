@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ecoflap.core.cache import cache_dir
+from ecoflap.core.cache import cache_dir, publish_file
 from ecoflap.core.errors import EcoflapError
 
 #: the weights that ship inside the package (read only: ``ecoflap zoo train`` writes to the cache or ``-o``)
@@ -63,9 +63,7 @@ def image_features(vision: torch.nn.Module, split: str, size: int, log: Any = pr
         chunks.append(vision(pixel_values=pixel_values([paths[j] for j in ids[i : i + 64]], size)).last_hidden_state)
         log(f"features {split}: {min(i + 64, len(ids))}/{len(ids)} images, {time.perf_counter() - start:.0f} s")
     features = dict(zip(ids, torch.cat(chunks).half(), strict=True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(features, path.with_suffix(".partial"))
-    path.with_suffix(".partial").rename(path)
+    publish_file(path, lambda tmp: torch.save(features, tmp))
     return features
 
 
