@@ -11,6 +11,9 @@ Side by side in one run, each variant in a fresh subprocess (so peak RSS is its 
                        against the unperturbed loss from the cached block outputs)
   zeroth-order-sampled the default mode: per sample one tensor of every block in turn, forward difference
                        (with fewer samples than a block's tensors, more rounds per sample)
+  zeroth-order-linear  the exact estimator (per tensor, central) with the linearized loss head (--zo-head
+                       linear): the head's loss change g . (h' - h), no vocabulary projection per pass
+  zeroth-order-sampled-linear  the default mode with the linearized head
   first-order          |W| * mean|g| from backward passes
 Prints time and peak memory as ratios, score agreement, and writes the raw figures as JSON.
 
@@ -35,6 +38,8 @@ VARIANTS = [
     "zeroth-order-block",
     "zeroth-order-fast",
     "zeroth-order-sampled",
+    "zeroth-order-linear",
+    "zeroth-order-sampled-linear",
     "first-order",
 ]
 
@@ -95,6 +100,13 @@ def run_variant(variant: str, nsamples: int, seqlen: int, micro_batch: int, seed
         scores = zeroth_order_scores(
             adapter, towers, batch, micro_batch=micro_batch, seed=seed, level=level, difference="forward"
         )
+    elif variant == "zeroth-order-linear":
+        scores = zeroth_order_scores(adapter, towers, batch, micro_batch=micro_batch, seed=seed, head="linear")
+    elif variant == "zeroth-order-sampled-linear":
+        scores = zeroth_order_scores(
+            adapter, towers, batch, micro_batch=micro_batch, seed=seed, level="sampled", difference="forward",
+            head="linear",
+        )  # fmt: skip
     elif variant == "zeroth-order-ref":
         scores = zeroth_order_scores_naive(adapter, towers, batch, seed=seed)
     elif variant == "first-order":
@@ -161,6 +173,9 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
         "time_ratio_block_vs_first_order": ("zeroth-order-block", "first-order", "seconds"),
         "time_ratio_fast_vs_first_order": ("zeroth-order-fast", "first-order", "seconds"),
         "time_ratio_sampled_vs_first_order": ("zeroth-order-sampled", "first-order", "seconds"),
+        "speedup_linear_vs_reference_way": ("zeroth-order-ref", "zeroth-order-linear", "seconds"),
+        "speedup_linear_vs_exact": ("zeroth-order", "zeroth-order-linear", "seconds"),
+        "time_ratio_sampled_linear_vs_first_order": ("zeroth-order-sampled-linear", "first-order", "seconds"),
         "speedup_fast_vs_exact": ("zeroth-order", "zeroth-order-fast", "seconds"),
         "speedup_sampled_vs_exact": ("zeroth-order", "zeroth-order-sampled", "seconds"),
         "peak_ratio_zeroth_vs_first_order": ("zeroth-order", "first-order", "peak_rss_mb"),
@@ -184,17 +199,25 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
     if {"zeroth-order", "first-order", "plain-forward"} <= results.keys():
         summary["growth_ratio_zeroth_vs_first_order"] = growth("zeroth-order") / growth("first-order")
         summary["growth_ratio_zeroth_vs_plain_forward"] = growth("zeroth-order") / max(growth("plain-forward"), 1.0)
-    if {"zeroth-order", "zeroth-order-ref"} <= results.keys():
-        ours, ref = results["zeroth-order"]["scores"], results["zeroth-order-ref"]["scores"]
-        names = list(ours)
-        summary["scores_max_relative_difference_ours_vs_reference_way"] = max(
-            abs(ours[n] - ref[n]) / abs(ref[n]) for n in names
-        )
-        summary["scores_spearman_ours_vs_reference_way"] = spearmanr(
-            [ours[n] for n in names], [ref[n] for n in names]
-        ).statistic
+    for variant, name in (("zeroth-order", "ours"), ("zeroth-order-linear", "linear")):
+        if {variant, "zeroth-order-ref"} <= results.keys():
+            summary |= agreement(results[variant]["scores"], results["zeroth-order-ref"]["scores"], name)
+    if {"zeroth-order-sampled-linear", "zeroth-order-sampled"} <= results.keys():
+        pair = results["zeroth-order-sampled-linear"]["scores"], results["zeroth-order-sampled"]["scores"]
+        summary |= agreement(*pair, "sampled_linear", "sampled")
     summary |= {name: blocks_rho(*pair) for name, pair in agreements.items() if set(pair) <= results.keys()}
     return summary
+
+
+def agreement(ours: dict[str, float], ref: dict[str, float], name: str, against: str = "reference_way") -> dict:
+    """Per-tensor agreement of two score sets: the largest relative difference and Spearman's rank correlation."""
+    from scipy.stats import spearmanr
+
+    names = list(ours)
+    return {
+        f"scores_max_relative_difference_{name}_vs_{against}": max(abs(ours[n] - ref[n]) / abs(ref[n]) for n in names),
+        f"scores_spearman_{name}_vs_{against}": spearmanr([ours[n] for n in names], [ref[n] for n in names]).statistic,
+    }
 
 
 def print_summary(summary: dict) -> None:

@@ -163,6 +163,17 @@ class ModelAdapter(ABC):
     def loss(self, batch: Batch) -> torch.Tensor:
         """The scoring loss, one value per sample: shape ``[batch size]``."""
 
+    def head_input(self, batch: Batch) -> torch.Tensor:
+        """What the loss head reads (``[batch size, ...]``), where ``loss(b) == head_loss(head_input(b), b)``: an
+        adapter that splits its loss so lets the zeroth-order scorer linearize the head (``--zo-head linear``)."""
+        raise EcoflapError(
+            f"{self.model_id}: its scoring loss is not split at a head (head_input / head_loss): use --zo-head full"
+        )
+
+    def head_loss(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """The scoring loss from :meth:`head_input`'s output, one value per sample."""
+        raise EcoflapError(f"{self.model_id}: its scoring loss is not split at a head: use --zo-head full")
+
     # ---- data and persistence ----------------------------------------------------------------
     @abstractmethod
     def calibration_batch(self, texts: Sequence[Any], nsamples: int, seqlen: int, seed: int) -> Batch:

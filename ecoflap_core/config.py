@@ -100,6 +100,11 @@ class PruneConfig(BaseModel):
         SCORER_DEFAULTS["zo_difference"],
         description="derivative along z: (L(W+eps z) - L(W-eps z)) / 2eps, or (L(W+eps z) - L(W)) / eps",
     )
+    zo_head: Literal["full", "linear"] = Field(
+        SCORER_DEFAULTS["zo_head"],
+        description="the loss head in each perturbed pass: full, or linear (g . (h' - h) at the head's input; "
+        "causal LMs)",
+    )
     zo_variant: Literal["grad-only", "grad-mag-abs", "grad-mag-square"] = Field(
         SCORER_DEFAULTS["zo_variant"],
         description="zeroth-order score per tensor: s, s * sum|W| or s^2 * sum W^2 (MEZO-*)",
@@ -127,7 +132,7 @@ class PruneConfig(BaseModel):
         "Method": ("scorer", "allocator", "pruner", "refine", "allocation_file", "sparsity", "max_sparsity",
                    "granularity", "aggregation", "per_tower", "nm", "comparison"),
         "Calibration": ("nsamples", "seqlen", "score_nsamples", "score_seqlen", "seed", "micro_batch"),
-        "Coarse-step scorers": ("zo_eps", "zo_noise", "zo_group", "zo_level", "zo_difference", "zo_variant",
+        "Coarse-step scorers": ("zo_eps", "zo_noise", "zo_group", "zo_level", "zo_difference", "zo_head", "zo_variant",
                                 "fo_variant"),
         "OWL and DLP allocators": ("owl_m", "owl_lambda", "dlp_alpha", "dlp_statistic"),
     }  # fmt: skip

@@ -86,6 +86,7 @@ def resolve_methods(registries: Registries, config: PruneConfig) -> Methods:
             group_size=config.zo_group,
             level=config.zo_level,
             difference=config.zo_difference,
+            head=config.zo_head,
             variant=config.zo_variant if config.scorer == "zeroth-order" else config.fo_variant,
             **config.statistic_options(),
         )

@@ -41,11 +41,12 @@ SCORER_DEFAULTS: dict[str, Any] = {
     "zo_level": "sampled",  # chosen on easy-vqa validation questions (benchmarks/zo_choice.py)
     "zo_difference": "forward",
     "zo_variant": "grad-mag-abs",
+    "zo_head": "full",
     "fo_variant": "grad-mag-abs",
 }
 # Zeroth-order settings added after runs were recorded: a method identity holds them only off the value those
 # runs used (so their keys stay valid), and a reader fills a missing one with that value.
-ZO_KEYS_BEFORE: dict[str, str] = {"zo_variant": "grad-only", "zo_difference": "central"}
+ZO_KEYS_BEFORE: dict[str, str] = {"zo_variant": "grad-only", "zo_difference": "central", "zo_head": "full"}
 
 
 def method_key(method: Mapping[str, Any] | None) -> str | None:

@@ -15,6 +15,14 @@ two passes per unit; ``forward``, |L(W + eps z) - L(W)| / eps, one pass per unit
 (from the cached block outputs: only the parts between and after the blocks run). Its bias is eps/2 z^T H z; at
 ``level="block"`` (one perturbation per block) it is the fastest.
 
+The loss head (``head="linear"``): a causal LM's head (vocabulary projection and cross-entropy over every
+token) costs SmolLM2 what six blocks cost, in every suffix pass. ``linear`` replaces the head's loss change by
+its first-order expansion around W, g . (h' - h) with h the head's input at W and g = dL/dh (one backward
+through the head per micro-batch): the blocks are still differenced forward only, and the error is
+O(eps^2) relative for the central difference (the even orders cancel), O(eps) for the forward one; far below
+float32's rounding of the two losses' difference, which it also avoids. Adapters opt in by splitting
+their loss (``head_input`` / ``head_loss``).
+
 ``level="sampled"`` costs what ``block`` costs and estimates what ``tensor`` does: each perturbation group
 perturbs ONE tensor of each block, tensor (group x noises + noise) mod (tensors in the block) in turn, and a
 tensor's sum is scaled by (all draws) / (its draws); with fewer groups than a block has tensors, each group
@@ -153,8 +161,45 @@ def perturbed(layers: dict[nn.Linear, list[torch.Tensor | None]], scale: float, 
             h.remove()
 
 
+class LossProbe:
+    """L per sample, as the difference needs it: the full loss (``head="full"``), or its change from L(W) through
+    the linearized head, g . (h' - h) (``head="linear"``); ``base`` is what a forward difference subtracts."""
+
+    def __init__(self, adapter: ModelAdapter, head: Literal["full", "linear"]) -> None:
+        if head == "linear" and type(adapter).head_input is ModelAdapter.head_input:
+            adapter.head_input({})  # its one-line error, before any pass
+        self.adapter, self.head = adapter, head
+        self.hidden: torch.Tensor | None = None
+        self.grad: torch.Tensor | None = None
+
+    def prepare(
+        self, blocks: Sequence[Block], outputs: Sequence[Any], batch: Batch, forward: bool
+    ) -> torch.Tensor | None:
+        """At W with every block replayed (the perturbed passes' path): for the linear head h and g; returns
+        what a forward difference subtracts (None for the central one)."""
+        if self.head == "linear":
+            with torch.no_grad(), replayed(blocks, outputs):
+                hidden = self.adapter.head_input(batch)
+            leaf = hidden.detach().requires_grad_()
+            with torch.enable_grad():
+                (grad,) = torch.autograd.grad(self.adapter.head_loss(leaf, batch).double().sum(), leaf)
+            self.hidden, self.grad = hidden.double(), grad.double()
+        if not forward:
+            return None
+        if self.head == "linear":
+            return torch.zeros(batch_size(batch), dtype=torch.float64)
+        return unperturbed_loss(self.adapter, blocks, outputs, batch)
+
+    def __call__(self, batch: Batch) -> torch.Tensor:
+        if self.head == "full":
+            return self.adapter.loss(batch).double()
+        assert self.hidden is not None and self.grad is not None, "prepare() first"
+        change = (self.adapter.head_input(batch).double() - self.hidden) * self.grad
+        return change.flatten(1).sum(dim=1)
+
+
 def _directional_derivative(
-    adapter: ModelAdapter,
+    probe: LossProbe,
     batch: Batch,
     layers: dict[nn.Linear, list[torch.Tensor | None]],
     group_size: int,
@@ -164,10 +209,10 @@ def _directional_derivative(
     """|dL/dW . z| per perturbation group (a group's loss: its samples' mean): the central difference
     (L(W + eps z) - L(W - eps z)) / (2 eps), or with ``base`` = L(W) the forward one (L(W + eps z) - L(W)) / eps."""
     with perturbed(layers, eps, group_size):
-        plus = adapter.loss(batch).double()
+        plus = probe(batch)
     if base is None:
         with perturbed(layers, -eps, group_size):
-            minus = adapter.loss(batch).double()
+            minus = probe(batch)
         change, step = plus - minus, 2 * eps
     else:
         change, step = plus - base, eps
@@ -187,6 +232,7 @@ def zeroth_order_scores(
     group_size: int = 1,
     level: Literal["tensor", "block", "sampled"] = "tensor",
     difference: Literal["central", "forward"] = "central",
+    head: Literal["full", "linear"] = "full",
     progress: ProgressFactory = no_progress,
 ) -> dict[str, float]:
     """MEZO-GradOnly scores: one scalar per tensor (``level="block"``: per block, shared by size;
@@ -197,13 +243,14 @@ def zeroth_order_scores(
     scores = dict.fromkeys(index, 0.0)
     draws = dict.fromkeys(index, 0)
     units = _perturbation_units(blocks, level)
+    probe = LossProbe(adapter, head)
     if level == "sampled":  # every tensor of a block drawn at least once: more rounds when samples are few
         num_noise = max(num_noise, -(-max(len(names) for _, names in units) // (batch_size(batch) // group_size)))
     micros = split_batch(batch, micro_batch)
     bar = progress(total=len(micros) * len(units), desc="zeroth-order scores")
     for start, micro in zip(range(0, batch_size(batch), micro_batch), micros, strict=True):
         outputs = capture_block_outputs(adapter, blocks, micro)
-        base = unperturbed_loss(adapter, blocks, outputs, micro) if difference == "forward" else None
+        base = probe.prepare(blocks, outputs, micro, forward=difference == "forward")
         first_group = start // group_size
         groups = range(first_group, first_group + batch_size(micro) // group_size)
         for k, names in units:
@@ -211,7 +258,7 @@ def zeroth_order_scores(
                 for noise in range(num_noise):
                     chosen = _chosen(names, groups, num_noise, noise, level)
                     zs = _draw(blocks[k], chosen, index, seed, groups, noise)
-                    derivative = _directional_derivative(adapter, micro, zs, group_size, eps, base)
+                    derivative = _directional_derivative(probe, micro, zs, group_size, eps, base)
                     if level == "sampled":
                         for (name,), value in zip(chosen, derivative.tolist(), strict=True):
                             scores[name] += value

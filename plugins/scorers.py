@@ -41,6 +41,7 @@ class ZerothOrderScorer(Scorer):
             group_size=group_size(adapter, o.get("group_size", SCORER_DEFAULTS["zo_group"]), o.get("micro_batch", 4)),
             level=o.get("level", SCORER_DEFAULTS["zo_level"]),
             difference=o.get("difference", SCORER_DEFAULTS["zo_difference"]),
+            head=o.get("head", SCORER_DEFAULTS["zo_head"]),
             progress=progress,
         )
         return zeroth_order_variant(scalars, adapter, towers, o.get("variant", SCORER_DEFAULTS["zo_variant"]))

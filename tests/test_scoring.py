@@ -220,3 +220,43 @@ def test_sampled_level_draws_every_tensor_when_samples_are_few(make_adapter, toy
         adapter, towers, batch, micro_batch=2, level="sampled", difference="forward", num_noise=4
     )
     assert scores == asked
+
+
+def test_linear_head_is_the_full_head_to_second_order(make_adapter, toy_text) -> None:
+    """--zo-head linear: the head's loss change as g . (h' - h) gives the reference's central difference up to
+    O(eps^2) relative, the forward one up to O(eps); a wrong g (sign, scale, rows) misses both. (One causal-LM
+    adapter serves OPT and LLaMA; tiny-opt runs the check in a tenth of tiny-llama's time.)"""
+    adapter = make_adapter("tiny-opt", torch.float64)
+    batch = adapter.calibration_batch([toy_text], 4, 24, seed=1)
+    towers = adapter.towers()
+    exact = {"level": "tensor", "micro_batch": 2}
+    for difference, tolerance in (("central", 1e-3), ("forward", 2e-2)):
+        linear = zeroth_order_scores(adapter, towers, batch, **exact, difference=difference, head="linear")
+        reference = zeroth_order_scores(adapter, towers, batch, **exact, difference=difference)  # = the naive way
+        for name in linear:
+            assert linear[name] == pytest.approx(reference[name], rel=tolerance), (difference, name)
+    sampled = {"level": "sampled", "micro_batch": 2, "difference": "forward"}
+    full = zeroth_order_scores(adapter, towers, batch, **sampled)
+    linear = zeroth_order_scores(adapter, towers, batch, **sampled, head="linear")
+    assert spearmanr([full[n] for n in full], [linear[n] for n in full]).statistic > 0.99  # random tiny weights
+
+
+def test_linear_head_needs_a_split_loss_and_is_keyed(make_adapter, toy_text) -> None:
+    from ecoflap.core.adapters import ModelAdapter
+    from ecoflap.core.config import PruneConfig
+
+    adapter = make_adapter("tiny-llama")
+
+    class Unsplit(type(adapter)):  # an adapter that never split its loss at a head
+        head_input = ModelAdapter.head_input
+        head_loss = ModelAdapter.head_loss
+
+    adapter.__class__ = Unsplit
+    batch = adapter.calibration_batch([toy_text], 2, 16, seed=1)
+    with pytest.raises(EcoflapError, match="not split at a head .*use --zo-head full"):
+        zeroth_order_scores(adapter, adapter.towers(), batch, micro_batch=2, head="linear")
+    options = PruneConfig(scorer="zeroth-order").method()["scorer_options"]
+    assert "zo_head" not in options  # full: the key of every run recorded before the setting
+    assert PruneConfig(scorer="zeroth-order", zo_head="linear").method()["scorer_options"] == options | {
+        "zo_head": "linear"
+    }

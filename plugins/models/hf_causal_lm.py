@@ -56,7 +56,12 @@ class CausalLMAdapter(ModelAdapter):
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Next-token cross-entropy, the mean over each sample's tokens (logits one sample at a time)."""
-        hidden = self.forward(batch).last_hidden_state
+        return self.head_loss(self.head_input(batch), batch)
+
+    def head_input(self, batch: Batch) -> torch.Tensor:
+        return self.forward(batch).last_hidden_state
+
+    def head_loss(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         head = self.model.get_output_embeddings()
         ids = batch["input_ids"]
         dtype = torch.promote_types(hidden.dtype, torch.float32)  # bf16 logits lose the eps signal
