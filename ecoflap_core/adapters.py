@@ -163,6 +163,10 @@ class ModelAdapter(ABC):
     def loss(self, batch: Batch) -> torch.Tensor:
         """The scoring loss, one value per sample: shape ``[batch size]``."""
 
+    def splits_loss(self) -> bool:
+        """Whether the adapter splits its loss at a head (what ``--zo-head linear`` needs)."""
+        return type(self).head_input is not ModelAdapter.head_input
+
     def head_input(self, batch: Batch) -> torch.Tensor:
         """What the loss head reads (``[batch size, ...]``), where ``loss(b) == head_loss(head_input(b), b)``: an
         adapter that splits its loss so lets the zeroth-order scorer linearize the head (``--zo-head linear``)."""

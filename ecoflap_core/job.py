@@ -127,7 +127,10 @@ def resolve_refiner(registries: Registries, config: PruneConfig, pruner: type[La
 
 
 def identify(adapter: ModelAdapter, config: PruneConfig) -> dict[str, Any]:
-    """The dense model's identity (name, weights hash) and its prunable layers (for the allocation)."""
+    """The dense model's identity (name, weights hash) and its prunable layers (for the allocation); settings
+    the loaded model cannot honour fail here, before any compute."""
+    if config.zo_head == "linear" and config.coarse_scorer == "zeroth-order" and not adapter.splits_loss():
+        raise EcoflapError(f"--zo-head linear: {config.model}'s scoring loss has no separate head: use --zo-head full")
     layers = [vars(info) for info in layer_infos(select_towers(adapter.towers(), config.towers))]
     return {
         "model": config.model,

@@ -166,7 +166,7 @@ class LossProbe:
     the linearized head, g . (h' - h) (``head="linear"``); ``base`` is what a forward difference subtracts."""
 
     def __init__(self, adapter: ModelAdapter, head: Literal["full", "linear"]) -> None:
-        if head == "linear" and type(adapter).head_input is ModelAdapter.head_input:
+        if head == "linear" and not adapter.splits_loss():
             adapter.head_input({})  # its one-line error, before any pass
         self.adapter, self.head = adapter, head
         self.hidden: torch.Tensor | None = None

@@ -242,6 +242,7 @@ def test_linear_head_is_the_full_head_to_second_order(make_adapter, toy_text) ->
 
 
 def test_linear_head_needs_a_split_loss_and_is_keyed(make_adapter, toy_text) -> None:
+    from ecoflap.core import job
     from ecoflap.core.adapters import ModelAdapter
     from ecoflap.core.config import PruneConfig
 
@@ -255,6 +256,8 @@ def test_linear_head_needs_a_split_loss_and_is_keyed(make_adapter, toy_text) -> 
     batch = adapter.calibration_batch([toy_text], 2, 16, seed=1)
     with pytest.raises(EcoflapError, match="not split at a head .*use --zo-head full"):
         zeroth_order_scores(adapter, adapter.towers(), batch, micro_batch=2, head="linear")
+    with pytest.raises(EcoflapError, match=r"^--zo-head linear: tiny-llama's scoring loss has no separate head"):
+        job.identify(adapter, PruneConfig(model="tiny-llama", zo_head="linear"))  # the job: before any compute
     options = PruneConfig(scorer="zeroth-order").method()["scorer_options"]
     assert "zo_head" not in options  # full: the key of every run recorded before the setting
     assert PruneConfig(scorer="zeroth-order", zo_head="linear").method()["scorer_options"] == options | {
