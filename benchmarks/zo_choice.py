@@ -56,6 +56,8 @@ MODES = {  # exact: the reference's estimator; the others trade it for time
     "sampled": {"zo_level": "sampled", "zo_difference": "forward"},
     "sampled-central": {"zo_level": "sampled", "zo_difference": "central"},
     "sampled-noise2": {"zo_level": "sampled", "zo_difference": "forward", "zo_noise": 2},
+    "sampled-linear": {"zo_level": "sampled", "zo_difference": "forward", "zo_head": "linear"},
+    "exact-linear": {"zo_level": "tensor", "zo_difference": "central", "zo_head": "linear"},
 }
 ZEROTH = {
     f"zo {mode} {variant}": {"allocator": "ecoflap", "scorer": "zeroth-order", "zo_variant": variant} | settings
