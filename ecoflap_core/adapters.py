@@ -170,13 +170,17 @@ class ModelAdapter(ABC):
     def head_input(self, batch: Batch) -> torch.Tensor:
         """What the loss head reads (``[batch size, ...]``), where ``loss(b) == head_loss(head_input(b), b)``: an
         adapter that splits its loss so lets the zeroth-order scorer linearize the head (``--zo-head linear``)."""
-        raise EcoflapError(
-            f"{self.model_id}: its scoring loss is not split at a head (head_input / head_loss): use --zo-head full"
-        )
+        raise self.unsplit_loss()
 
     def head_loss(self, hidden: torch.Tensor, batch: Batch) -> torch.Tensor:
         """The scoring loss from :meth:`head_input`'s output, one value per sample."""
-        raise EcoflapError(f"{self.model_id}: its scoring loss is not split at a head: use --zo-head full")
+        raise self.unsplit_loss()
+
+    def unsplit_loss(self) -> EcoflapError:
+        """The error of asking an adapter whose loss is not split for its head."""
+        return EcoflapError(
+            f"{self.model_id}: its scoring loss is not split at a head (head_input / head_loss): use --zo-head full"
+        )
 
     # ---- data and persistence ----------------------------------------------------------------
     @abstractmethod

@@ -21,7 +21,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -124,6 +124,27 @@ def staged_folder(output: Path) -> Iterator[Path]:
         _replace(output, staging)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_once(target: Path, build: Callable[[Path], None], marker: str = "model.safetensors") -> Path:
+    """``target`` built once (a cache entry): ``build`` fills a staging folder beside it, renamed into place. Unlike
+    :func:`staged_folder` it never replaces: two jobs that build the same entry at once each stage their own, and
+    the one that renames second keeps the other's finished folder (which the first may already be reading)."""
+    if (target / marker).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_leftovers(target.parent)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-{os.getpid()}-", dir=target.parent))
+    try:
+        build(staging)
+        try:
+            staging.rename(target)
+        except OSError:
+            if not (target / marker).is_file():  # not another job's finished copy: a real failure
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 def _replace(output: Path, staging: Path) -> None:

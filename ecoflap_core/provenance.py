@@ -135,23 +135,30 @@ def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def write_file(path: Path, write: Callable[[Path], None]) -> Path:
+    """``path`` written whole or not at all: ``write`` fills a temporary file beside it (``.NAME.tmp-PID-XXXX``,
+    swept by ``outputs.sweep_leftovers`` if the writer is killed), mode 0644, which then replaces ``path``; two
+    processes writing the same file at once never interleave their bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.chmod(tmp, FILE_MODE)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
 def write_json(path: str | Path, data: Any) -> Path:
-    """JSON through a temporary file and a rename; mode 0644 (group and others may read results)."""
+    """JSON through :func:`write_file`; mode 0644 (group and others may read results)."""
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(data, handle, indent=2, default=str)
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        return write_file(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8"))
     except OSError as exc:
         raise EcoflapError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
 
 
 def canonical(data: Mapping[str, Any]) -> dict[str, Any]:

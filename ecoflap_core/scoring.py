@@ -167,7 +167,7 @@ class LossProbe:
 
     def __init__(self, adapter: ModelAdapter, head: Literal["full", "linear"]) -> None:
         if head == "linear" and not adapter.splits_loss():
-            adapter.head_input({})  # its one-line error, before any pass
+            raise adapter.unsplit_loss()  # before any pass
         self.adapter, self.head = adapter, head
         self.hidden: torch.Tensor | None = None
         self.grad: torch.Tensor | None = None

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from ecoflap.core.cache import publish_folder
+from ecoflap.core.outputs import publish_once
+from ecoflap.core.provenance import write_file
 
 
 def _slow_build(started: threading.Barrier, label: str):
@@ -27,7 +28,7 @@ def test_two_builders_at_once_both_get_the_whole_folder_and_leave_no_temporary(t
 
     def job(label: str) -> None:
         try:
-            results.append(publish_folder(target, _slow_build(started, label)))
+            results.append(publish_once(target, _slow_build(started, label)))
         except BaseException as exc:  # noqa: BLE001 - the test reports it below
             errors.append(exc)
 
@@ -49,23 +50,21 @@ def test_a_finished_folder_is_not_rebuilt_and_a_failed_build_leaves_nothing(tmp_
         raise RuntimeError("conversion failed")
 
     with pytest.raises(RuntimeError, match="conversion failed"):
-        publish_folder(target, fail)
+        publish_once(target, fail)
     assert list(tmp_path.iterdir()) == []
-    publish_folder(target, lambda folder: (folder / "model.safetensors").write_text("1"))
-    publish_folder(target, fail)  # complete: never rebuilt
+    publish_once(target, lambda folder: (folder / "model.safetensors").write_text("1"))
+    publish_once(target, fail)  # complete: never rebuilt
     assert (target / "model.safetensors").read_text() == "1"
 
 
-def test_publish_file_replaces_whole_and_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
-    from ecoflap.core.cache import publish_file
-
+def test_write_file_replaces_whole_and_a_failed_write_keeps_the_old_file(tmp_path: Path) -> None:
     path = tmp_path / "cache" / "features.pt"
-    publish_file(path, lambda tmp: tmp.write_text("old"))
+    write_file(path, lambda tmp: tmp.write_text("old"))
 
     def fail(tmp: Path) -> None:
         tmp.write_text("half")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        publish_file(path, fail)
+        write_file(path, fail)
     assert path.read_text() == "old" and [p.name for p in path.parent.iterdir()] == ["features.pt"]

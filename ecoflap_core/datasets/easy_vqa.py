@@ -128,7 +128,8 @@ def image_labels(split: Split) -> dict[int, tuple[str, str]]:
     """Image id -> (colour, shape): colour from the pixels, shape from the questions (else the pixels)."""
     import json
 
-    from ecoflap.core.cache import cache_dir, publish_file
+    from ecoflap.core.cache import cache_dir
+    from ecoflap.core.provenance import write_json
 
     cached = cache_dir() / "easy-vqa" / f"labels-{split}-v1.json"  # reading 5,000 images takes ~10 s
     if cached.is_file():
@@ -138,7 +139,7 @@ def image_labels(split: Split) -> dict[int, tuple[str, str]]:
         facts.setdefault(q.image_id, []).append(_shape_facts(q))
     paths = image_paths(split)
     labels = {i: (pixel_colour(paths[i]), _shape(paths[i], facts.get(i, []))) for i in sorted(paths)}
-    publish_file(cached, lambda tmp: tmp.write_text(json.dumps(labels)))
+    write_json(cached, labels)
     return labels
 
 

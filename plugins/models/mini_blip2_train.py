@@ -20,9 +20,9 @@ from typing import Any
 
 import torch
 
-from ecoflap.core.cache import cache_dir, publish_file
+from ecoflap.core.cache import cache_dir
 from ecoflap.core.errors import EcoflapError
-from ecoflap.core.provenance import file_sha256, git_hash
+from ecoflap.core.provenance import file_sha256, git_hash, write_file
 from ecoflap.plugins.models.dinov2_onnx import dinov2_small_folder
 from ecoflap.plugins.models.hf_causal_lm import smollm2_folder
 from ecoflap.plugins.models.mini_blip2_model import (
@@ -99,7 +99,7 @@ def _save_checkpoint(
     path = _checkpoint_path()
     state = {"bridge": bridge.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
     state |= {"config": asdict(config), "losses": losses, "schedules": schedules}
-    publish_file(path, lambda tmp: torch.save(state, tmp))
+    write_file(path, lambda tmp: torch.save(state, tmp))
 
 
 def _resume(bridge: QFormerBridge, optimizer: Any, config: TrainConfig, log: Any) -> tuple[int, list, list[int]]:

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from ecoflap.core.cache import cache_dir, publish_file
+from ecoflap.core.cache import cache_dir
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.provenance import write_file
 
 #: the weights that ship inside the package (read only: ``ecoflap zoo train`` writes to the cache or ``-o``)
 WEIGHTS = Path(__file__).parent / "weights"
@@ -63,7 +64,7 @@ def image_features(vision: torch.nn.Module, split: str, size: int, log: Any = pr
         chunks.append(vision(pixel_values=pixel_values([paths[j] for j in ids[i : i + 64]], size)).last_hidden_state)
         log(f"features {split}: {min(i + 64, len(ids))}/{len(ids)} images, {time.perf_counter() - start:.0f} s")
     features = dict(zip(ids, torch.cat(chunks).half(), strict=True))
-    publish_file(path, lambda tmp: torch.save(features, tmp))
+    write_file(path, lambda tmp: torch.save(features, tmp))
     return features
 
 
