@@ -56,6 +56,7 @@ MODES = {  # exact: the reference's estimator; the others trade it for time
     "sampled": {"zo_level": "sampled", "zo_difference": "forward"},
     "sampled-central": {"zo_level": "sampled", "zo_difference": "central"},
     "sampled-noise2": {"zo_level": "sampled", "zo_difference": "forward", "zo_noise": 2},
+    "sampled-noise3": {"zo_level": "sampled", "zo_difference": "forward", "zo_noise": 3},
     "sampled-linear": {"zo_level": "sampled", "zo_difference": "forward", "zo_head": "linear"},
     "exact-linear": {"zo_level": "tensor", "zo_difference": "central", "zo_head": "linear"},
 }
@@ -97,7 +98,7 @@ STAGES = {
 
 
 #: the cheap modes between which the seeds decide (the rule below was fixed before their runs)
-CANDIDATES = ("zo sampled grad-mag-abs", "zo sampled-noise2 grad-mag-abs")
+CANDIDATES = ("zo sampled grad-mag-abs", "zo sampled-noise2 grad-mag-abs", "zo sampled-noise3 grad-mag-abs")
 DEFAULT_SEED = 42
 
 
