@@ -68,6 +68,7 @@ def row(label: str, document: dict[str, Any]) -> dict[str, Any]:
         "results": document["results"],
         "timings_s": block["timings_s"],
         "git_hash": block.get("git_hash"),
+        "versions": block.get("versions"),  # the machine too: the same run key elsewhere may differ
     }
 
 

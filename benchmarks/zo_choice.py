@@ -22,7 +22,8 @@ its zeroth-order settings, so no row depends on the defaults of the code that ru
 
 Seeds (the rule fixed before their runs): the validation stages at several seeds (calibration windows and
 perturbations) for the CANDIDATES and first-order, into ``zo_choice_seeds_*.json``; ``--choose`` reads them
-all. A candidate's gap to first-order at the same seed and sparsity, averaged over seeds and both
+all. A candidate's gap to first-order at the same seed and sparsity in the same file (each file is one
+machine's: the same run key gave 0.667 on one processor and 0.630 on another), averaged over seeds and both
 sparsities: on mini-blip2 validation accuracy points (candidate - first-order), on SmolLM2 validation
 word perplexity (candidate / first-order - 1). It passes where the first is >= -2 points and the second
 <= +5% (the issue's targets); the default is the cheapest passing candidate, or where none passes the one
@@ -183,27 +184,29 @@ def markdown(table: Table, stage: str) -> str:
     return "\n".join(lines)
 
 
-def gaps(rows: list[dict[str, Any]]) -> dict[str, dict[str, list[float]]]:
-    """Each candidate's gaps to first-order at the same seed and sparsity: accuracy points (VQA) and
-    perplexity percent (WikiText)."""
-    by_key = {(r["name"], r["sparsity"], r.get("seed", DEFAULT_SEED), task): r for r in rows for task in r["results"]}
+def gaps(files: list[list[dict[str, Any]]]) -> dict[str, dict[str, list[float]]]:
+    """Each candidate's gaps to first-order at the same seed and sparsity in the same file (one machine: the
+    same run key gives other numbers on another processor): accuracy points (VQA), perplexity percent
+    (WikiText)."""
     found: dict[str, dict[str, list[float]]] = {c: {"vqa": [], "wikitext": []} for c in CANDIDATES}
-    for (name, sparsity, seed, task), r in by_key.items():
-        reference = by_key.get(("first-order", sparsity, seed, task))
-        if name not in found or reference is None:
-            continue
-        if task == "vqa":
-            found[name][task].append(100 * (metric(r, "vqa", "acc") - metric(reference, "vqa", "acc")))
-        else:
-            ratio = metric(r, task, "word_perplexity") / metric(reference, task, "word_perplexity")
-            found[name][task].append(100 * (ratio - 1))
+    for rows in files:
+        by_key = {(r["name"], r["sparsity"], r.get("seed", DEFAULT_SEED), t): r for r in rows for t in r["results"]}
+        for (name, sparsity, seed, task), r in by_key.items():
+            reference = by_key.get(("first-order", sparsity, seed, task))
+            if name not in found or reference is None:
+                continue
+            if task == "vqa":
+                found[name][task].append(100 * (metric(r, "vqa", "acc") - metric(reference, "vqa", "acc")))
+            else:
+                ratio = metric(r, task, "word_perplexity") / metric(reference, task, "word_perplexity")
+                found[name][task].append(100 * (ratio - 1))
     return found
 
 
-def choose(rows: list[dict[str, Any]]) -> str:
+def choose(files: list[list[dict[str, Any]]]) -> str:
     """The rule of the docstring, on every seed row: the cheapest passing candidate, else the least bad."""
     lines, worst = [], {}
-    for name, gap in gaps(rows).items():
+    for name, gap in gaps(files).items():
         if not gap["vqa"] or not gap["wikitext"]:
             raise SystemExit(f"Error: {name} lacks seed rows on one of the validation stages: run both first")
         points, percent = sum(gap["vqa"]) / len(gap["vqa"]), sum(gap["wikitext"]) / len(gap["wikitext"])
@@ -228,7 +231,7 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the finished rows")
     args = parser.parse_args()
     if args.choose:
-        print(choose([r for path in sorted(RESULTS.glob("zo_choice_seeds_*.json")) for r in Table(path).rows]))
+        print(choose([Table(path).rows for path in sorted(RESULTS.glob("zo_choice_seeds_*.json"))]))
         return
     if args.stage is None:
         parser.error("give --stage (or --choose)")

@@ -8,11 +8,13 @@ by the group: a reader sees the old file or the whole new one, never half of it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from importlib import metadata
@@ -104,14 +106,35 @@ def file_sha256(path: Path) -> str:
 
 
 def versions() -> dict[str, str]:
-    """The installed versions of the libraries that change a number, and Python's."""
+    """The installed versions of the libraries that change a number, Python's, and the machine's."""
     found = {}
     for name in LIBRARIES:
         try:
             found[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return found | {"python": platform.python_version()}
+    return found | {"python": platform.python_version()} | machine()
+
+
+def machine() -> dict[str, str]:
+    """What else changes a float: the processor, and (where torch computed the numbers) the kernel set torch
+    dispatches to and its thread count. The same run key on another machine may differ in the last bits,
+    and a metric on a knife edge (generation at high sparsity) by a few points."""
+    found = {"machine": platform.machine(), "cpu": cpu_name()}
+    torch = sys.modules.get("torch")  # torch-free at import: only a process that ran torch has its kernels
+    if torch is not None:
+        found["torch-cpu-capability"] = torch.backends.cpu.get_cpu_capability()
+        found["torch-threads"] = str(torch.get_num_threads())
+    return found
+
+
+def cpu_name() -> str:
+    """The processor's model name (Linux's /proc/cpuinfo), else what the platform module says."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
 
 
 def git_hash() -> str | None:

@@ -6,7 +6,7 @@ import os
 import stat
 from pathlib import Path
 
-from ecoflap.core.provenance import cache_key, fingerprint, weights_hash, write_json
+from ecoflap.core.provenance import cache_key, fingerprint, versions, weights_hash, write_json
 
 
 def test_a_fingerprint_follows_the_content_not_the_timestamp(tmp_path: Path) -> None:
@@ -43,3 +43,20 @@ def test_the_weights_hash_sees_one_changed_weight(make_adapter) -> None:
     name, tensor = next(iter(adapter.model.state_dict().items()))
     tensor.view(-1)[0] += 1.0
     assert weights_hash(adapter.model) != before
+
+
+def test_versions_name_the_machine_and_torchs_kernels() -> None:
+    """The same run key gives other last bits on another processor or thread count: both are recorded."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        found = versions()
+        assert found["torch-threads"] == "1"
+        assert found["torch-cpu-capability"] == torch.backends.cpu.get_cpu_capability()
+        assert found["cpu"] and found["machine"]
+        torch.set_num_threads(2)
+        assert versions()["torch-threads"] == "2"
+    finally:
+        torch.set_num_threads(before)
