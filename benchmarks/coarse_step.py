@@ -18,6 +18,7 @@ Side by side in one run, each variant in a fresh subprocess (so peak RSS is its 
 Prints time and peak memory as ratios, score agreement, and writes the raw figures as JSON.
 
     python benchmarks/coarse_step.py --nsamples 4 --seqlen 128 [--out benchmarks/results/coarse_step.json]
+        [--zo-noise N: rounds of the sampled variants] [--dtype float64: agreement without float32 rounding]
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ def zo_targets(blocks_every: int, blocks: int = 30) -> list[str]:
     return [rf"\.layers\.({chosen})\."]
 
 
-def run_variant(variant: str, nsamples: int, seqlen: int, micro_batch: int, seed: int, blocks_every: int) -> dict:
+def run_variant(args: argparse.Namespace) -> dict:
+    """One variant's time, memory and scores (``args``: the command line's settings)."""
     import torch
 
     from ecoflap.core.adapters import LoadOptions, split_batch
@@ -76,11 +78,14 @@ def run_variant(variant: str, nsamples: int, seqlen: int, micro_batch: int, seed
     )
     from ecoflap.plugins.models.hf_causal_lm import load_smollm2
 
+    variant, micro_batch, seed = args.variant, args.micro_batch, args.seed
     torch.set_num_threads(int(os.environ.get("ECOFLAP_THREADS", "2")))
-    targets = zo_targets(blocks_every) if variant.startswith("zeroth-order") else []
+    targets = zo_targets(args.blocks_every) if variant.startswith("zeroth-order") else []
     adapter = load_smollm2(LoadOptions("smollm2-135m", targets=targets))
+    if args.dtype == "float64":  # the agreement check without float32's rounding of the two losses
+        adapter.model.to(torch.float64)
     texts, _ = split_corpus(load_corpus("wikipedia"))
-    batch = adapter.calibration_batch(texts, nsamples, seqlen, seed)
+    batch = adapter.calibration_batch(texts, args.nsamples, args.seqlen, seed)
     towers = adapter.towers()
     with torch.no_grad():  # warm-up: lazy one-off allocations of the first forward pass are not the step's
         adapter.model(input_ids=batch["input_ids"][:1, :8], use_cache=False)
@@ -98,14 +103,15 @@ def run_variant(variant: str, nsamples: int, seqlen: int, micro_batch: int, seed
     elif variant in ("zeroth-order-fast", "zeroth-order-sampled"):
         level = "block" if variant == "zeroth-order-fast" else "sampled"
         scores = zeroth_order_scores(
-            adapter, towers, batch, micro_batch=micro_batch, seed=seed, level=level, difference="forward"
-        )
+            adapter, towers, batch, micro_batch=micro_batch, seed=seed, level=level, difference="forward",
+            num_noise=args.zo_noise if level == "sampled" else 1,
+        )  # fmt: skip
     elif variant == "zeroth-order-linear":
         scores = zeroth_order_scores(adapter, towers, batch, micro_batch=micro_batch, seed=seed, head="linear")
     elif variant == "zeroth-order-sampled-linear":
         scores = zeroth_order_scores(
             adapter, towers, batch, micro_batch=micro_batch, seed=seed, level="sampled", difference="forward",
-            head="linear",
+            head="linear", num_noise=args.zo_noise,
         )  # fmt: skip
     elif variant == "zeroth-order-ref":
         scores = zeroth_order_scores_naive(adapter, towers, batch, seed=seed)
@@ -137,6 +143,10 @@ def spawn(variant: str, args: argparse.Namespace) -> dict:
         str(args.seed),
         "--blocks-every",
         str(args.blocks_every),
+        "--zo-noise",
+        str(args.zo_noise),
+        "--dtype",
+        args.dtype,
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).parent.parent)
     if proc.returncode:
@@ -246,11 +256,13 @@ def main() -> None:
         default=1,
         help="zeroth-order variants score every K-th block only (first-order: all)",
     )
+    parser.add_argument("--zo-noise", type=int, default=1, help="rounds of the sampled variants [1]")
+    parser.add_argument("--dtype", choices=("float32", "float64"), default="float32", help="[float32]")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS, help="[all]")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/coarse_step.json"))
     args = parser.parse_args()
     if args.variant:
-        figures = run_variant(args.variant, args.nsamples, args.seqlen, args.micro_batch, args.seed, args.blocks_every)
+        figures = run_variant(args)
         print(json.dumps(figures))
         return
     results = {}
