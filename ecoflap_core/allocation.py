@@ -200,6 +200,34 @@ def group_scores(request: AllocationRequest, groups: Mapping[str, str], sizes: M
     return totals
 
 
+def smooth_scores(
+    request: AllocationRequest, groups: Mapping[str, str], sizes: Mapping[str, int], scores: Mapping[str, float],
+    window: int,
+) -> dict[str, float]:  # fmt: skip
+    """Each group's score per weight replaced by its mean over ``window`` adjacent groups of the same tower, in
+    the model's order (the window shrinks at a tower's ends); 1 leaves the scores as they are. A denoiser for
+    an estimated score (zeroth-order: a few random directions per tensor), whose block-to-block noise
+    otherwise becomes block-to-block sparsity; first-order's block densities vary smoothly with depth."""
+    if window % 2 == 0 or window < 1:
+        raise EcoflapError(f"score smoothing window {window} must be a positive odd number (1: none), e.g. 3")
+    if window == 1:
+        return dict(scores)
+    per_weight = request.aggregation == "sum"
+    density = {g: scores[g] / sizes[g] if per_weight else scores[g] for g in scores}
+    towers: dict[str, list[str]] = {}
+    for layer in request.layers:
+        members = towers.setdefault(layer.tower, [])
+        if groups[layer.name] not in members:
+            members.append(groups[layer.name])
+    smoothed = {}
+    for members in towers.values():
+        for i, g in enumerate(members):
+            near = members[max(0, i - window // 2) : i + window // 2 + 1]
+            mean = sum(density[h] for h in near) / len(near)
+            smoothed[g] = mean * sizes[g] if per_weight else mean
+    return smoothed
+
+
 def group_layers(request: AllocationRequest) -> tuple[dict[str, str], dict[str, int]]:
     """layer -> group id, and n_g for each group, at the request's granularity."""
     groups = {layer.name: layer.group(request.granularity) for layer in request.layers}

@@ -70,6 +70,9 @@ class PruneConfig(BaseModel):
     granularity: Literal["layer", "block", "tower"] = Field("block", description="allocation groups")
     aggregation: Literal["sum", "avg"] = Field("sum", description="group score: sum or mean of its tensors")
     per_tower: bool = Field(False, description="one budget per tower instead of one shared budget")
+    smooth_blocks: int = Field(
+        1, ge=1, le=99, description="ecoflap: average score densities over this many adjacent groups of a tower (odd)"
+    )
     nm: str | None = Field(None, description="N:M semi-structured pattern, e.g. 2:4 (with --allocator uniform)")
     comparison: Literal["auto", "row", "matrix"] = Field("auto", description="Wanda's comparison group")
 
@@ -130,7 +133,7 @@ class PruneConfig(BaseModel):
         "Model": ("model", "targets", "ignore", "towers", "dtype", "corpus"),
         "Device": ("device", "offload"),
         "Method": ("scorer", "allocator", "pruner", "refine", "allocation_file", "sparsity", "max_sparsity",
-                   "granularity", "aggregation", "per_tower", "nm", "comparison"),
+                   "granularity", "aggregation", "per_tower", "smooth_blocks", "nm", "comparison"),
         "Calibration": ("nsamples", "seqlen", "score_nsamples", "score_seqlen", "seed", "micro_batch"),
         "Coarse-step scorers": ("zo_eps", "zo_noise", "zo_group", "zo_level", "zo_difference", "zo_head", "zo_variant",
                                 "fo_variant"),
@@ -153,6 +156,13 @@ class PruneConfig(BaseModel):
         if nm is not None and NMPattern.parse(nm).m > MAX_NM_GROUP:
             raise ValueError(f"N:M pattern {nm}: M must be at most {MAX_NM_GROUP}")
         return nm
+
+    @field_validator("smooth_blocks")
+    @classmethod
+    def _odd_window(cls, window: int) -> int:
+        if window % 2 == 0:
+            raise ValueError(f"{window} is even: the window is centred on a block, use an odd number such as 3")
+        return window
 
     @field_validator("device")
     @classmethod
@@ -249,7 +259,9 @@ class PruneConfig(BaseModel):
 
     def allocator_options(self) -> dict[str, Any]:
         """The settings of the chosen allocator that change its allocation (given to it as options)."""
-        return {"owl": {"owl_lambda": self.owl_lambda}, "dlp": {"dlp_alpha": self.dlp_alpha}}.get(self.allocator, {})
+        smooth = {"smooth_blocks": self.smooth_blocks} if self.smooth_blocks != 1 else {}  # 1: the keys of before
+        options = {"owl": {"owl_lambda": self.owl_lambda}, "dlp": {"dlp_alpha": self.dlp_alpha}, "ecoflap": smooth}
+        return options.get(self.allocator, {})
 
     def statistic_options(self) -> dict[str, Any]:
         """What owl's and dlp's statistics scorer reduces each block's Wanda metric to (empty for the others)."""

@@ -15,6 +15,7 @@ from ecoflap.core.allocation import (
     group_layers,
     group_scores,
     keep_counts,
+    smooth_scores,
     validate_target,
 )
 from ecoflap.core.errors import EcoflapError
@@ -35,6 +36,7 @@ class EcoflapAllocator(Allocator):
             raise EcoflapError(f"no importance score for {len(missing)} layers, e.g. {missing[0]}")
         groups, sizes = group_layers(request)
         scores = group_scores(request, groups, sizes)
+        scores = smooth_scores(request, groups, sizes, scores, int(self.options.get("smooth_blocks", 1)))
         keep: dict[str, int] = {}
         for members in budgets(request, groups):
             keep |= keep_counts(

@@ -7,8 +7,10 @@ import math
 import random
 
 import pytest
+from test_owl import _keys
 
-from ecoflap.core.allocation import AllocationRequest, LayerInfo, keep_counts
+from ecoflap.core.allocation import AllocationRequest, LayerInfo, group_layers, group_scores, keep_counts, smooth_scores
+from ecoflap.core.config import PruneConfig
 from ecoflap.core.errors import EcoflapError
 from ecoflap.plugins.allocators import EcoflapAllocator, FromFileAllocator, UniformAllocator
 
@@ -137,6 +139,45 @@ def test_avg_aggregation_divides_by_the_group_size() -> None:
         assert (s["a"] == pytest.approx(s["b"], abs=0.01)) is expect_equal
 
 
+def smoothing_request(aggregation: str = "sum") -> AllocationRequest:
+    """Tower a: three blocks of 10, 20, 10 weights with score densities 1, 4, 3; tower b: one block, density 9."""
+    infos = [
+        LayerInfo("a0.w", 10, "a0", "a"),
+        LayerInfo("a1.w", 12, "a1", "a"),
+        LayerInfo("a1.v", 8, "a1", "a"),
+        LayerInfo("a2.w", 10, "a2", "a"),
+        LayerInfo("b0.w", 30, "b0", "b"),
+    ]
+    scores = {"a0.w": 10.0, "a1.w": 50.0, "a1.v": 30.0, "a2.w": 30.0, "b0.w": 270.0}
+    return AllocationRequest(infos, 0.5, 0.8, scores, "block", aggregation)
+
+
+def test_score_smoothing_averages_densities_of_adjacent_blocks_within_a_tower() -> None:
+    request = smoothing_request()
+    groups, sizes = group_layers(request)
+    smoothed = smooth_scores(request, groups, sizes, group_scores(request, groups, sizes), 3)
+    # densities 1, 4, 3 -> window means 2.5, 8/3, 3.5, times each block's size; b0 alone in its tower: unchanged
+    assert smoothed == pytest.approx({"a0": 25.0, "a1": 20 * 8 / 3, "a2": 35.0, "b0": 270.0})
+    assert smooth_scores(request, groups, sizes, group_scores(request, groups, sizes), 1)["a1"] == 80.0
+    wide = smooth_scores(request, groups, sizes, group_scores(request, groups, sizes), 5)
+    assert wide["a0"] == pytest.approx(10 * 8 / 3)  # the window shrinks at the ends: a0..a2, never b0
+    avg = smoothing_request("avg")
+    groups, sizes = group_layers(avg)
+    assert smooth_scores(avg, groups, sizes, group_scores(avg, groups, sizes), 3)["a0"] == pytest.approx(2.5)
+
+
+def test_the_ecoflap_allocator_allocates_the_smoothed_scores() -> None:
+    request = smoothing_request()
+    groups, sizes = group_layers(request)
+    expected = keep_counts(
+        smooth_scores(request, groups, sizes, group_scores(request, groups, sizes), 3), sizes, 0.5, 0.8
+    )
+    assert EcoflapAllocator(smooth_blocks=3).allocate(request).keep == expected
+    assert EcoflapAllocator().allocate(request).keep != expected  # the smoothing moves weights between blocks
+    with pytest.raises(EcoflapError, match="odd"):
+        EcoflapAllocator(smooth_blocks=2).allocate(request)
+
+
 def test_uniform_and_from_file(tmp_path) -> None:
     infos = layers()
     uniform = UniformAllocator().allocate(AllocationRequest(infos, 0.4, 0.5))
@@ -150,3 +191,12 @@ def test_uniform_and_from_file(tmp_path) -> None:
         FromFileAllocator(path=str(path)).allocate(AllocationRequest(infos, 0.5, 0.6))
     with pytest.raises(EcoflapError, match="does not exist"):
         FromFileAllocator(path=str(tmp_path / "missing.json")).allocate(AllocationRequest(infos, 0.5, 0.6))
+
+
+def test_the_smoothing_window_is_in_the_identity_and_the_allocation_key_only() -> None:
+    assert "allocator_options" not in PruneConfig.build().method()  # 1: the keys of before
+    assert PruneConfig.build(smooth_blocks=3).method()["allocator_options"] == {"smooth_blocks": 3}
+    plain, smooth = _keys(), _keys(smooth_blocks=3)
+    assert smooth["scores"] == plain["scores"] and smooth["allocation"] != plain["allocation"]
+    with pytest.raises(EcoflapError, match="even"):
+        PruneConfig.build(smooth_blocks=4)
