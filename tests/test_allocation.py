@@ -12,6 +12,7 @@ from test_owl import _keys
 from ecoflap.core.allocation import AllocationRequest, LayerInfo, group_layers, group_scores, keep_counts, smooth_scores
 from ecoflap.core.config import PruneConfig
 from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.results.method import method_label
 from ecoflap.plugins.allocators import EcoflapAllocator, FromFileAllocator, UniformAllocator
 
 
@@ -195,7 +196,9 @@ def test_uniform_and_from_file(tmp_path) -> None:
 
 def test_the_smoothing_window_is_in_the_identity_and_the_allocation_key_only() -> None:
     assert "allocator_options" not in PruneConfig.build().method()  # 1: the keys of before
-    assert PruneConfig.build(smooth_blocks=3).method()["allocator_options"] == {"smooth_blocks": 3}
+    smoothed = PruneConfig.build(smooth_blocks=3).method()
+    assert smoothed["allocator_options"] == {"smooth_blocks": 3}
+    assert method_label(smoothed, 0.5) == "wanda / ecoflap zeroth-order smooth_blocks=3"
     plain, smooth = _keys(), _keys(smooth_blocks=3)
     assert smooth["scores"] == plain["scores"] and smooth["allocation"] != plain["allocation"]
     with pytest.raises(EcoflapError, match="even"):

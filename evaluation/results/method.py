@@ -23,6 +23,7 @@ FIELDS = (
 DEFAULTS: dict[str, Any] = {
     "pruner_options": {"comparison": "auto"},
     "scorer_options": SCORER_DEFAULTS,
+    "allocator_options": {},  # written only where one is set (owl's lambda, dlp's alpha, ecoflap's smoothing)
     "granularity": "block",
     "aggregation": "sum",
     "per_tower": False,
@@ -66,14 +67,14 @@ def method_label(method: Mapping[str, Any] | None, target: float | None = None) 
         return "dense"
     left = [method.get("pruner") or "-", method.get("nm"), *_options(method, "pruner_options")]
     right = [method.get("allocator") or "-", method.get("scorer"), *_options(_zo_filled(method), "scorer_options")]
-    right += _allocation_settings(method, target) + _calibration(method)
+    right += _options(method, "allocator_options") + _allocation_settings(method, target) + _calibration(method)
     right += [f"{k}={_short(v)}" for k, v in sorted(method.items()) if _extra(k) and v and DEFAULTS.get(k) != v]
     return " ".join(filter(None, left)) + " / " + " ".join(filter(None, right))
 
 
 def _extra(name: str) -> bool:
     """A key of a method block beyond the fields above (a newer writer's setting): shown as ``key=value``."""
-    return name not in FIELDS and name not in SPARSITY_KEYS
+    return name not in FIELDS and name not in SPARSITY_KEYS and name != "allocator_options"
 
 
 def _allocation_settings(method: Mapping[str, Any], target: float | None) -> list[str]:
