@@ -22,12 +22,12 @@ its zeroth-order settings, so no row depends on the defaults of the code that ru
 
 Seeds (the rule fixed before their runs): the validation stages at several seeds (calibration windows and
 perturbations) for the CANDIDATES and first-order, into ``zo_choice_seeds_*.json``; ``--choose`` reads them
-all. A candidate's gap to first-order at the same seed and sparsity in the same file (each file is one
-machine's: the same run key gave 0.667 on one processor and 0.630 on another), averaged over seeds and both
-sparsities: on mini-blip2 validation accuracy points (candidate - first-order), on SmolLM2 validation
-word perplexity (candidate / first-order - 1). It passes where the first is >= -2 points and the second
-<= +5% (the issue's targets); the default is the cheapest passing candidate, or where none passes the one
-with the smallest worst gap, max(-points / 2, percent / 5). Candidates added later are judged by the same rule:
+all. A candidate's gap to first-order at the same seed and sparsity on the same machine (the rows' ``versions``
+name it; rows without: the same file; the same run key gave 0.667 on one processor and 0.630 on another),
+averaged over seeds and both sparsities: on mini-blip2 validation accuracy points (candidate - first-order),
+on SmolLM2 validation word perplexity (candidate / first-order - 1). It passes where the first is >= -2 points
+and the second <= +5% (the issue's targets); the default is the cheapest passing candidate, or where none passes
+the one with the smallest worst gap, max(-points / 2, percent / 5). Candidates added later are judged by the same rule:
 three rounds, then one round with the allocation's scores smoothed over 3 or 5 adjacent blocks of a tower
 (``--smooth-blocks``), after the validation runs showed zeroth-order's block sparsities jagged (block to block
 +-0.1 against first-order's) where first-order's rise smoothly with depth.
@@ -196,12 +196,25 @@ def markdown(table: Table, stage: str) -> str:
     return "\n".join(lines)
 
 
-def gaps(files: list[list[dict[str, Any]]]) -> dict[str, dict[str, list[float]]]:
-    """Each candidate's gaps to first-order at the same seed and sparsity in the same file (one machine: the
-    same run key gives other numbers on another processor): accuracy points (VQA), perplexity percent
-    (WikiText)."""
+#: what a row's ``versions`` names of the machine that ran it (rows without it: one file, one machine)
+MACHINE = ("machine", "cpu", "torch-cpu-capability", "torch-threads", "torch")
+
+
+def machine_of(row: dict[str, Any], path: Path) -> str:
+    """Where a row's numbers were made: its machine where the row names it, else its file."""
+    versions = row.get("versions")
+    return repr([versions.get(k) for k in MACHINE]) if versions else str(path)
+
+
+def gaps(files: dict[Path, list[dict[str, Any]]]) -> dict[str, dict[str, list[float]]]:
+    """Each candidate's gaps to first-order at the same seed and sparsity on the same machine (the same run key
+    gives other numbers on another processor): accuracy points (VQA), perplexity percent (WikiText)."""
     found: dict[str, dict[str, list[float]]] = {c: {"vqa": [], "wikitext": []} for c in CANDIDATES}
-    for rows in files:
+    machines: dict[str, list[dict[str, Any]]] = {}
+    for path, rows in files.items():
+        for r in rows:
+            machines.setdefault(machine_of(r, path), []).append(r)
+    for rows in machines.values():
         by_key = {(r["name"], r["sparsity"], r.get("seed", DEFAULT_SEED), t): r for r in rows for t in r["results"]}
         for (name, sparsity, seed, task), r in by_key.items():
             reference = by_key.get(("first-order", sparsity, seed, task))
@@ -215,7 +228,7 @@ def gaps(files: list[list[dict[str, Any]]]) -> dict[str, dict[str, list[float]]]
     return found
 
 
-def choose(files: list[list[dict[str, Any]]]) -> str:
+def choose(files: dict[Path, list[dict[str, Any]]]) -> str:
     """The rule of the docstring, on every seed row: the cheapest passing candidate, else the least bad."""
     lines, worst = [], {}
     for name, gap in gaps(files).items():
@@ -243,7 +256,7 @@ def main() -> None:
     parser.add_argument("--table", action="store_true", help="print the finished rows")
     args = parser.parse_args()
     if args.choose:
-        print(choose([Table(path).rows for path in sorted(RESULTS.glob("zo_choice_seeds_*.json"))]))
+        print(choose({path: Table(path).rows for path in sorted(RESULTS.glob("zo_choice_seeds_*.json"))}))
         return
     if args.stage is None:
         parser.error("give --stage (or --choose)")
