@@ -230,17 +230,23 @@ def gaps(files: dict[Path, list[dict[str, Any]]]) -> dict[str, dict[str, list[fl
 
 def choose(files: dict[Path, list[dict[str, Any]]]) -> str:
     """The rule of the docstring, on every seed row: the cheapest passing candidate, else the least bad."""
-    lines, worst = [], {}
+    lines, worst, unjudged = [], {}, []
     for name, gap in gaps(files).items():
-        if not gap["vqa"] or not gap["wikitext"]:
-            raise SystemExit(f"Error: {name} lacks seed rows on one of the validation stages: run both first")
+        if not gap["vqa"] or not gap["wikitext"]:  # not judged: it could win or lose on the missing stage
+            unjudged.append(name)
+            lines.append(f"{name}: not judged ({len(gap['vqa'])} VQA / {len(gap['wikitext'])} WikiText pairs)")
+            continue
         points, percent = sum(gap["vqa"]) / len(gap["vqa"]), sum(gap["wikitext"]) / len(gap["wikitext"])
         worst[name] = max(-points / 2, percent / 5)
         pairs = f"{len(gap['vqa'])} VQA / {len(gap['wikitext'])} WikiText pairs"
         lines.append(f"{name}: {points:+.1f} points, {percent:+.1f}% perplexity over {pairs} (worst {worst[name]:.2f})")
-    passing = [name for name in CANDIDATES if worst[name] <= 1.0]  # CANDIDATES run cheapest first
+    if not worst:
+        raise SystemExit("Error: no candidate has seed rows on both validation stages: run both first")
+    passing = [name for name in CANDIDATES if worst.get(name, 2.0) <= 1.0]  # CANDIDATES run cheapest first
     chosen = passing[0] if passing else min(worst, key=worst.__getitem__)
-    return "\n".join([*lines, f"chosen: {chosen} ({'passes' if passing else 'none passes: the least bad'})"])
+    verdict = "passes" if passing else "none passes: the least bad"
+    pending = f"; not judged: {', '.join(unjudged)}" if unjudged else ""
+    return "\n".join([*lines, f"chosen: {chosen} ({verdict}{pending})"])
 
 
 def main() -> None:
