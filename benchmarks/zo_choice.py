@@ -230,20 +230,31 @@ def gaps(files: dict[Path, list[dict[str, Any]]]) -> dict[str, dict[str, list[fl
 
 def choose(files: dict[Path, list[dict[str, Any]]]) -> str:
     """The rule of the docstring, on every seed row: the cheapest passing candidate, else the least bad."""
-    lines, worst, unjudged = [], {}, []
+    lines, worst, at_least, unjudged = [], {}, {}, []
     for name, gap in gaps(files).items():
-        if not gap["vqa"] or not gap["wikitext"]:  # not judged: it could win or lose on the missing stage
-            unjudged.append(name)
-            lines.append(f"{name}: not judged ({len(gap['vqa'])} VQA / {len(gap['wikitext'])} WikiText pairs)")
-            continue
-        points, percent = sum(gap["vqa"]) / len(gap["vqa"]), sum(gap["wikitext"]) / len(gap["wikitext"])
-        worst[name] = max(-points / 2, percent / 5)
+        points = sum(gap["vqa"]) / len(gap["vqa"]) if gap["vqa"] else None
+        percent = sum(gap["wikitext"]) / len(gap["wikitext"]) if gap["wikitext"] else None
         pairs = f"{len(gap['vqa'])} VQA / {len(gap['wikitext'])} WikiText pairs"
-        lines.append(f"{name}: {points:+.1f} points, {percent:+.1f}% perplexity over {pairs} (worst {worst[name]:.2f})")
+        shown, known = [], []  # the stages it has: as printed, and as a share of their target
+        if points is not None:
+            shown, known = [f"{points:+.1f} points"], [-points / 2]
+        if percent is not None:
+            shown, known = [*shown, f"{percent:+.1f}% perplexity"], [*known, percent / 5]
+        if points is not None and percent is not None:
+            worst[name] = max(known)
+            lines.append(f"{name}: {', '.join(shown)} over {pairs} (worst {worst[name]:.2f})")
+        elif known and max(known) > 1.0:  # fails on the stage it has: the other cannot make it pass
+            at_least[name] = max(known)
+            lines.append(f"{name}: {', '.join(shown)} over {pairs} (fails; worst at least {at_least[name]:.2f})")
+        else:  # not judged: it could win or lose on the missing stage
+            unjudged.append(name)
+            lines.append(f"{name}: not judged ({pairs})")
     if not worst:
         raise SystemExit("Error: no candidate has seed rows on both validation stages: run both first")
     passing = [name for name in CANDIDATES if worst.get(name, 2.0) <= 1.0]  # CANDIDATES run cheapest first
     chosen = passing[0] if passing else min(worst, key=worst.__getitem__)
+    if not passing:  # a failing candidate with one stage could still be less bad than the least bad judged
+        unjudged += [name for name, bound in at_least.items() if bound < worst[chosen]]
     verdict = "passes" if passing else "none passes: the least bad"
     pending = f"; not judged: {', '.join(unjudged)}" if unjudged else ""
     return "\n".join([*lines, f"chosen: {chosen} ({verdict}{pending})"])
