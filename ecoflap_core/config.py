@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from ecoflap.core.datasets.corpora import check_corpus
 from ecoflap.core.devices import check_device_name, device_identity, resolve_device
 from ecoflap.core.errors import EcoflapError, describe_validation_error
-from ecoflap.core.provenance import SCORER_DEFAULTS, ZO_KEYS_BEFORE, fingerprint
+from ecoflap.core.provenance import SCORER_DEFAULTS, ZO_KEYS_BEFORE, ZO_SMOOTH_BLOCKS, fingerprint
 from ecoflap.core.pruning import NMPattern
 
 #: seeds reach numpy (lm-eval seeds it), whose seeds are unsigned 32-bit integers
@@ -70,8 +70,12 @@ class PruneConfig(BaseModel):
     granularity: Literal["layer", "block", "tower"] = Field("block", description="allocation groups")
     aggregation: Literal["sum", "avg"] = Field("sum", description="group score: sum or mean of its tensors")
     per_tower: bool = Field(False, description="one budget per tower instead of one shared budget")
-    smooth_blocks: int = Field(
-        1, ge=1, le=99, description="ecoflap: average score densities over this many adjacent groups of a tower (odd)"
+    smooth_blocks: int | None = Field(
+        None,
+        ge=1,
+        le=99,
+        description=f"ecoflap: average score densities over this many adjacent groups of a tower (odd) "
+        f"[zeroth-order: {ZO_SMOOTH_BLOCKS}, else 1]",
     )
     nm: str | None = Field(None, description="N:M semi-structured pattern, e.g. 2:4 (with --allocator uniform)")
     comparison: Literal["auto", "row", "matrix"] = Field("auto", description="Wanda's comparison group")
@@ -159,8 +163,8 @@ class PruneConfig(BaseModel):
 
     @field_validator("smooth_blocks")
     @classmethod
-    def _odd_window(cls, window: int) -> int:
-        if window % 2 == 0:
+    def _odd_window(cls, window: int | None) -> int | None:
+        if window is not None and window % 2 == 0:
             raise ValueError(f"{window} is even: the window is centred on a block, use an odd number such as 3")
         return window
 
@@ -257,9 +261,16 @@ class PruneConfig(BaseModel):
             return LAYERWISE_SCORERS[self.allocator]
         return self.scorer if self.allocator == "ecoflap" else None
 
+    @property
+    def smoothing(self) -> int:
+        """ecoflap's smoothing window: as given, else zeroth-order's default (its scores are estimates)."""
+        if self.smooth_blocks is not None:
+            return self.smooth_blocks
+        return ZO_SMOOTH_BLOCKS if self.allocator == "ecoflap" and self.scorer == "zeroth-order" else 1
+
     def allocator_options(self) -> dict[str, Any]:
         """The settings of the chosen allocator that change its allocation (given to it as options)."""
-        smooth = {"smooth_blocks": self.smooth_blocks} if self.smooth_blocks != 1 else {}  # 1: the keys of before
+        smooth = {"smooth_blocks": self.smoothing} if self.smoothing != 1 else {}  # 1: the keys of before
         options = {"owl": {"owl_lambda": self.owl_lambda}, "dlp": {"dlp_alpha": self.dlp_alpha}, "ecoflap": smooth}
         return options.get(self.allocator, {})
 

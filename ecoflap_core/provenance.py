@@ -46,6 +46,9 @@ SCORER_DEFAULTS: dict[str, Any] = {
     "zo_head": "full",
     "fo_variant": "grad-mag-abs",
 }
+# ecoflap's smoothing window over adjacent blocks when the scores are zeroth-order estimates (chosen on validation,
+# benchmarks/zo_choice.py); runs recorded before it have no ``allocator_options``: they used 1.
+ZO_SMOOTH_BLOCKS = 5
 # Zeroth-order settings added after runs were recorded: a method identity holds them only off the value those
 # runs used (so their keys stay valid), and a reader fills a missing one with that value.
 ZO_KEYS_BEFORE: dict[str, str] = {"zo_variant": "grad-only", "zo_difference": "central", "zo_head": "full"}

@@ -12,6 +12,7 @@ from test_owl import _keys
 from ecoflap.core.allocation import AllocationRequest, LayerInfo, group_layers, group_scores, keep_counts, smooth_scores
 from ecoflap.core.config import PruneConfig
 from ecoflap.core.errors import EcoflapError
+from ecoflap.core.provenance import ZO_SMOOTH_BLOCKS
 from ecoflap.evaluation.results.method import method_label
 from ecoflap.plugins.allocators import EcoflapAllocator, FromFileAllocator, UniformAllocator
 
@@ -195,11 +196,25 @@ def test_uniform_and_from_file(tmp_path) -> None:
 
 
 def test_the_smoothing_window_is_in_the_identity_and_the_allocation_key_only() -> None:
-    assert "allocator_options" not in PruneConfig.build().method()  # 1: the keys of before
     smoothed = PruneConfig.build(smooth_blocks=3).method()
     assert smoothed["allocator_options"] == {"smooth_blocks": 3}
     assert method_label(smoothed, 0.5) == "wanda / ecoflap zeroth-order smooth_blocks=3"
-    plain, smooth = _keys(), _keys(smooth_blocks=3)
+    plain, smooth = _keys(smooth_blocks=1), _keys(smooth_blocks=3)
     assert smooth["scores"] == plain["scores"] and smooth["allocation"] != plain["allocation"]
     with pytest.raises(EcoflapError, match="even"):
         PruneConfig.build(smooth_blocks=4)
+
+
+def test_zeroth_order_smooths_by_default_and_runs_before_keep_their_keys() -> None:
+    """The default window is zeroth-order's (estimated scores); first-order's scores are left as they are, and a
+    window of 1 writes no option: the identity of the runs recorded before the smoothing."""
+    default = PruneConfig.build().method()
+    assert default["allocator_options"] == {"smooth_blocks": ZO_SMOOTH_BLOCKS} and ZO_SMOOTH_BLOCKS > 1
+    assert "allocator_options" not in PruneConfig.build(scorer="first-order").method()
+    assert "allocator_options" not in PruneConfig.build(smooth_blocks=1).method()
+    assert _keys() == _keys(smooth_blocks=ZO_SMOOTH_BLOCKS) != _keys(smooth_blocks=1)
+    assert method_label(default, 0.5) == "wanda / ecoflap zeroth-order"
+    before = {k: v for k, v in default.items() if k != "allocator_options"}  # a zeroth-order run of before
+    assert method_label(before, 0.5) == "wanda / ecoflap zeroth-order smooth_blocks=1"
+    first = PruneConfig.build(scorer="first-order", smooth_blocks=ZO_SMOOTH_BLOCKS).method()
+    assert method_label(first, 0.5).endswith(f"first-order smooth_blocks={ZO_SMOOTH_BLOCKS}")

@@ -238,7 +238,7 @@ def test_m_and_lambda_are_in_the_method_identity_and_the_keys() -> None:
     assert other_m["scores"] != owl["scores"] and other_m["allocation"] != owl["allocation"]
     assert other_lambda["scores"] == owl["scores"] and other_lambda["allocation"] != owl["allocation"]
     assert _keys(allocator="owl", scorer="first-order") == owl  # --scorer is not what owl reads
-    ecoflap = PruneConfig.build()
+    ecoflap = PruneConfig.build(scorer="first-order")
     assert "allocator_options" not in ecoflap.method()  # the keys of the other allocators are those of before
     assert _keys(owl_m=3, owl_lambda=0.2) == _keys()
 

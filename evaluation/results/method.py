@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from ecoflap.core.provenance import SCORER_DEFAULTS, ZO_KEYS_BEFORE, method_key
+from ecoflap.core.provenance import SCORER_DEFAULTS, ZO_KEYS_BEFORE, ZO_SMOOTH_BLOCKS, method_key
 
 SPARSITY_DIGITS = 6  # target sparsities equal to this many digits are the same sparsity
 CAP_STEP = 0.1  # the default cap is the target + 0.1 (the paper's p_max)
@@ -23,7 +23,6 @@ FIELDS = (
 DEFAULTS: dict[str, Any] = {
     "pruner_options": {"comparison": "auto"},
     "scorer_options": SCORER_DEFAULTS,
-    "allocator_options": {},  # written only where one is set (owl's lambda, dlp's alpha, ecoflap's smoothing)
     "granularity": "block",
     "aggregation": "sum",
     "per_tower": False,
@@ -67,7 +66,7 @@ def method_label(method: Mapping[str, Any] | None, target: float | None = None) 
         return "dense"
     left = [method.get("pruner") or "-", method.get("nm"), *_options(method, "pruner_options")]
     right = [method.get("allocator") or "-", method.get("scorer"), *_options(_zo_filled(method), "scorer_options")]
-    right += _options(method, "allocator_options") + _allocation_settings(method, target) + _calibration(method)
+    right += _allocator_options(method) + _allocation_settings(method, target) + _calibration(method)
     right += [f"{k}={_short(v)}" for k, v in sorted(method.items()) if _extra(k) and v and DEFAULTS.get(k) != v]
     return " ".join(filter(None, left)) + " / " + " ".join(filter(None, right))
 
@@ -95,6 +94,15 @@ def _zo_filled(method: Mapping[str, Any]) -> Mapping[str, Any]:
     if method.get("scorer") != "zeroth-order" or "zo_level" not in options:
         return method
     return {**method, "scorer_options": ZO_KEYS_BEFORE | options}
+
+
+def _allocator_options(method: Mapping[str, Any]) -> list[str]:
+    """``key=value`` for owl's lambda, dlp's alpha, and ecoflap's smoothing where it is not zeroth-order's default
+    (a zeroth-order run recorded before the smoothing has none: it used 1)."""
+    options, defaults = dict(method.get("allocator_options") or {}), {}
+    if method.get("allocator") == "ecoflap" and _zo_filled(method) is not method:
+        options, defaults = {"smooth_blocks": 1} | options, {"smooth_blocks": ZO_SMOOTH_BLOCKS}
+    return [f"{k}={_short(v)}" for k, v in sorted(options.items()) if defaults.get(k, object()) != v]
 
 
 def _options(method: Mapping[str, Any], name: str) -> list[str]:
