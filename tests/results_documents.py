@@ -12,6 +12,7 @@ DEFAULT_METHOD: dict[str, Any] = {
     "scorer_options": {"zo_eps": 0.001, "zo_noise": 1, "zo_group": 1, "zo_level": "sampled", "zo_difference": "forward",
                        "zo_variant": "grad-mag-abs"},
     "allocator": "ecoflap",
+    "allocator_options": {"smooth_blocks": 5},
     "allocation_file": None,
     "granularity": "block",
     "aggregation": "sum",
@@ -26,8 +27,12 @@ DEFAULT_METHOD: dict[str, Any] = {
 
 
 def method(**changes: Any) -> dict[str, Any]:
-    """The default job's method block (the schema of ``ecoflap.method``) with ``changes``."""
-    return DEFAULT_METHOD | changes
+    """The default job's method block (the schema of ``ecoflap.method``) with ``changes``; as the writer does, the
+    smoothing option only where zeroth-order scores feed ecoflap (unless ``changes`` name it)."""
+    block = DEFAULT_METHOD | changes
+    if "allocator_options" not in changes and (block["allocator"], block["scorer"]) != ("ecoflap", "zeroth-order"):
+        del block["allocator_options"]
+    return block
 
 
 def document(

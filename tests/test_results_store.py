@@ -18,9 +18,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from results_documents import document, method
 from sqlalchemy import Column, Integer, MetaData, Table, event, func, inspect, select
+from sqlalchemy.engine import make_url
 
 import ecoflap.evaluation.results.store as store_module
 from ecoflap.core.errors import EcoflapError
+from ecoflap.evaluation.results.database import existing_folder
 from ecoflap.evaluation.results.document import parse_document
 from ecoflap.evaluation.results.method import legacy_method, method_label
 from ecoflap.evaluation.results.migrations import upgrade
@@ -214,6 +216,23 @@ def test_eight_processes_record_distinct_and_duplicate_keys(db_url):
         if run["run_key"].startswith("own-"):
             assert writers == {int(run["run_key"][4:])}
     assert (count(store, Run), count(store, TaskMetric), count(store, LayerAllocation)) == (13, 26, 39)
+
+
+def test_a_folder_another_writer_makes_meanwhile_is_not_called_a_file(tmp_path, monkeypatch):
+    """The race the eight writers met: the folder is missing at the first look and there at the next."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    real_is_dir, looks = Path.is_dir, []
+
+    def missing_at_first(self: Path) -> bool:
+        if self == folder and not looks:
+            looks.append(self)
+            return False
+        return real_is_dir(self)
+
+    monkeypatch.setattr(Path, "is_dir", missing_at_first)
+    assert existing_folder(make_url(f"sqlite:///{folder}/results.db"), folder / "results.db") == tmp_path
+    assert looks == [folder]
 
 
 def test_a_concurrent_insert_of_the_same_key_becomes_an_update(db_url, monkeypatch):

@@ -135,7 +135,8 @@ def existing_folder(url: URL, path: Path) -> Path | None:
     folder = path.parent
     if folder.is_dir():
         return folder
-    if folder.exists() or folder.parent.is_file():  # sqlite:///notes.txt/r.db: the "folder" is a file
+    # sqlite:///notes.txt/r.db: the "folder" is a file (asked again: another writer may have just made the folder)
+    if (folder.exists() and not folder.is_dir()) or folder.parent.is_file():
         file = folder if folder.exists() else folder.parent
         raise NotADatabase(
             f"cannot use the results database {masked(url)}: {file} is a file, not a folder ({URL_HINT})"
