@@ -196,14 +196,11 @@ def markdown(table: Table, stage: str) -> str:
     return "\n".join(lines)
 
 
-#: what a row's ``versions`` names of the machine that ran it (rows without it: one file, one machine)
-MACHINE = ("machine", "cpu", "torch-cpu-capability", "torch-threads", "torch")
-
-
 def machine_of(row: dict[str, Any], path: Path) -> str:
-    """Where a row's numbers were made: its machine where the row names it, else its file."""
+    """Where a row's numbers were made: its ``versions`` (libraries and machine) where the row has them, else its
+    file (rows written before ``versions`` named the machine: one file, one machine)."""
     versions = row.get("versions")
-    return repr([versions.get(k) for k in MACHINE]) if versions else str(path)
+    return repr(sorted(versions.items())) if versions else str(path)
 
 
 def gaps(files: dict[Path, list[dict[str, Any]]]) -> dict[str, dict[str, list[float]]]:
@@ -251,7 +248,7 @@ def choose(files: dict[Path, list[dict[str, Any]]]) -> str:
             lines.append(f"{name}: not judged ({pairs})")
     if not worst:
         raise SystemExit("Error: no candidate has seed rows on both validation stages: run both first")
-    passing = [name for name in CANDIDATES if worst.get(name, 2.0) <= 1.0]  # CANDIDATES run cheapest first
+    passing = [name for name in CANDIDATES if name in worst and worst[name] <= 1.0]  # CANDIDATES: cheapest first
     chosen = passing[0] if passing else min(worst, key=worst.__getitem__)
     if not passing:  # a failing candidate with one stage could still be less bad than the least bad judged
         unjudged += [name for name, bound in at_least.items() if bound < worst[chosen]]

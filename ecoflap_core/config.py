@@ -266,7 +266,7 @@ class PruneConfig(BaseModel):
         """ecoflap's smoothing window: as given, else zeroth-order's default (its scores are estimates)."""
         if self.smooth_blocks is not None:
             return self.smooth_blocks
-        return ZO_SMOOTH_BLOCKS if self.allocator == "ecoflap" and self.scorer == "zeroth-order" else 1
+        return ZO_SMOOTH_BLOCKS if self.coarse_scorer == "zeroth-order" else 1
 
     def allocator_options(self) -> dict[str, Any]:
         """The settings of the chosen allocator that change its allocation (given to it as options)."""

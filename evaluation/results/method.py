@@ -88,19 +88,23 @@ def _allocation_settings(method: Mapping[str, Any], target: float | None) -> lis
     return words + ([f"file {_short(file)}"] if file else [])
 
 
+def _zeroth_order_block(method: Mapping[str, Any]) -> bool:
+    """A zeroth-order run with a method block (a document from before the block knows none of its settings)."""
+    return method.get("scorer") == "zeroth-order" and "zo_level" in (method.get("scorer_options") or {})
+
+
 def _zo_filled(method: Mapping[str, Any]) -> Mapping[str, Any]:
     """A zeroth-order run's options with the settings added later filled in with the value it used."""
-    options = method.get("scorer_options") or {}
-    if method.get("scorer") != "zeroth-order" or "zo_level" not in options:
+    if not _zeroth_order_block(method):
         return method
-    return {**method, "scorer_options": ZO_KEYS_BEFORE | options}
+    return {**method, "scorer_options": ZO_KEYS_BEFORE | method["scorer_options"]}
 
 
 def _allocator_options(method: Mapping[str, Any]) -> list[str]:
     """``key=value`` for owl's lambda, dlp's alpha, and ecoflap's smoothing where it is not zeroth-order's default
     (a zeroth-order run recorded before the smoothing has none: it used 1)."""
     options, defaults = dict(method.get("allocator_options") or {}), {}
-    if method.get("allocator") == "ecoflap" and _zo_filled(method) is not method:
+    if method.get("allocator") == "ecoflap" and _zeroth_order_block(method):
         options, defaults = {"smooth_blocks": 1} | options, {"smooth_blocks": ZO_SMOOTH_BLOCKS}
     return [f"{k}={_short(v)}" for k, v in sorted(options.items()) if defaults.get(k, object()) != v]
 
