@@ -50,8 +50,24 @@ class Table:
             self.save()
         return next(r for r in self.rows if r["label"] == label)
 
+    def run_row(self, label: str, fields: dict[str, Any], folder: Path, extra: dict[str, Any] | None = None) -> dict:
+        """One row of a benchmark: the job on ``fields`` (RunConfig's), its output in ``folder``/``label``, the
+        row's own keys (``extra``: budget, seed, ...) saved with it, and its summary printed."""
+        config = RunConfig.build(**fields | {"output": str(folder / slug(label))})
+        done = self.run(label, config)
+        if extra:
+            done.update(extra)
+            self.save()
+        print(f"{label}: {summary(done)}", flush=True)
+        return done
+
     def save(self) -> None:
         write_json(self.path, {"git_hash": self.version, "command": self.command, "rows": self.rows})
+
+
+def slug(label: str) -> str:
+    """A row's output folder name: its label without spaces."""
+    return label.replace(" ", "_").replace("@", "at")
 
 
 def row(label: str, document: dict[str, Any]) -> dict[str, Any]:
@@ -75,6 +91,16 @@ def row(label: str, document: dict[str, Any]) -> dict[str, Any]:
 def per_tower(allocation: list[dict[str, Any]]) -> dict[str, float]:
     """Measured sparsity of each tower, weighted by parameters (the comparison table's own helper)."""
     return tower_sparsity(allocation)
+
+
+def summary(row_: dict[str, Any]) -> str:
+    """One line: the tower split where the model has towers, then the VQA or WikiText figures."""
+    towers = row_["per_tower"]
+    split = f"vision {towers['vision']:.3f} / language {towers['language']:.3f}, " if "vision" in towers else ""
+    if "vqa" in row_["results"]:
+        return f"{split}VQA generate {metric(row_, 'vqa', 'acc'):.3f}, rank {metric(row_, 'vqa', 'rank_acc'):.3f}"
+    word, token = metric(row_, "wikitext", "word_perplexity"), metric(row_, "wikitext", "token_perplexity")
+    return f"{split}word ppl {word:.2f}, token ppl {token:.2f}"
 
 
 def metric(row_: dict[str, Any], task: str, name: str) -> float:

@@ -19,7 +19,6 @@ from pathlib import Path
 from job_table import Table, metric
 
 from ecoflap.pipelines.run_cli import prefect_defaults
-from ecoflap.pipelines.run_config import RunConfig
 
 METHODS = {
     "magnitude": {"allocator": "uniform", "pruner": "magnitude"},
@@ -70,9 +69,7 @@ def main() -> None:
             (f"{m} @ {s}", METHODS[m] | {"sparsity": s}) for s in args.sparsities for m in args.methods
         ]
         for label, settings in plan:
-            output = Path("runs") / "bench-mini-blip2" / label.replace(" ", "_").replace("@", "at")
-            done = table.run(label, RunConfig.build(**base | settings | {"output": str(output)}))
-            print(f"{label}: VQA generate {metric(done, 'vqa', 'acc'):.3f}", flush=True)
+            table.run_row(label, base | settings, Path("runs") / "bench-mini-blip2")
     print(markdown(table))
 
 

@@ -27,7 +27,6 @@ from ecoflap.core.config import PruneConfig
 from ecoflap.core.job import load_model
 from ecoflap.pipelines.common import registries
 from ecoflap.pipelines.run_cli import prefect_defaults
-from ecoflap.pipelines.run_config import RunConfig
 
 RESULTS = Path(__file__).parent / "results"
 SCORERS = {
@@ -100,12 +99,8 @@ def run_grid(table: Table, args: argparse.Namespace) -> None:
     folder = Path("runs") / "bench-oracle-split"
 
     def run(label: str, settings: dict[str, Any], split: str, extra: dict[str, Any]) -> None:
-        key = f"{label} [{split}]"
-        config = RunConfig.build(**base | settings | {"task_args": {"split": split}, "output": str(folder / key)})
-        done = table.run(key, config)
-        done.update(extra | {"split": split})
-        table.save()
-        print(f"{key}: VQA generate {metric(done, 'vqa', 'acc'):.3f}, rank {metric(done, 'vqa', 'rank_acc'):.3f}")
+        fields = base | settings | {"task_args": {"split": split}}
+        table.run_row(f"{label} [{split}]", fields, folder, extra | {"split": split})
 
     for budget in args.budgets:
         for vision in args.vision:

@@ -17,7 +17,6 @@ from pathlib import Path
 from job_table import Table, metric
 
 from ecoflap.pipelines.run_cli import prefect_defaults
-from ecoflap.pipelines.run_config import RunConfig
 
 PRUNERS = ("magnitude", "wanda", "sparsegpt")
 SCORERS = ("zeroth-order", "first-order")
@@ -62,10 +61,7 @@ def main() -> None:
                 "tasks": ["wikitext"], "limit": None, "task_args": {"tokens": args.tokens, "max_length": args.seqlen},
                 "record": False}  # fmt: skip
         for label, settings in plan(args.sparsities):
-            output = Path("runs") / "bench-smollm2" / label.replace(" ", "_").replace("@", "at")
-            config = RunConfig.build(**base | settings | {"output": str(output)})
-            done = table.run(label, config)
-            print(f"{label}: word ppl {metric(done, 'wikitext', 'word_perplexity'):.2f}", flush=True)
+            table.run_row(label, base | settings, Path("runs") / "bench-smollm2")
     print(markdown(table))
 
 

@@ -45,10 +45,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from job_table import Table, metric
+from job_table import Table, metric, summary
 
 from ecoflap.pipelines.run_cli import prefect_defaults
-from ecoflap.pipelines.run_config import RunConfig
 
 RESULTS = Path(__file__).parent / "results"
 MODES = {  # exact: the reference's estimator; the others trade it for time
@@ -151,15 +150,11 @@ def run_stage(table: Table, stage: str, zo: str | None, labels: list[str], spars
 def run_row(table: Table, stage: str, label: str, sparsity: float, seed: int) -> None:
     """One row: the stage's model and task, the row's method, at one sparsity and seed (calibration windows
     and perturbations)."""
-    spec = STAGES[stage]
     key = f"{label} @ {sparsity}" + ("" if seed == DEFAULT_SEED else f" seed {seed}")
-    output = str(Path("runs") / "bench-zo-choice" / stage / key)
-    config = RunConfig.build(**spec["base"] | {"pruner": "wanda", "record": False, "output": output}
-                             | settings_of(label) | {"sparsity": sparsity, "seed": seed})  # fmt: skip
-    done = table.run(key, config)
-    done.update({"name": label, "sparsity": sparsity, "questions": config.limit, "seed": seed})
-    table.save()
-    print(f"{key}: {summary(done)}", flush=True)
+    fields = STAGES[stage]["base"] | {"pruner": "wanda", "record": False} | settings_of(label)
+    fields |= {"sparsity": sparsity, "seed": seed}
+    extra = {"name": label, "sparsity": sparsity, "questions": fields["limit"], "seed": seed}
+    table.run_row(key, fields, Path("runs") / "bench-zo-choice" / stage, extra)
 
 
 def wilson(row: dict[str, Any]) -> tuple[float, float]:
@@ -170,15 +165,6 @@ def wilson(row: dict[str, Any]) -> tuple[float, float]:
     k = round(metric(row, "vqa", "acc") * n)
     ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
     return ci.low, ci.high
-
-
-def summary(row: dict[str, Any]) -> str:
-    towers = row["per_tower"]
-    split = f"vision {towers['vision']:.3f} / language {towers['language']:.3f}, " if "vision" in towers else ""
-    if "vqa" in row["results"]:
-        return f"{split}VQA generate {metric(row, 'vqa', 'acc'):.3f}, rank {metric(row, 'vqa', 'rank_acc'):.3f}"
-    word, token = metric(row, "wikitext", "word_perplexity"), metric(row, "wikitext", "token_perplexity")
-    return f"word ppl {word:.2f}, token ppl {token:.2f}"
 
 
 def markdown(table: Table, stage: str) -> str:

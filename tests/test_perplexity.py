@@ -188,7 +188,11 @@ def test_a_window_of_fewer_than_two_tokens_is_an_error(model, tokenizer, max_len
 
 
 def test_outside_a_git_checkout_no_git_error_reaches_the_terminal(
-    model, tokenizer, tmp_path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture  # noqa: ANN001
+    model,
+    tokenizer,
+    tmp_path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture,  # noqa: ANN001
 ) -> None:
     """lm-eval would run `git describe` in the current folder, its `fatal: not a git repository` on our stderr."""
     from ecoflap.evaluation.perplexity import perplexity
