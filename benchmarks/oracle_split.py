@@ -57,10 +57,15 @@ def language_sparsity(budget: float, vision: float, sizes: dict[str, dict[str, i
     return round(value, 4) if 0.0 <= value < 1.0 else None
 
 
-def allocation_file(folder: Path, sizes: dict[str, dict[str, int]], split: dict[str, float]) -> Path:
+def tower_split_file(folder: Path, sizes: dict[str, dict[str, int]], split: dict[str, float]) -> Path:
     """A ``from-file`` allocation: every layer of a tower at that tower's sparsity."""
-    path = folder / f"split_v{split['vision']:.3f}_l{split['language']:.4f}.json"
     table = {layer: split[tower] for tower, layers in sizes.items() for layer in layers}
+    return allocation_file(folder, f"split_v{split['vision']:.3f}_l{split['language']:.4f}", table)
+
+
+def allocation_file(folder: Path, name: str, table: dict[str, float]) -> Path:
+    """A ``from-file`` allocation (``{layer: sparsity}``) as ``folder/name.json``."""
+    path = folder / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(table, indent=0, sort_keys=True))
     return path
@@ -108,7 +113,7 @@ def run_grid(table: Table, args: argparse.Namespace) -> None:
             if language is None:
                 continue
             split = {"vision": vision, "language": language}
-            path = allocation_file(folder / "allocations", sizes, split)
+            path = tower_split_file(folder / "allocations", sizes, split)
             settings = {"allocator": "from-file", "allocation_file": str(path.resolve()), "sparsity": budget}
             extra = {"kind": "grid", "budget": budget} | split
             run(f"grid B={budget} v={vision:.2f} l={language:.3f}", settings, "validation", extra)
@@ -117,7 +122,7 @@ def run_grid(table: Table, args: argparse.Namespace) -> None:
                 run(f"{name} B={budget}", SCORERS[name] | {"sparsity": budget}, split, {"kind": name, "budget": budget})
         best = oracle(table.rows, budget)
         if best is not None:
-            path = allocation_file(folder / "allocations", sizes, {t: best[t] for t in ("vision", "language")})
+            path = tower_split_file(folder / "allocations", sizes, {t: best[t] for t in ("vision", "language")})
             settings = {"allocator": "from-file", "allocation_file": str(path.resolve()), "sparsity": budget}
             run(f"oracle B={budget}", settings, "test", {"kind": "oracle", "budget": budget} | {
                 t: best[t] for t in ("vision", "language")})  # fmt: skip
