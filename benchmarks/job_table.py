@@ -9,6 +9,7 @@ command that produced it; a rerun from another code version stops with one line 
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from pathlib import Path
@@ -18,6 +19,18 @@ from ecoflap.core.provenance import git_hash, read_json, write_json
 from ecoflap.evaluation.results.method import method_label
 from ecoflap.evaluation.runner import tower_sparsity
 from ecoflap.pipelines.run_config import RunConfig
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def table_arguments(
+    parser: argparse.ArgumentParser, output: Path | None, table: str = "print the finished rows"
+) -> None:
+    """The options of every table benchmark: its file, a fresh start, and printing without running."""
+    shown = f"benchmarks/results/{output.name if output else '<benchmark>_<stage>.json'}"
+    parser.add_argument("-o", "--output", type=Path, default=output, help=f"[{shown}]")
+    parser.add_argument("--fresh", action="store_true", help="start a new table (rows of another code version)")
+    parser.add_argument("--table", action="store_true", help=table)
 
 
 class Table:

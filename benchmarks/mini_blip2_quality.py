@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from job_table import Table, metric
+from job_table import RESULTS, Table, metric, table_arguments
 
 from ecoflap.pipelines.run_cli import prefect_defaults
 
@@ -54,11 +54,7 @@ def main() -> None:
     parser.add_argument("--score-nsamples", type=int, default=8)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--model", default="mini-blip2")
-    parser.add_argument(
-        "-o", "--output", type=Path, default=Path(__file__).parent / "results" / "mini_blip2_quality.json"
-    )
-    parser.add_argument("--fresh", action="store_true", help="start a new table (rows of another code version)")
-    parser.add_argument("--table", action="store_true", help="print the finished rows as a markdown table")
+    table_arguments(parser, RESULTS / "mini_blip2_quality.json", "print the finished rows as a markdown table")
     args = parser.parse_args()
     table = Table(args.output, args.fresh)
     if not args.table:

@@ -25,8 +25,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from job_table import Table, metric, slug
-from oracle_split import RESULTS, allocation_file
+from job_table import RESULTS, Table, metric, slug, table_arguments
+from oracle_split import allocation_file
 
 from ecoflap.core.provenance import read_json
 from ecoflap.pipelines.run_cli import prefect_defaults
@@ -131,9 +131,7 @@ def main() -> None:
     parser.add_argument("--jitter", type=float, default=0.02, help="noise per language block [0.02]")
     parser.add_argument("--draws", type=int, default=4, help="jittered copies per budget [4]")
     parser.add_argument("--questions", type=int, default=300)
-    parser.add_argument("-o", "--output", type=Path, default=RESULTS / "oracle_blocks.json")
-    parser.add_argument("--fresh", action="store_true", help="start a new table (rows of another code version)")
-    parser.add_argument("--table", action="store_true", help="print the finished rows")
+    table_arguments(parser, RESULTS / "oracle_blocks.json")
     args = parser.parse_args()
     table = Table(args.output, args.fresh)
     if not args.table:

@@ -21,14 +21,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from job_table import Table, metric
+from job_table import RESULTS, Table, metric, table_arguments
 
 from ecoflap.core.config import PruneConfig
 from ecoflap.core.job import load_model
 from ecoflap.pipelines.common import registries
 from ecoflap.pipelines.run_cli import prefect_defaults
 
-RESULTS = Path(__file__).parent / "results"
 SCORERS = {
     "ecoflap zeroth-order": {"allocator": "ecoflap", "scorer": "zeroth-order"},
     "ecoflap zeroth-order grad-mag-abs": {
@@ -85,9 +84,7 @@ def main() -> None:
     parser.add_argument("--pruner", default="wanda")
     parser.add_argument("--scorers", nargs="*", default=list(SCORERS), choices=list(SCORERS))
     parser.add_argument("--model", default="mini-blip2")
-    parser.add_argument("-o", "--output", type=Path, default=RESULTS / "oracle_split.json")
-    parser.add_argument("--fresh", action="store_true", help="start a new table (rows of another code version)")
-    parser.add_argument("--table", action="store_true", help="print the finished rows and draw the figure")
+    table_arguments(parser, RESULTS / "oracle_split.json", "print the finished rows and draw the figure")
     args = parser.parse_args()
     table = Table(args.output, args.fresh)
     if not args.table:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from job_table import Table, metric
+from job_table import RESULTS, Table, metric, table_arguments
 
 from ecoflap.pipelines.run_cli import prefect_defaults
 
@@ -50,9 +50,7 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--tokens", type=int, default=16384, help="held-out tokens of the perplexity")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("-o", "--output", type=Path, default=Path(__file__).parent / "results" / "smollm2_quality.json")
-    parser.add_argument("--fresh", action="store_true", help="start a new table (rows of another code version)")
-    parser.add_argument("--table", action="store_true", help="print the finished rows as a markdown table")
+    table_arguments(parser, RESULTS / "smollm2_quality.json", "print the finished rows as a markdown table")
     args = parser.parse_args()
     table = Table(args.output, args.fresh)
     if not args.table:

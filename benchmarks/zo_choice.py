@@ -45,11 +45,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from job_table import Table, metric, summary
+from job_table import RESULTS, Table, metric, summary, table_arguments
 
 from ecoflap.pipelines.run_cli import prefect_defaults
 
-RESULTS = Path(__file__).parent / "results"
 MODES = {  # exact: the reference's estimator; the others trade it for time
     "exact": {"zo_level": "tensor", "zo_difference": "central"},
     "fast": {"zo_level": "block", "zo_difference": "forward"},
@@ -251,9 +250,7 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=[], help="run these rows only (labels as printed)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[], help="[the stage's]")
     parser.add_argument("--seeds", type=int, nargs="+", default=[DEFAULT_SEED], help="[42]")
-    parser.add_argument("-o", "--output", type=Path, help="[benchmarks/results/zo_choice_<stage>.json]")
-    parser.add_argument("--fresh", action="store_true", help="start a new table (rows of another code version)")
-    parser.add_argument("--table", action="store_true", help="print the finished rows")
+    table_arguments(parser, None)
     args = parser.parse_args()
     if args.choose:
         print(choose({path: Table(path).rows for path in sorted(RESULTS.glob("zo_choice_seeds_*.json"))}))
