@@ -42,6 +42,7 @@ three rounds, then one round with the allocation's scores smoothed over 3 or 5 a
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,7 @@ CANDIDATES = (
     "zo sampled-noise3 grad-mag-abs",
 )
 DEFAULT_SEED = 42
+TASKS = ("vqa", "wikitext")
 
 
 def exact_twin(label: str) -> str:
@@ -188,10 +190,12 @@ def machine_of(row: dict[str, Any], path: Path) -> str:
     return repr(sorted(versions.items())) if versions else str(path)
 
 
-def gaps(files: dict[Path, list[dict[str, Any]]]) -> dict[str, dict[str, list[float]]]:
-    """Each candidate's gaps to first-order at the same seed and sparsity on the same machine (the same run key
-    gives other numbers on another processor): accuracy points (VQA), perplexity percent (WikiText)."""
-    found: dict[str, dict[str, list[float]]] = {c: {"vqa": [], "wikitext": []} for c in CANDIDATES}
+def paired(files: dict[Path, list[dict[str, Any]]], names: Iterable[str],
+           reference: str = "first-order") -> dict[str, dict[tuple[str, float], list[float]]]:  # fmt: skip
+    """Each named row's gaps to ``reference`` at the same seed and sparsity on the same machine (the same run key
+    gives other numbers on another processor), by task and sparsity: accuracy points (VQA), perplexity percent
+    (WikiText)."""
+    found: dict[str, dict[tuple[str, float], list[float]]] = {name: {} for name in names}
     machines: dict[str, list[dict[str, Any]]] = {}
     for path, rows in files.items():
         for r in rows:
@@ -199,15 +203,52 @@ def gaps(files: dict[Path, list[dict[str, Any]]]) -> dict[str, dict[str, list[fl
     for rows in machines.values():
         by_key = {(r["name"], r["sparsity"], r.get("seed", DEFAULT_SEED), t): r for r in rows for t in r["results"]}
         for (name, sparsity, seed, task), r in by_key.items():
-            reference = by_key.get(("first-order", sparsity, seed, task))
-            if name not in found or reference is None:
+            other = by_key.get((reference, sparsity, seed, task))
+            if name not in found or other is None:
                 continue
             if task == "vqa":
-                found[name][task].append(100 * (metric(r, "vqa", "acc") - metric(reference, "vqa", "acc")))
+                gap = 100 * (metric(r, "vqa", "acc") - metric(other, "vqa", "acc"))
             else:
-                ratio = metric(r, task, "word_perplexity") / metric(reference, task, "word_perplexity")
-                found[name][task].append(100 * (ratio - 1))
+                gap = 100 * (metric(r, task, "word_perplexity") / metric(other, task, "word_perplexity") - 1)
+            found[name].setdefault((task, sparsity), []).append(gap)
     return found
+
+
+def gaps(files: dict[Path, list[dict[str, Any]]]) -> dict[str, dict[str, list[float]]]:
+    """Each candidate's gaps to first-order (``paired``), both sparsities together, by task."""
+    return {name: {task: [g for (t, _), values in by.items() if t == task for g in values] for task in TASKS}
+            for name, by in paired(files, CANDIDATES).items()}  # fmt: skip
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    """Mean and its standard error (sample standard deviation / sqrt(n); 0 for one value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
+
+
+def seed_report(rows: list[dict[str, Any]], path: Path) -> str:
+    """Over seeds (mini-blip2): each row's mean generation accuracy, and its mean gap to first-order at the same
+    seed, each with its standard error across seeds."""
+    names = list(dict.fromkeys(r["name"] for r in rows))
+    gaps_by = paired({path: rows}, names)
+    lines = ["| row | sparsity | seeds | generate, mean ± SE | points to first-order, mean ± SE |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for sparsity in sorted({r["sparsity"] for r in rows}):
+        for name in names:
+            accs = [metric(r, "vqa", "acc") for r in rows if r["name"] == name and r["sparsity"] == sparsity]
+            if not accs:
+                continue
+            acc, acc_se = mean_se(accs)
+            gap = gaps_by[name].get(("vqa", sparsity))
+            shown = (
+                "-"
+                if name == "first-order" or not gap
+                else "{:+.1f} ± {:.1f} ({} pairs)".format(*mean_se(gap), len(gap))
+            )
+            lines.append(f"| {name} | {sparsity:.0%} | {len(accs)} | {acc:.3f} ± {acc_se:.3f} | {shown} |")
+    return "\n".join(lines)
 
 
 def choose(files: dict[Path, list[dict[str, Any]]]) -> str:
@@ -261,6 +302,8 @@ def main() -> None:
     if not args.table:
         run_stage(table, args.stage, args.zo, args.rows, args.sparsities, args.seeds)
     print(markdown(table, args.stage))
+    if args.stage == "test" and len({r.get("seed", DEFAULT_SEED) for r in table.rows}) > 1:
+        print("\n" + seed_report(table.rows, table.path))
 
 
 if __name__ == "__main__":
