@@ -12,7 +12,8 @@ Variants of the zeroth-order scalar s_W (an estimate of sqrt(2/pi) * ||grad_W L|
   grad-only         s_W                                  (the reference's scripts: MEZO-GradOnly)
   grad-mag-abs      s_W * sum|W|                         (MEZO-GradMagAbs)
   grad-mag-square   s_W^2 * sum W^2                      (MEZO-GradMagSquare)
-  grad-mag-mean     s_W * sqrt(n_W) * mean|W|            (first-order's sum |W| |g| under |g| ~ ||g||_2 / sqrt(n))
+  grad-mag-mean     s_W * sum|W| / sqrt(n_W)             (first-order's sum |W| |g| under |g| ~ ||g||_2 / sqrt(n);
+                                                         --zo-variant grad-mag-mean)
 
     python benchmarks/zo_variants.py [--model mini-blip2] [--budgets 0.3 0.4]
 """
@@ -20,7 +21,6 @@ Variants of the zeroth-order scalar s_W (an estimate of sqrt(2/pi) * ||grad_W L|
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +48,7 @@ def coarse(config: RunConfig, registries: Any) -> dict[str, float]:
 
 
 def variant_scores(variant: str, scalars: dict[str, float], adapter: Any) -> dict[str, float]:
-    towers = adapter.towers()
-    if variant != "grad-mag-mean":
-        return zeroth_order_variant(scalars, adapter, towers, variant)
-    weights = {n: layer.weight.detach().float() for n, layer in adapter.prunable_layers().items()}
-    return {n: s * math.sqrt(weights[n].numel()) * float(weights[n].abs().mean()) for n, s in scalars.items()}
+    return zeroth_order_variant(scalars, adapter, adapter.towers(), variant)
 
 
 def tower_split(allocation: Any, layers: list[LayerInfo]) -> dict[str, float]:

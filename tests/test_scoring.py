@@ -124,7 +124,7 @@ def test_bad_zeroth_order_settings(make_adapter, toy_text) -> None:
         zeroth_order_scores(adapter, adapter.towers(), batch, micro_batch=3, group_size=2)
 
 
-@pytest.mark.parametrize("variant", ["grad-only", "grad-mag-abs", "grad-mag-square"])
+@pytest.mark.parametrize("variant", ["grad-only", "grad-mag-abs", "grad-mag-square", "grad-mag-mean"])
 def test_zeroth_order_variants_are_the_references_mezo_scores(make_adapter, toy_text, variant) -> None:
     """The reference's MEZO-* importance, element by element (|W| * s, W^2 * s^2, or the scalar s), summed per
     tensor as the group score sums it: what the scorer plugin returns for each --zo-variant."""
@@ -139,7 +139,8 @@ def test_zeroth_order_variants_are_the_references_mezo_scores(make_adapter, toy_
     for block in ordered_blocks(towers):
         for name, lin in block.linears.items():
             w, s = lin.weight.detach(), torch.tensor(scalars[name], dtype=torch.float64)
-            element = {"grad-only": s, "grad-mag-abs": w.abs() * s, "grad-mag-square": w.pow(2) * s.pow(2)}[variant]
+            element = {"grad-only": s, "grad-mag-abs": w.abs() * s, "grad-mag-square": w.pow(2) * s.pow(2),
+                       "grad-mag-mean": w.abs() * s / w.numel() ** 0.5}[variant]  # fmt: skip
             assert ours[name] == pytest.approx(float(element.sum()), rel=1e-6), name
     assert variant == "grad-only" or len({round(ours[n] / scalars[n], 6) for n in ours}) > 1  # not a constant factor
 
