@@ -21,9 +21,11 @@ Variants of the zeroth-order scalar s_W (an estimate of sqrt(2/pi) * ||grad_W L|
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
+import numpy
 from scipy.stats import spearmanr
 
 from ecoflap.core.allocation import LayerInfo
@@ -51,6 +53,14 @@ def variant_scores(variant: str, scalars: dict[str, float], adapter: Any) -> dic
     return zeroth_order_variant(scalars, adapter, adapter.towers(), variant)
 
 
+def size_slope(scores: dict[str, float], reference: dict[str, float], layers: list[LayerInfo]) -> float:
+    """Least-squares slope of log(score / first-order's) on log(tensor size): 0 where a variant scales with a
+    tensor's size as first-order's score does (grad-mag-abs: 0.5 expected, see ecoflap_core/scoring.py)."""
+    x = [math.log(layer.size) for layer in layers]
+    y = [math.log(scores[layer.name] / reference[layer.name]) for layer in layers]
+    return float(numpy.polyfit(x, y, 1)[0])
+
+
 def tower_split(allocation: Any, layers: list[LayerInfo]) -> dict[str, float]:
     zeros: dict[str, float] = {}
     sizes: dict[str, int] = {}
@@ -74,7 +84,8 @@ def main() -> None:
     parser.add_argument("-o", "--output", type=Path, default=RESULTS / "zo_variants.json")
     args = parser.parse_args()
     registries = common.registries(False)
-    zo_config = RunConfig.build(model=args.model, scorer="zeroth-order")
+    # the scalars s_W (grad-only: every variant is made from them here) and the allocations unsmoothed
+    zo_config = RunConfig.build(model=args.model, scorer="zeroth-order", zo_variant="grad-only", smooth_blocks=1)
     fo_config = RunConfig.build(model=args.model, scorer="first-order")
     scalars, first_order = coarse(zo_config, registries), coarse(fo_config, registries)
     adapter = load_model(registries, zo_config)
@@ -86,6 +97,7 @@ def main() -> None:
     for name, scores in candidates.items():
         blocks = block_totals(scores, layers)
         rho = spearmanr([blocks[b] for b in reference_blocks], list(reference_blocks.values())).statistic
+        slope = size_slope(scores, first_order, layers)
         for aggregation in ("sum", "avg"):
             for budget in args.budgets:
                 config = zo_config.model_copy(update={"sparsity": budget, "aggregation": aggregation})
@@ -93,10 +105,11 @@ def main() -> None:
                     allocate(layers, config, resolve_methods(registries, config).allocator, scores), layers
                 )
                 rows.append({"scores": name, "aggregation": aggregation, "budget": budget, "split": split,
-                             "spearman_blocks_vs_first_order": rho})  # fmt: skip
+                             "spearman_blocks_vs_first_order": rho, "size_slope_vs_first_order": slope})  # fmt: skip
                 print(
                     f"{name:28s} {aggregation:3s} B={budget:.2f}: vision {split.get('vision', 0):.3f} / "
-                    f"language {split.get('language', 0):.3f}   block Spearman vs first-order {rho:.3f}"
+                    f"language {split.get('language', 0):.3f}   block Spearman vs first-order {rho:.3f}, "
+                    f"size slope {slope:+.3f}"
                 )
     write_json(args.output, {"model": args.model, "budgets": args.budgets, "rows": rows})
 
