@@ -231,6 +231,11 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     return mean, (sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values)) ** 0.5
 
 
+def paired_gap(gap: list[float]) -> str:
+    mean, se = mean_se(gap)
+    return f"{mean:+.1f} ± {se:.1f} ({len(gap)} pair{'s' if len(gap) > 1 else ''})"
+
+
 def seed_report(rows: list[dict[str, Any]], path: Path) -> str:
     """Over seeds (mini-blip2): each row's mean generation accuracy, and its mean gap to first-order at the same
     seed, each with its standard error across seeds."""
@@ -245,11 +250,7 @@ def seed_report(rows: list[dict[str, Any]], path: Path) -> str:
                 continue
             acc, acc_se = mean_se(accs)
             gap = gaps_by[name].get(("vqa", sparsity))
-            shown = (
-                "-"
-                if name == "first-order" or not gap
-                else "{:+.1f} ± {:.1f} ({} pairs)".format(*mean_se(gap), len(gap))
-            )
+            shown = "-" if name == "first-order" or not gap else paired_gap(gap)
             lines.append(f"| {name} | {sparsity:.0%} | {len(accs)} | {acc:.3f} ± {acc_se:.3f} | {shown} |")
     return "\n".join(lines)
 

@@ -115,3 +115,4 @@ def test_seed_report_means_and_paired_gaps() -> None:
     assert f"| {SMOOTH5} | 30% | 3 | 0.487 ± 0.104 | -7.0 ± 3.0 (2 pairs) |" in report
     assert "| first-order | 30% | 2 | 0.650 ± 0.050 | - |" in report
     assert zo_choice.mean_se([4.0]) == (4.0, 0.0)
+    assert zo_choice.paired_gap([-3.0]) == "-3.0 ± 0.0 (1 pair)"
