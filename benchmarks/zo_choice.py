@@ -236,11 +236,12 @@ def paired_gap(gap: list[float]) -> str:
     return f"{mean:+.1f} ± {se:.1f} ({len(gap)} pair{'s' if len(gap) > 1 else ''})"
 
 
-def seed_report(rows: list[dict[str, Any]], path: Path) -> str:
+def seed_report(files: dict[Path, list[dict[str, Any]]]) -> str:
     """Over seeds (mini-blip2): each row's mean generation accuracy, and its mean gap to first-order at the same
     seed, each with its standard error across seeds."""
+    rows = [r for table in files.values() for r in table]
     names = list(dict.fromkeys(r["name"] for r in rows))
-    gaps_by = paired({path: rows}, names)
+    gaps_by = paired(files, names)
     lines = ["| row | sparsity | seeds | generate, mean ± SE | points to first-order, mean ± SE |",
              "|---|---|---|---|---|"]  # fmt: skip
     for sparsity in sorted({r["sparsity"] for r in rows}):
@@ -291,12 +292,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", choices=list(STAGES))
     parser.add_argument("--choose", action="store_true", help="apply the seeds rule to zo_choice_seeds_*.json")
+    parser.add_argument("--report", type=Path, nargs="+", help="the seed report over these test tables together")
     parser.add_argument("--zo", choices=list(ZEROTH), help="the zeroth-order row chosen on validation")
     parser.add_argument("--rows", nargs="+", default=[], help="run these rows only (labels as printed)")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[], help="[the stage's]")
     parser.add_argument("--seeds", type=int, nargs="+", default=[DEFAULT_SEED], help="[42]")
     table_arguments(parser, None)
     args = parser.parse_args()
+    if args.report:
+        print(seed_report({path: Table(path).rows for path in args.report}))
+        return
     if args.choose:
         print(choose({path: Table(path).rows for path in sorted(RESULTS.glob("zo_choice_seeds_*.json"))}))
         return
@@ -307,7 +312,7 @@ def main() -> None:
         run_stage(table, args.stage, args.zo, args.rows, args.sparsities, args.seeds)
     print(markdown(table, args.stage))
     if args.stage == "test" and len({r.get("seed", DEFAULT_SEED) for r in table.rows}) > 1:
-        print("\n" + seed_report(table.rows, table.path))
+        print("\n" + seed_report({table.path: table.rows}))
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ def test_wilson_interval_of_the_generation_accuracy() -> None:
 def test_seed_report_means_and_paired_gaps() -> None:
     rows = [vqa("first-order", 0.60), vqa(SMOOTH5, 0.50), vqa("first-order", 0.70, seed=1), vqa(SMOOTH5, 0.66, seed=1)]
     rows += [vqa(SMOOTH5, 0.30, seed=2)]  # no first-order at seed 2: in its mean, in no pair
-    report = zo_choice.seed_report(rows, Path("t.json")).splitlines()
+    report = zo_choice.seed_report({Path("t.json"): rows}).splitlines()
     # accuracies 0.50, 0.66, 0.30: mean 0.487, SE = sd / sqrt(3) = 0.1804 / 1.732; gaps -10 and -4: -7 +- 3
     assert f"| {SMOOTH5} | 30% | 3 | 0.487 ± 0.104 | -7.0 ± 3.0 (2 pairs) |" in report
     assert "| first-order | 30% | 2 | 0.650 ± 0.050 | - |" in report
