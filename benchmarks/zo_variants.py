@@ -40,13 +40,14 @@ RESULTS = Path(__file__).parent / "results"
 VARIANTS = ("grad-only", "grad-mag-abs", "grad-mag-square", "grad-mag-mean")
 
 
-def coarse(config: RunConfig, registries: Any) -> dict[str, float]:
-    """The job's coarse scores for ``config``: from the run cache when the job computed them, else computed now."""
+def coarse(config: RunConfig, registries: Any) -> dict[str, Any]:
+    """The job's coarse scores document for ``config`` (``scores``, ``seconds``): from the run cache when the job
+    computed them, else computed now."""
     identity = steps.identify(config, registries)
     path = steps.run_cache() / "scores" / f"{steps.scores_key(config, identity)}.json"
     if not path.is_file():
         path = Path(steps.coarse_scores(config, identity, registries)["path"])
-    return read_json(path)["scores"]
+    return read_json(path)
 
 
 def variant_scores(variant: str, scalars: dict[str, float], adapter: Any) -> dict[str, float]:
@@ -61,11 +62,11 @@ def size_slope(scores: dict[str, float], reference: dict[str, float], layers: li
     return float(numpy.polyfit(x, y, 1)[0])
 
 
-def tower_split(allocation: Any, layers: list[LayerInfo]) -> dict[str, float]:
+def tower_split(sparsity: dict[str, float], layers: list[LayerInfo]) -> dict[str, float]:
     zeros: dict[str, float] = {}
     sizes: dict[str, int] = {}
     for layer in layers:
-        zeros[layer.tower] = zeros.get(layer.tower, 0.0) + allocation.sparsity[layer.name] * layer.size
+        zeros[layer.tower] = zeros.get(layer.tower, 0.0) + sparsity[layer.name] * layer.size
         sizes[layer.tower] = sizes.get(layer.tower, 0) + layer.size
     return {tower: zeros[tower] / sizes[tower] for tower in sizes}
 
@@ -87,7 +88,7 @@ def main() -> None:
     # the scalars s_W (grad-only: every variant is made from them here) and the allocations unsmoothed
     zo_config = RunConfig.build(model=args.model, scorer="zeroth-order", zo_variant="grad-only", smooth_blocks=1)
     fo_config = RunConfig.build(model=args.model, scorer="first-order")
-    scalars, first_order = coarse(zo_config, registries), coarse(fo_config, registries)
+    scalars, first_order = coarse(zo_config, registries)["scores"], coarse(fo_config, registries)["scores"]
     adapter = load_model(registries, zo_config)
     layers = [LayerInfo(**info) for info in read_json(steps.identify(zo_config, registries)["layers_path"])["layers"]]
     reference_blocks = block_totals(first_order, layers)
@@ -102,7 +103,7 @@ def main() -> None:
             for budget in args.budgets:
                 config = zo_config.model_copy(update={"sparsity": budget, "aggregation": aggregation})
                 split = tower_split(
-                    allocate(layers, config, resolve_methods(registries, config).allocator, scores), layers
+                    allocate(layers, config, resolve_methods(registries, config).allocator, scores).sparsity, layers
                 )
                 rows.append({"scores": name, "aggregation": aggregation, "budget": budget, "split": split,
                              "spearman_blocks_vs_first_order": rho, "size_slope_vs_first_order": slope})  # fmt: skip
