@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from job_table import RESULTS
-from zo_variants import coarse, tower_split
+from zo_variants import coarse, tower_split, weighted_sparsity
 
 from ecoflap.core.allocation import LayerInfo
 from ecoflap.core.compress import allocate
@@ -31,12 +31,7 @@ from ecoflap.pipelines.run_config import RunConfig
 
 def block_sparsity(sparsity: dict[str, float], layers: list[LayerInfo]) -> dict[str, float]:
     """Parameter-weighted sparsity of each block."""
-    zeros: dict[str, float] = {}
-    sizes: dict[str, int] = {}
-    for layer in layers:
-        zeros[layer.block] = zeros.get(layer.block, 0.0) + sparsity[layer.name] * layer.size
-        sizes[layer.block] = sizes.get(layer.block, 0) + layer.size
-    return {block: zeros[block] / sizes[block] for block in sizes}
+    return weighted_sparsity(sparsity, layers, "block")
 
 
 def distance(ours: dict[str, float], reference: dict[str, float], layers: list[LayerInfo], tower: str) -> float:

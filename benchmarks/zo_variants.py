@@ -62,13 +62,19 @@ def size_slope(scores: dict[str, float], reference: dict[str, float], layers: li
     return float(numpy.polyfit(x, y, 1)[0])
 
 
-def tower_split(sparsity: dict[str, float], layers: list[LayerInfo]) -> dict[str, float]:
+def weighted_sparsity(sparsity: dict[str, float], layers: list[LayerInfo], granularity: str) -> dict[str, float]:
+    """Parameter-weighted sparsity of each group of layers (``granularity``: tower or block)."""
     zeros: dict[str, float] = {}
     sizes: dict[str, int] = {}
     for layer in layers:
-        zeros[layer.tower] = zeros.get(layer.tower, 0.0) + sparsity[layer.name] * layer.size
-        sizes[layer.tower] = sizes.get(layer.tower, 0) + layer.size
-    return {tower: zeros[tower] / sizes[tower] for tower in sizes}
+        group = layer.group(granularity)
+        zeros[group] = zeros.get(group, 0.0) + sparsity[layer.name] * layer.size
+        sizes[group] = sizes.get(group, 0) + layer.size
+    return {group: zeros[group] / sizes[group] for group in sizes}
+
+
+def tower_split(sparsity: dict[str, float], layers: list[LayerInfo]) -> dict[str, float]:
+    return weighted_sparsity(sparsity, layers, "tower")
 
 
 def block_totals(scores: dict[str, float], layers: list[LayerInfo]) -> dict[str, float]:
