@@ -9,6 +9,9 @@ the evaluation's noise; it says which settings could bring zeroth-order within f
 what cost, before any of them is judged on validation questions.
 
     python benchmarks/zo_distance.py [--nsamples 8 16 32] [--noise 1 2] [--smooth 1 5] [--seeds 42 1]
+                                     [--variants grad-mag-abs weight-scaled]
+
+Each row also gives the Spearman correlation of the zeroth-order tensor scores with first-order's.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from job_table import RESULTS
+from scipy.stats import spearmanr
 from zo_variants import coarse, tower_split, weighted_sparsity
 
 from ecoflap.core.allocation import LayerInfo
@@ -40,17 +44,25 @@ def distance(ours: dict[str, float], reference: dict[str, float], layers: list[L
     return sum(abs(ours[b] - reference[b]) for b in blocks) / len(blocks)
 
 
+def spearman(scores: dict[str, float], reference: dict[str, float]) -> float:
+    return float(spearmanr([scores[n] for n in reference], list(reference.values())).statistic)
+
+
 def allocation(config: RunConfig, scores: dict[str, float], layers: list[LayerInfo], registries: Any) -> dict:
     return allocate(layers, config, resolve_methods(registries, config).allocator, scores).sparsity
 
 
 def line(row: dict[str, Any]) -> str:
     setting = (
-        f"seed {row['seed']} nsamples {row['score_nsamples']} noise {row['zo_noise']} smooth {row['smooth_blocks']}"
+        f"{row['zo_variant']} seed {row['seed']} nsamples {row['score_nsamples']} noise {row['zo_noise']} "
+        f"smooth {row['smooth_blocks']}"
     )
     split = f"{row['split']['vision']:.3f} / {row['split']['language']:.3f}"
     distances = f"language blocks {row['language_distance']:.4f}, vision blocks {row['vision_distance']:.4f}"
-    return f"{setting}: {distances} from first-order; split {split}; coarse {row['coarse_s']:.1f} s"
+    return (
+        f"{setting}: {distances} from first-order; split {split}; Spearman {row['spearman']:.3f}; "
+        f"coarse {row['coarse_s']:.1f} s"
+    )
 
 
 def main() -> None:
@@ -61,6 +73,7 @@ def main() -> None:
     parser.add_argument("--noise", type=int, nargs="+", default=[1, 2], help="--zo-noise [1 2]")
     parser.add_argument("--smooth", type=int, nargs="+", default=[1, 5], help="--smooth-blocks [1 5]")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1])
+    parser.add_argument("--variants", nargs="+", default=["grad-mag-abs"], help="--zo-variant [grad-mag-abs]")
     parser.add_argument("-o", "--output", type=Path, default=RESULTS / "zo_distance.json")
     args = parser.parse_args()
     registries = common.registries(False)
@@ -69,9 +82,10 @@ def main() -> None:
         base = {"model": args.model, "sparsity": args.budget, "seed": seed, "score_nsamples": nsamples}
         first = RunConfig.build(**base, scorer="first-order")
         layers = [LayerInfo(**i) for i in read_json(steps.identify(first, registries)["layers_path"])["layers"]]
-        reference = block_sparsity(allocation(first, coarse(first, registries)["scores"], layers, registries), layers)
-        for noise in args.noise:
-            config = RunConfig.build(**base, scorer="zeroth-order", zo_noise=noise)
+        first_scores = coarse(first, registries)["scores"]
+        reference = block_sparsity(allocation(first, first_scores, layers, registries), layers)
+        for variant, noise in itertools.product(args.variants, args.noise):
+            config = RunConfig.build(**base, scorer="zeroth-order", zo_noise=noise, zo_variant=variant)
             document = coarse(config, registries)
             scores, seconds = document["scores"], document["seconds"]  # the step's own time, cached or not
             for smooth in args.smooth:
@@ -79,7 +93,8 @@ def main() -> None:
                 sparsity = allocation(smoothed, scores, layers, registries)
                 ours = block_sparsity(sparsity, layers)
                 split = tower_split(sparsity, layers)
-                row = {"seed": seed, "score_nsamples": nsamples, "zo_noise": noise, "smooth_blocks": smooth,
+                row = {"zo_variant": variant, "seed": seed, "score_nsamples": nsamples, "zo_noise": noise,
+                       "smooth_blocks": smooth, "spearman": spearman(scores, first_scores),
                        "language_distance": distance(ours, reference, layers, "language"),
                        "vision_distance": distance(ours, reference, layers, "vision"), "split": split,
                        "coarse_s": seconds}  # fmt: skip

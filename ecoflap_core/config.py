@@ -112,10 +112,11 @@ class PruneConfig(BaseModel):
         description="the loss head in each perturbed pass: full, or linear (g . (h' - h) at the head's input; "
         "causal LMs)",
     )
-    zo_variant: Literal["grad-only", "grad-mag-abs", "grad-mag-square", "grad-mag-mean"] = Field(
+    zo_variant: Literal["grad-only", "grad-mag-abs", "grad-mag-square", "grad-mag-mean", "weight-scaled"] = Field(
         SCORER_DEFAULTS["zo_variant"],
         description="zeroth-order score per tensor: s, s * sum|W| or s^2 * sum W^2 (MEZO-*), or s * sum|W| / "
-        "sqrt(numel) (first-order's sum |W||g| as s estimates it)",
+        "sqrt(numel) (first-order's sum |W||g| as s estimates it), or weight-scaled (s along z * |W| / rms(W), "
+        "times ||W||_2: first-order's sum |W g| element by element)",
     )
     fo_variant: Literal["grad-mag-abs", "grad-only", "grad-mag-square"] = Field(
         SCORER_DEFAULTS["fo_variant"], description="first-order score variant"

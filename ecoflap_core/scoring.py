@@ -38,6 +38,10 @@ grad-mag-mean s_W * sum |W| / sqrt(n_W), first-order's sum |W| |g| as s_W can es
 E|g . z| = sqrt(2/pi) ||g||_2, and where g's elements are independent of W's, sum |W| |g| ~ sum |W| * ||g||_1 / n
 with ||g||_1 ~ sqrt(2 n / pi) ||g||_2. grad-mag-abs thus grows by sqrt(n_W) against first-order's score: on
 mini-blip2 the log of their ratio rises with log n_W at slope 0.50 over 282 tensors of 110k-885k weights.
+weight-scaled drops that independence: s_W is measured along z * |W| / rms(W) (``weighted``), whose derivative
+g . (|W| z) / rms(W) has E|.| = sqrt(2/pi) ||W g||_2 / rms(W), the ell-2 norm of first-order's element-wise
+saliency |W g|; times ||W||_2 = sqrt(n) rms(W) it is sqrt(2/pi) sqrt(n) ||W g||_2 ~ sum |W g| where the
+elements of W g are alike (ell-1 ~ sqrt(2 n / pi) ell-2 for Gaussian ones). Same passes, same cost.
 
 First-order: I = |W| * mean_b |g_b| per element (GradMagAbs; GradOnly and GradMagSquare variants),
 the tensor's score is the sum of I.
@@ -60,7 +64,7 @@ from ecoflap.core.errors import EcoflapError
 from ecoflap.core.progress import ProgressFactory, no_progress
 
 FirstOrderVariant = Literal["grad-mag-abs", "grad-only", "grad-mag-square"]
-ZerothOrderVariant = Literal["grad-only", "grad-mag-abs", "grad-mag-square", "grad-mag-mean"]
+ZerothOrderVariant = Literal["grad-only", "grad-mag-abs", "grad-mag-square", "grad-mag-mean", "weight-scaled"]
 
 
 class Scorer(ABC):
@@ -94,6 +98,14 @@ def perturbation(weight: torch.Tensor, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(weight.shape, generator=gen, dtype=torch.float32)
     return z if weight.device.type == "meta" else z.to(weight.device)
+
+
+def weight_scaled(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """z * |W| / rms(W): a perturbation of each weight in proportion to its magnitude, of the same mean square as
+    z's (so one eps serves both). Its directional derivative g . (|W| z) / rms(W) has E|.| = sqrt(2/pi)
+    ||W * g||_2 / rms(W): the element-wise saliency |W g| of first-order's score, in ell-2."""
+    w = weight.detach().to(z.device, torch.float32).abs()
+    return z * (w / w.pow(2).mean().sqrt())
 
 
 def ordered_blocks(towers: Sequence[Tower]) -> list[Block]:
@@ -142,11 +154,16 @@ def replayed(blocks: Sequence[Block], outputs: Sequence[Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def perturbed(layers: dict[nn.Linear, list[torch.Tensor | None]], scale: float, group_size: int) -> Iterator[None]:
-    """Each layer's output becomes x (W + scale z_g)^T for the samples of group g (z_g None: x W^T)."""
+def perturbed(
+    layers: dict[nn.Linear, list[torch.Tensor | None]], scale: float, group_size: int, weighted: bool = False
+) -> Iterator[None]:
+    """Each layer's output becomes x (W + scale z_g)^T for the samples of group g (z_g None: x W^T); ``weighted``:
+    z_g scaled element by element by |W| / rms(W) (:func:`weight_scaled`), from the weight as the layer runs it."""
 
     def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         zs = layers[module]
+        if weighted:
+            zs = [None if z is None else weight_scaled(z, module.weight) for z in zs]
         samples = len(zs) * group_size  # OPT flattens [B, T, d] to [B * T, d] before its MLP
         x = args[0].reshape(samples, -1, args[0].shape[-1])
         out = output.view(samples, -1, output.shape[-1])
@@ -210,13 +227,14 @@ def _directional_derivative(
     group_size: int,
     eps: float,
     base: torch.Tensor | None,
+    weighted: bool = False,
 ) -> torch.Tensor:
     """|dL/dW . z| per perturbation group (a group's loss: its samples' mean): the central difference
     (L(W + eps z) - L(W - eps z)) / (2 eps), or with ``base`` = L(W) the forward one (L(W + eps z) - L(W)) / eps."""
-    with perturbed(layers, eps, group_size):
+    with perturbed(layers, eps, group_size, weighted):
         plus = probe(batch)
     if base is None:
-        with perturbed(layers, -eps, group_size):
+        with perturbed(layers, -eps, group_size, weighted):
             minus = probe(batch)
         change, step = plus - minus, 2 * eps
     else:
@@ -238,10 +256,12 @@ def zeroth_order_scores(
     level: Literal["tensor", "block", "sampled"] = "tensor",
     difference: Literal["central", "forward"] = "central",
     head: Literal["full", "linear"] = "full",
+    weighted: bool = False,
     progress: ProgressFactory = no_progress,
 ) -> dict[str, float]:
     """MEZO-GradOnly scores: one scalar per tensor (``level="block"``: per block, shared by size;
-    ``"sampled"``: one tensor per block and group, see the module's text)."""
+    ``"sampled"``: one tensor per block and group, see the module's text); ``weighted``: along weight-scaled
+    perturbations (:func:`weight_scaled`)."""
     _check_zo(batch, micro_batch, group_size, eps, num_noise)
     blocks = ordered_blocks(towers)
     index = {name: i for i, name in enumerate(ordered_layers(towers))}
@@ -263,7 +283,7 @@ def zeroth_order_scores(
                 for noise in range(num_noise):
                     chosen = _chosen(names, groups, num_noise, noise, level)
                     zs = _draw(blocks[k], chosen, index, seed, groups, noise)
-                    derivative = _directional_derivative(probe, micro, zs, group_size, eps, base)
+                    derivative = _directional_derivative(probe, micro, zs, group_size, eps, base, weighted)
                     if level == "sampled":
                         for (name,), value in zip(chosen, derivative.tolist(), strict=True):
                             scores[name] += value
@@ -296,7 +316,8 @@ def unperturbed_loss(
 def zeroth_order_variant(
     scores: dict[str, float], adapter: ModelAdapter, towers: Sequence[Tower], variant: ZerothOrderVariant
 ) -> dict[str, float]:
-    """The scalars s_W of :func:`zeroth_order_scores` as the ``variant`` score of each tensor."""
+    """The scalars s_W of :func:`zeroth_order_scores` as the ``variant`` score of each tensor (``weight-scaled``:
+    scalars measured along weight-scaled perturbations, :func:`zeroth_order_scores`' ``weighted``)."""
     if variant == "grad-only":
         return dict(scores)
     power = 2 if variant == "grad-mag-square" else 1
@@ -307,11 +328,20 @@ def zeroth_order_variant(
             if adapter.stored_tensor is None:
                 raise EcoflapError(f"{name} is on the meta device and the model has no reader of its stored weights")
             weight = adapter.stored_tensor(f"{name}.weight")
-        magnitude = float(weight.detach().float().abs().pow(power).sum())
-        if variant == "grad-mag-mean":  # first-order's sum |W| |g| as s_W estimates it (the module's text)
-            magnitude /= math.sqrt(weight.numel())
-        totals[name] = scores[name] ** power * magnitude
+        totals[name] = scores[name] ** power * _magnitude(weight.detach().float(), variant)
     return totals
+
+
+def _magnitude(w: torch.Tensor, variant: ZerothOrderVariant) -> float:
+    """What a variant multiplies s_W (s_W^2 for grad-mag-square) by."""
+    if variant == "grad-mag-square":
+        return float(w.pow(2).sum())
+    if variant == "weight-scaled":  # sqrt(n) rms(W): s_W = sqrt(2/pi) ||W g||_2 / rms(W), times it ~ sum |W g|
+        return float(w.pow(2).sum().sqrt())
+    total = float(w.abs().sum())
+    if variant == "grad-mag-mean":  # first-order's sum |W| |g| as s_W estimates it (the module's text)
+        return total / math.sqrt(w.numel())
+    return total
 
 
 def _check_zo(batch: Batch, micro_batch: int, group_size: int, eps: float, num_noise: int) -> None:
@@ -442,6 +472,7 @@ def zeroth_order_scores_naive(
     seed: int = 42,
     group_size: int = 1,
     difference: Literal["central", "forward"] = "central",
+    weighted: bool = False,
     progress: ProgressFactory = no_progress,
 ) -> dict[str, float]:
     """The same estimator computed as the reference does: for each tensor and each group, the
@@ -460,6 +491,7 @@ def zeroth_order_scores_naive(
             for g, group in enumerate(groups):
                 for noise in range(num_noise):
                     z = perturbation(layer.weight, perturbation_seed(seed, index[name], g, noise))
+                    z = weight_scaled(z, original).to(layer.weight.dtype) if weighted else z
                     layer.weight.add_(z, alpha=eps)
                     plus = adapter.loss(group).double().mean()
                     layer.weight.add_(z, alpha=-step)  # to W - eps z (central) or back to W (forward)

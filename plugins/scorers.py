@@ -30,6 +30,7 @@ class ZerothOrderScorer(Scorer):
         progress: ProgressFactory = no_progress,
     ) -> dict[str, float]:
         o = self.options
+        variant = o.get("variant", SCORER_DEFAULTS["zo_variant"])
         scalars = zeroth_order_scores(
             adapter,
             towers,
@@ -42,9 +43,10 @@ class ZerothOrderScorer(Scorer):
             level=o.get("level", SCORER_DEFAULTS["zo_level"]),
             difference=o.get("difference", SCORER_DEFAULTS["zo_difference"]),
             head=o.get("head", SCORER_DEFAULTS["zo_head"]),
+            weighted=variant == "weight-scaled",
             progress=progress,
         )
-        return zeroth_order_variant(scalars, adapter, towers, o.get("variant", SCORER_DEFAULTS["zo_variant"]))
+        return zeroth_order_variant(scalars, adapter, towers, variant)
 
 
 class FirstOrderScorer(Scorer):

@@ -124,7 +124,7 @@ def test_bad_zeroth_order_settings(make_adapter, toy_text) -> None:
         zeroth_order_scores(adapter, adapter.towers(), batch, micro_batch=3, group_size=2)
 
 
-@pytest.mark.parametrize("variant", ["grad-only", "grad-mag-abs", "grad-mag-square", "grad-mag-mean"])
+@pytest.mark.parametrize("variant", ["grad-only", "grad-mag-abs", "grad-mag-square", "grad-mag-mean", "weight-scaled"])
 def test_zeroth_order_variants_are_the_references_mezo_scores(make_adapter, toy_text, variant) -> None:
     """The reference's MEZO-* importance, element by element (|W| * s, W^2 * s^2, or the scalar s), summed per
     tensor as the group score sums it: what the scorer plugin returns for each --zo-variant."""
@@ -133,14 +133,15 @@ def test_zeroth_order_variants_are_the_references_mezo_scores(make_adapter, toy_
     adapter = make_adapter("tiny-llama", torch.float64)
     batch = adapter.calibration_batch([toy_text], 4, 24, seed=1)
     towers = adapter.towers()
-    scalars = zeroth_order_scores_naive(adapter, towers, batch)
+    scalars = zeroth_order_scores_naive(adapter, towers, batch, weighted=variant == "weight-scaled")
     exact = {"level": "tensor", "difference": "central"}  # the reference's estimator (the defaults are cheaper)
     ours = ZerothOrderScorer(variant=variant, micro_batch=4, **exact).score(adapter, towers, batch)
     for block in ordered_blocks(towers):
         for name, lin in block.linears.items():
             w, s = lin.weight.detach(), torch.tensor(scalars[name], dtype=torch.float64)
             element = {"grad-only": s, "grad-mag-abs": w.abs() * s, "grad-mag-square": w.pow(2) * s.pow(2),
-                       "grad-mag-mean": w.abs() * s / w.numel() ** 0.5}[variant]  # fmt: skip
+                       "grad-mag-mean": w.abs() * s / w.numel() ** 0.5,
+                       "weight-scaled": s * w.pow(2).sum().sqrt()}[variant]  # fmt: skip
             assert ours[name] == pytest.approx(float(element.sum()), rel=1e-6), name
     assert variant == "grad-only" or len({round(ours[n] / scalars[n], 6) for n in ours}) > 1  # not a constant factor
 
@@ -208,6 +209,41 @@ def test_sampled_level_perturbs_one_tensor_per_block_and_group_in_turn(make_adap
                 _one_draw(adapter, block.linears[name], batch, g, 5, index[name], 1e-3, difference) for g in groups
             ]
             assert ours[name] == pytest.approx(sum(values) * nsamples / len(groups), rel=1e-6), name
+
+
+@pytest.mark.parametrize("level", ["tensor", "sampled"])
+def test_weight_scaled_perturbation_is_z_times_abs_w_over_its_rms(make_adapter, toy_text, level) -> None:
+    """weighted: each draw is |g . (z * |W| / rms(W))| with g the sample's true gradient (autograd), for the
+    reference's in-place way and ours alike; a perturbation scaled by W's sign, unnormalised or not scaled at all
+    gives another number (to the central difference's O(eps^2); LLaMA's softmax runs in fp32 even in an fp64
+    model, so eps stays 1e-3)."""
+    from ecoflap.core.scoring import ordered_layers, perturbation, perturbation_seed
+
+    adapter = make_adapter("tiny-llama", torch.float64)
+    towers = adapter.towers()
+    batch = adapter.calibration_batch([toy_text], 2, 16, seed=3)
+    ours = zeroth_order_scores(adapter, towers, batch, micro_batch=2, level=level, weighted=True, seed=7)
+    assert zeroth_order_scores_naive(adapter, towers, batch, weighted=True, seed=7).keys() == ours.keys()
+    index = {n: i for i, n in enumerate(ordered_layers(towers))}
+    block = ordered_blocks(towers)[1]
+    names = list(block.linears)
+    for t, name in enumerate(names):
+        weight = block.linears[name].weight
+        total, draws = 0.0, 0
+        for g in range(2):
+            noises = range(4) if level == "sampled" else range(1)  # sampled: 4 rounds, tensor (g x 4 + n) mod 7
+            for noise in noises:
+                if level == "sampled" and (g * 4 + noise) % len(names) != t:
+                    continue
+                adapter.model.zero_grad()
+                adapter.loss({k: v[g : g + 1] for k, v in batch.items()}).mean().backward()
+                z = perturbation(weight, perturbation_seed(7, index[name], g, noise)).double()
+                w = weight.detach().abs()
+                total += float((weight.grad * z * w / w.pow(2).mean().sqrt()).sum().abs())
+                draws += 1
+        expected = total * (8 / draws if level == "sampled" else 1)
+        assert ours[name] == pytest.approx(expected, rel=5e-3), name
+    adapter.model.zero_grad()
 
 
 def test_sampled_level_draws_every_tensor_when_samples_are_few(make_adapter, toy_text) -> None:
