@@ -12,23 +12,36 @@ what cost, before any of them is judged on validation questions.
                                      [--variants grad-mag-abs weight-scaled]
 
 Each row also gives the Spearman correlation of the zeroth-order tensor scores with first-order's.
+
+``--expected``: also what each variant's scores converge to with unlimited draws on the same calibration samples,
+from each sample's exact gradient g_b (one backward pass per sample, as first-order's step), so that a distance
+splits into the estimator's noise and its systematic part (what it estimates):
+
+  grad-mag-abs    sqrt(2/pi) sum_b ||g_b||_2 * sum |W|           (E|g . z| = sqrt(2/pi) ||g||_2)
+  grad-mag-mean   the same / sqrt(n)
+  weight-scaled   sqrt(2/pi) sum_b ||W g_b||_2 * sqrt(n)          (along z |W| / rms(W), times ||W||_2)
+  first-order     sum_b sum |W g_b|                               (its own score: the check that distance is 0)
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 from pathlib import Path
 from typing import Any
 
+import torch
 from job_table import RESULTS
 from scipy.stats import spearmanr
 from zo_variants import coarse, tower_split, weighted_sparsity
 
+from ecoflap.core.adapters import Batch, ModelAdapter, Tower, linears, split_batch
 from ecoflap.core.allocation import LayerInfo
-from ecoflap.core.compress import allocate
-from ecoflap.core.job import resolve_methods
+from ecoflap.core.compress import allocate, select_towers
+from ecoflap.core.job import calibration_batch, load_model, resolve_methods
 from ecoflap.core.provenance import git_hash, read_json, versions, write_json
+from ecoflap.core.scoring import only_requires_grad
 from ecoflap.pipelines import common, steps
 from ecoflap.pipelines.run_config import RunConfig
 
@@ -44,6 +57,40 @@ def distance(ours: dict[str, float], reference: dict[str, float], layers: list[L
     return sum(abs(ours[b] - reference[b]) for b in blocks) / len(blocks)
 
 
+def expected_scores(adapter: ModelAdapter, towers: list[Tower], batch: Batch) -> dict[str, dict[str, float]]:
+    """Each variant's score as unlimited draws give it (the module's text), from per-sample exact gradients."""
+    layers = linears(towers)
+    sums: dict[str, dict[str, float]] = {k: dict.fromkeys(layers, 0.0) for k in ("g", "wg", "l1")}
+
+    def hook(name: str, weight: torch.Tensor):
+        def accumulate(param: torch.Tensor) -> None:
+            g, w = param.grad.detach().double(), weight.detach().double()
+            sums["g"][name] += float(g.norm())
+            sums["wg"][name] += float((w * g).norm())
+            sums["l1"][name] += float((w * g).abs().sum())
+            param.grad = None
+
+        return accumulate
+
+    with only_requires_grad(adapter.model, [lin.weight for lin in layers.values()]):
+        handles = [lin.weight.register_post_accumulate_grad_hook(hook(n, lin.weight)) for n, lin in layers.items()]
+        try:
+            for sample in split_batch(batch, 1):
+                adapter.loss(sample).mean().backward()
+        finally:
+            for h in handles:
+                h.remove()
+    c = math.sqrt(2 / math.pi)
+    magnitude = {n: float(lin.weight.detach().float().abs().sum()) for n, lin in layers.items()}
+    size = {n: lin.weight.numel() for n, lin in layers.items()}
+    return {
+        "grad-mag-abs": {n: c * sums["g"][n] * magnitude[n] for n in layers},
+        "grad-mag-mean": {n: c * sums["g"][n] * magnitude[n] / math.sqrt(size[n]) for n in layers},
+        "weight-scaled": {n: c * sums["wg"][n] * math.sqrt(size[n]) for n in layers},
+        "first-order": sums["l1"],
+    }
+
+
 def spearman(scores: dict[str, float], reference: dict[str, float]) -> float:
     return float(spearmanr([scores[n] for n in reference], list(reference.values())).statistic)
 
@@ -53,9 +100,9 @@ def allocation(config: RunConfig, scores: dict[str, float], layers: list[LayerIn
 
 
 def line(row: dict[str, Any]) -> str:
+    draws = f"noise {row['zo_noise']}" if "zo_noise" in row else "expected"  # expected: no draws, their limit
     setting = (
-        f"{row['zo_variant']} seed {row['seed']} nsamples {row['score_nsamples']} noise {row['zo_noise']} "
-        f"smooth {row['smooth_blocks']}"
+        f"{row['zo_variant']} seed {row['seed']} nsamples {row['score_nsamples']} {draws} smooth {row['smooth_blocks']}"
     )
     split = f"{row['split']['vision']:.3f} / {row['split']['language']:.3f}"
     distances = f"language blocks {row['language_distance']:.4f}, vision blocks {row['vision_distance']:.4f}"
@@ -74,6 +121,7 @@ def main() -> None:
     parser.add_argument("--smooth", type=int, nargs="+", default=[1, 5], help="--smooth-blocks [1 5]")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1])
     parser.add_argument("--variants", nargs="+", default=["grad-mag-abs"], help="--zo-variant [grad-mag-abs]")
+    parser.add_argument("--expected", action="store_true", help="also each variant's noise-free scores")
     parser.add_argument("-o", "--output", type=Path, default=RESULTS / "zo_distance.json")
     args = parser.parse_args()
     registries = common.registries(False)
@@ -84,6 +132,22 @@ def main() -> None:
         layers = [LayerInfo(**i) for i in read_json(steps.identify(first, registries)["layers_path"])["layers"]]
         first_scores = coarse(first, registries)["scores"]
         reference = block_sparsity(allocation(first, first_scores, layers, registries), layers)
+        if args.expected:
+            model = load_model(registries, first, offload=False)
+            batch = calibration_batch(model, first, first.score_nsamples, first.score_seqlen)
+            limits = expected_scores(model, select_towers(model.towers(), first.towers), batch)
+            for variant, scores in limits.items():
+                for smooth in args.smooth:
+                    config = first.model_copy(update={"smooth_blocks": smooth})
+                    sparsity = allocation(config, scores, layers, registries)
+                    ours = block_sparsity(sparsity, layers)
+                    row = {"zo_variant": variant, "seed": seed, "score_nsamples": nsamples, "smooth_blocks": smooth,
+                           "spearman": spearman(scores, first_scores),
+                           "language_distance": distance(ours, reference, layers, "language"),
+                           "vision_distance": distance(ours, reference, layers, "vision"),
+                           "split": tower_split(sparsity, layers), "coarse_s": 0.0}  # fmt: skip
+                    rows.append(row)
+                    print(line(row), flush=True)
         for variant, noise in itertools.product(args.variants, args.noise):
             config = RunConfig.build(**base, scorer="zeroth-order", zo_noise=noise, zo_variant=variant)
             document = coarse(config, registries)
