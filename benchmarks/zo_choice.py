@@ -32,7 +32,10 @@ three rounds, then one round with the allocation's scores smoothed over 3 or 5 a
 (``--smooth-blocks``), after the validation runs showed zeroth-order's block sparsities jagged (block to block
 +-0.1 against first-order's) where first-order's rise smoothly with depth; then the smoothed one as grad-mag-mean
 (s * sum|W| / sqrt(n): grad-mag-abs's scores, against first-order's, grow as sqrt(n) of a tensor's size, slope 0.50
-on mini-blip2's seed-42 test scores).
+on mini-blip2's seed-42 test scores); then the smoothed one as weight-scaled (s along z |W| / rms(W), times ||W||_2),
+whose noise-free limit lies closest to first-order's allocation (benchmarks/zo_distance.py --expected), once at the
+default's cost and once with six rounds smoothed over 3 (the setting closest to that limit on seed 42's distances,
+at about 9x first-order's coarse time).
 
     python benchmarks/zo_choice.py --stage validation --seeds 42 1 2 --rows <candidates> first-order \
         -o benchmarks/results/zo_choice_seeds_vqa.json
@@ -64,13 +67,14 @@ MODES = {  # exact: the reference's estimator; the others trade it for time
     "sampled-noise3": {"zo_level": "sampled", "zo_difference": "forward", "zo_noise": 3},
     "sampled-smooth3": {"zo_level": "sampled", "zo_difference": "forward", "smooth_blocks": 3},
     "sampled-smooth5": {"zo_level": "sampled", "zo_difference": "forward", "smooth_blocks": 5},
+    "sampled-noise6-smooth3": {"zo_level": "sampled", "zo_difference": "forward", "zo_noise": 6, "smooth_blocks": 3},
     "sampled-linear": {"zo_level": "sampled", "zo_difference": "forward", "zo_head": "linear"},
     "exact-linear": {"zo_level": "tensor", "zo_difference": "central", "zo_head": "linear"},
 }
 ZEROTH = {
     f"zo {mode} {variant}": {"allocator": "ecoflap", "scorer": "zeroth-order", "zo_variant": variant} | settings
     for mode, settings in MODES.items()
-    for variant in ("grad-only", "grad-mag-abs", "grad-mag-mean")
+    for variant in ("grad-only", "grad-mag-abs", "grad-mag-mean", "weight-scaled")
 }
 OTHERS = {
     "first-order": {"allocator": "ecoflap", "scorer": "first-order"},
@@ -113,6 +117,8 @@ CANDIDATES = (
     "zo sampled-noise2 grad-mag-abs",
     "zo sampled-noise3 grad-mag-abs",
     "zo sampled-smooth5 grad-mag-mean",
+    "zo sampled-smooth5 weight-scaled",
+    "zo sampled-noise6-smooth3 weight-scaled",
 )
 DEFAULT_SEED = 42
 TASKS = ("vqa", "wikitext")

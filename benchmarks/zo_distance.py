@@ -121,6 +121,7 @@ def main() -> None:
     parser.add_argument("--smooth", type=int, nargs="+", default=[1, 5], help="--smooth-blocks [1 5]")
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1])
     parser.add_argument("--variants", nargs="+", default=["grad-mag-abs"], help="--zo-variant [grad-mag-abs]")
+    parser.add_argument("--difference", default="forward", help="--zo-difference [forward]")
     parser.add_argument("--expected", action="store_true", help="also each variant's noise-free scores")
     parser.add_argument("-o", "--output", type=Path, default=RESULTS / "zo_distance.json")
     args = parser.parse_args()
@@ -149,7 +150,9 @@ def main() -> None:
                     rows.append(row)
                     print(line(row), flush=True)
         for variant, noise in itertools.product(args.variants, args.noise):
-            config = RunConfig.build(**base, scorer="zeroth-order", zo_noise=noise, zo_variant=variant)
+            config = RunConfig.build(
+                **base, scorer="zeroth-order", zo_noise=noise, zo_variant=variant, zo_difference=args.difference
+            )
             document = coarse(config, registries)
             scores, seconds = document["scores"], document["seconds"]  # the step's own time, cached or not
             for smooth in args.smooth:
@@ -157,7 +160,8 @@ def main() -> None:
                 sparsity = allocation(smoothed, scores, layers, registries)
                 ours = block_sparsity(sparsity, layers)
                 split = tower_split(sparsity, layers)
-                row = {"zo_variant": variant, "seed": seed, "score_nsamples": nsamples, "zo_noise": noise,
+                row = {"zo_variant": variant, "zo_difference": args.difference, "seed": seed,
+                       "score_nsamples": nsamples, "zo_noise": noise,
                        "smooth_blocks": smooth, "spearman": spearman(scores, first_scores),
                        "language_distance": distance(ours, reference, layers, "language"),
                        "vision_distance": distance(ours, reference, layers, "vision"), "split": split,
