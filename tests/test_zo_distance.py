@@ -25,3 +25,21 @@ def test_distance_is_the_mean_absolute_block_difference_within_one_tower() -> No
     assert zo_distance.distance(ours, reference, LAYERS, "language") == pytest.approx(0.1)
     assert zo_distance.distance(ours, reference, LAYERS, "vision") == pytest.approx(0.1)
     assert zo_distance.distance(reference, reference, LAYERS, "language") == 0.0
+
+
+def test_expected_first_order_is_first_orders_own_score_summed_over_samples(make_adapter, toy_text) -> None:
+    """--expected's check row: per-sample sum |W g_b|, summed, is first-order's score (|W| mean_b |g_b|) times the
+    samples; weight-scaled's limit is another score (not first-order's renamed)."""
+    import torch
+
+    from ecoflap.core.scoring import first_order_scores
+
+    adapter = make_adapter("tiny-opt", torch.float64)
+    towers = adapter.towers()
+    batch = adapter.calibration_batch([toy_text], 3, 16, seed=0)
+    limits = zo_distance.expected_scores(adapter, towers, batch)
+    first = first_order_scores(adapter, towers, batch, micro_batch=1)
+    summed = {n: 3 * v for n, v in first.items()}
+    assert limits["first-order"] == pytest.approx(summed, rel=1e-6)  # first-order accumulates in fp32
+    ratios = {round(limits["weight-scaled"][n] / first[n], 6) for n in first}
+    assert len(ratios) > 1
