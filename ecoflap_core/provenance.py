@@ -42,7 +42,7 @@ SCORER_DEFAULTS: dict[str, Any] = {
     "zo_group": 1,
     "zo_level": "sampled",  # chosen on easy-vqa validation questions (benchmarks/zo_choice.py)
     "zo_difference": "forward",
-    "zo_variant": "grad-mag-abs",
+    "zo_variant": "weight-scaled",  # the seeds rule's least bad (benchmarks/zo_choice.py --choose); was grad-mag-abs
     "zo_head": "full",
     "fo_variant": "grad-mag-abs",
 }

@@ -18,7 +18,8 @@ def group_size(adapter: ModelAdapter, asked: int, micro_batch: int) -> int:
 
 class ZerothOrderScorer(Scorer):
     """Per tensor: s = sum |dL/dW . z| from forward passes (default: one tensor of each block per sample in turn,
-    forward difference), weighed by the tensor's magnitude (grad-mag-abs; grad-only is the reference's scripts')."""
+    forward difference), along weight-scaled perturbations z |W| / rms(W), times ||W||_2 (weight-scaled: first-order's
+    element-wise saliency |W g|; grad-mag-abs is the reference's MEZO-GradMagAbs, grad-only its scripts')."""
 
     name = "zeroth-order"
 

@@ -10,7 +10,7 @@ DEFAULT_METHOD: dict[str, Any] = {
     "nm": None,
     "scorer": "zeroth-order",
     "scorer_options": {"zo_eps": 0.001, "zo_noise": 1, "zo_group": 1, "zo_level": "sampled", "zo_difference": "forward",
-                       "zo_variant": "grad-mag-abs"},
+                       "zo_variant": "weight-scaled"},
     "allocator": "ecoflap",
     "allocator_options": {"smooth_blocks": 5},
     "allocation_file": None,

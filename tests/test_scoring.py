@@ -157,7 +157,7 @@ def test_zeroth_order_variant_is_in_the_method_identity_only_off_grad_only() -> 
     assert "zo_variant" not in PruneConfig(scorer="first-order", zo_variant="grad-mag-abs").method()["scorer_options"]
     default = PruneConfig(scorer="zeroth-order").method()["scorer_options"]  # the defaults chosen on validation
     assert default == {"zo_eps": 1e-3, "zo_noise": 1, "zo_group": 1, "zo_level": "sampled",
-                       "zo_difference": "forward", "zo_variant": "grad-mag-abs"}  # fmt: skip
+                       "zo_difference": "forward", "zo_variant": "weight-scaled"}  # fmt: skip
 
 
 def test_later_zeroth_order_settings_are_keyed_only_off_the_value_before_them() -> None:
