@@ -104,8 +104,8 @@ def weight_scaled(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """z * |W| / rms(W): a perturbation of each weight in proportion to its magnitude, of the same mean square as
     z's (so one eps serves both). Its directional derivative g . (|W| z) / rms(W) has E|.| = sqrt(2/pi)
     ||W * g||_2 / rms(W): the element-wise saliency |W g| of first-order's score, in ell-2."""
-    w = weight.detach().to(z.device, torch.float32).abs()
-    return z * (w / w.pow(2).mean().sqrt())
+    w = weight.detach().float().abs()  # on the weight's device: z (drawn on the CPU) goes to it, not W to z
+    return z.to(w.device) * (w / w.pow(2).mean().sqrt())
 
 
 def ordered_blocks(towers: Sequence[Tower]) -> list[Block]:
