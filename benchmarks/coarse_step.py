@@ -41,6 +41,7 @@ VARIANTS = [
     "zeroth-order-sampled",
     "zeroth-order-linear",
     "zeroth-order-sampled-linear",
+    "zeroth-order-sampled-weighted",
     "first-order",
 ]
 
@@ -100,11 +101,11 @@ def run_variant(args: argparse.Namespace) -> dict:
         scores = zeroth_order_scores(adapter, towers, batch, micro_batch=micro_batch, seed=seed)
     elif variant == "zeroth-order-block":
         scores = zeroth_order_scores(adapter, towers, batch, micro_batch=micro_batch, seed=seed, level="block")
-    elif variant in ("zeroth-order-fast", "zeroth-order-sampled"):
+    elif variant in ("zeroth-order-fast", "zeroth-order-sampled", "zeroth-order-sampled-weighted"):
         level = "block" if variant == "zeroth-order-fast" else "sampled"
         scores = zeroth_order_scores(
             adapter, towers, batch, micro_batch=micro_batch, seed=seed, level=level, difference="forward",
-            num_noise=args.zo_noise if level == "sampled" else 1,
+            num_noise=args.zo_noise if level == "sampled" else 1, weighted=variant.endswith("weighted"),
         )  # fmt: skip
     elif variant == "zeroth-order-linear":
         scores = zeroth_order_scores(adapter, towers, batch, micro_batch=micro_batch, seed=seed, head="linear")
@@ -188,6 +189,8 @@ def report(results: dict[str, dict], args: argparse.Namespace) -> dict:
         "time_ratio_sampled_linear_vs_first_order": ("zeroth-order-sampled-linear", "first-order", "seconds"),
         "speedup_fast_vs_exact": ("zeroth-order", "zeroth-order-fast", "seconds"),
         "speedup_sampled_vs_exact": ("zeroth-order", "zeroth-order-sampled", "seconds"),
+        "time_ratio_sampled_weighted_vs_sampled": ("zeroth-order-sampled-weighted", "zeroth-order-sampled", "seconds"),
+        "time_ratio_sampled_weighted_vs_first_order": ("zeroth-order-sampled-weighted", "first-order", "seconds"),
         "peak_ratio_zeroth_vs_first_order": ("zeroth-order", "first-order", "peak_rss_mb"),
         "peak_ratio_zeroth_vs_plain_forward": ("zeroth-order", "plain-forward", "peak_rss_mb"),
     }
