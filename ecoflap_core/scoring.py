@@ -100,12 +100,18 @@ def perturbation(weight: torch.Tensor, seed: int) -> torch.Tensor:
     return z if weight.device.type == "meta" else z.to(weight.device)
 
 
-def weight_scaled(z: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """z * |W| / rms(W): a perturbation of each weight in proportion to its magnitude, of the same mean square as
-    z's (so one eps serves both). Its directional derivative g . (|W| z) / rms(W) has E|.| = sqrt(2/pi)
-    ||W * g||_2 / rms(W): the element-wise saliency |W g| of first-order's score, in ell-2."""
-    w = weight.detach().float().abs()  # on the weight's device: z (drawn on the CPU) goes to it, not W to z
-    return z.to(w.device) * (w / w.pow(2).mean().sqrt())
+def weight_profile(weight: torch.Tensor) -> torch.Tensor:
+    """|W| / rms(W), fp32 on the weight's device: what :func:`weight_scaled` multiplies z by."""
+    w = weight.detach().float().abs()
+    return w / w.pow(2).mean().sqrt()
+
+
+def weight_scaled(z: torch.Tensor, profile: torch.Tensor) -> torch.Tensor:
+    """z * |W| / rms(W) (``profile`` from :func:`weight_profile`): a perturbation of each weight in proportion to
+    its magnitude, of the same mean square as z's (so one eps serves both). Its directional derivative
+    g . (|W| z) / rms(W) has E|.| = sqrt(2/pi) ||W * g||_2 / rms(W): the element-wise saliency |W g| of
+    first-order's score, in ell-2. z (drawn on the CPU) goes to the weight's device, not W to z's."""
+    return z.to(profile.device) * profile
 
 
 def ordered_blocks(towers: Sequence[Tower]) -> list[Block]:
@@ -162,8 +168,9 @@ def perturbed(
 
     def hook(module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
         zs = layers[module]
-        if weighted:
-            zs = [None if z is None else weight_scaled(z, module.weight) for z in zs]
+        if weighted:  # the profile once per pass, shared by the groups that perturb this layer
+            profile = weight_profile(module.weight)
+            zs = [None if z is None else weight_scaled(z, profile) for z in zs]
         samples = len(zs) * group_size  # OPT flattens [B, T, d] to [B * T, d] before its MLP
         x = args[0].reshape(samples, -1, args[0].shape[-1])
         out = output.view(samples, -1, output.shape[-1])
@@ -488,10 +495,11 @@ def zeroth_order_scores_naive(
     with torch.no_grad():
         for name, layer in layers.items():
             original = layer.weight.detach().clone()
+            profile = weight_profile(original) if weighted else None
             for g, group in enumerate(groups):
                 for noise in range(num_noise):
                     z = perturbation(layer.weight, perturbation_seed(seed, index[name], g, noise))
-                    z = weight_scaled(z, original).to(layer.weight.dtype) if weighted else z
+                    z = weight_scaled(z, profile).to(layer.weight.dtype) if profile is not None else z
                     layer.weight.add_(z, alpha=eps)
                     plus = adapter.loss(group).double().mean()
                     layer.weight.add_(z, alpha=-step)  # to W - eps z (central) or back to W (forward)
