@@ -99,6 +99,24 @@ def allocation(config: RunConfig, scores: dict[str, float], layers: list[LayerIn
     return allocate(layers, config, resolve_methods(registries, config).allocator, scores).sparsity
 
 
+def measure(config: RunConfig, setting: dict[str, Any], scores: dict[str, float], first_scores: dict[str, float],
+            reference: dict[str, float], layers: list[LayerInfo], smooths: list[int],
+            registries: Any) -> list[dict[str, Any]]:  # fmt: skip
+    """One row per smoothing window: ``scores`` allocated under ``config`` with it, against first-order's blocks
+    (``reference``) and scores; each row printed."""
+    rows = []
+    for smooth in smooths:
+        sparsity = allocation(config.model_copy(update={"smooth_blocks": smooth}), scores, layers, registries)
+        ours = block_sparsity(sparsity, layers)
+        row = setting | {"smooth_blocks": smooth, "spearman": spearman(scores, first_scores),
+                         "language_distance": distance(ours, reference, layers, "language"),
+                         "vision_distance": distance(ours, reference, layers, "vision"),
+                         "split": tower_split(sparsity, layers)}  # fmt: skip
+        rows.append(row)
+        print(line(row), flush=True)
+    return rows
+
+
 def line(row: dict[str, Any]) -> str:
     draws = f"noise {row['zo_noise']}" if "zo_noise" in row else "expected"  # expected: no draws, their limit
     setting = (
@@ -138,36 +156,17 @@ def main() -> None:
             batch = calibration_batch(model, first, first.score_nsamples, first.score_seqlen)
             limits = expected_scores(model, select_towers(model.towers(), first.towers), batch)
             for variant, scores in limits.items():
-                for smooth in args.smooth:
-                    config = first.model_copy(update={"smooth_blocks": smooth})
-                    sparsity = allocation(config, scores, layers, registries)
-                    ours = block_sparsity(sparsity, layers)
-                    row = {"zo_variant": variant, "seed": seed, "score_nsamples": nsamples, "smooth_blocks": smooth,
-                           "spearman": spearman(scores, first_scores),
-                           "language_distance": distance(ours, reference, layers, "language"),
-                           "vision_distance": distance(ours, reference, layers, "vision"),
-                           "split": tower_split(sparsity, layers), "coarse_s": 0.0}  # fmt: skip
-                    rows.append(row)
-                    print(line(row), flush=True)
+                setting = {"zo_variant": variant, "seed": seed, "score_nsamples": nsamples, "coarse_s": 0.0}
+                rows += measure(first, setting, scores, first_scores, reference, layers, args.smooth, registries)
         for variant, noise in itertools.product(args.variants, args.noise):
             config = RunConfig.build(
                 **base, scorer="zeroth-order", zo_noise=noise, zo_variant=variant, zo_difference=args.difference
             )
-            document = coarse(config, registries)
-            scores, seconds = document["scores"], document["seconds"]  # the step's own time, cached or not
-            for smooth in args.smooth:
-                smoothed = config.model_copy(update={"smooth_blocks": smooth})
-                sparsity = allocation(smoothed, scores, layers, registries)
-                ours = block_sparsity(sparsity, layers)
-                split = tower_split(sparsity, layers)
-                row = {"zo_variant": variant, "zo_difference": args.difference, "seed": seed,
-                       "score_nsamples": nsamples, "zo_noise": noise,
-                       "smooth_blocks": smooth, "spearman": spearman(scores, first_scores),
-                       "language_distance": distance(ours, reference, layers, "language"),
-                       "vision_distance": distance(ours, reference, layers, "vision"), "split": split,
-                       "coarse_s": seconds}  # fmt: skip
-                rows.append(row)
-                print(line(row), flush=True)
+            document = coarse(config, registries)  # its seconds: the step's own time, cached or not
+            setting = {"zo_variant": variant, "zo_difference": args.difference, "seed": seed,
+                       "score_nsamples": nsamples, "zo_noise": noise, "coarse_s": document["seconds"]}  # fmt: skip
+            rows += measure(config, setting, document["scores"], first_scores, reference, layers, args.smooth,
+                            registries)  # fmt: skip
     write_json(args.output, {"git_hash": git_hash(), "versions": versions(), "budget": args.budget, "rows": rows})
 
 
