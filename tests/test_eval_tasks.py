@@ -162,6 +162,42 @@ def test_vqa_oracle_scores_one_and_wrong_scores_zero(vqa_dir: Path) -> None:
     assert only_rank.metrics == {"rank_acc": 1.0} and only_rank.n_samples == 2
 
 
+class SharedPassVqa(OracleVqa):
+    """An adapter whose ``answer_and_rank`` shares one prompt pass; its separate methods answer wrongly, so a
+    task that calls them instead scores zero."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shared = 0
+
+    def answer_and_rank(self, images, questions, candidates):
+        self.shared += 1
+        return OracleVqa.answer_questions(self, images, questions), OracleVqa.rank_answers(
+            self, images, questions, candidates
+        )
+
+    answer_questions = WrongVqa.answer_questions
+    rank_answers = WrongVqa.rank_answers
+
+
+def test_vqa_both_modes_come_from_the_shared_prompt_pass(vqa_dir: Path) -> None:
+    from ecoflap.evaluation.tasks.vision import VqaTask
+
+    adapter = SharedPassVqa()
+    both = VqaTask().run(adapter, TaskOptions(data_dir=vqa_dir, extra={"mode": "both", "batch_size": 3}))
+    assert both.metrics == {"acc": 1.0, "invalid_rate": 0.0, "rank_acc": 1.0}
+    assert adapter.shared == 2  # one call per batch of 3 (4 questions)
+    alone = VqaTask().run(adapter, TaskOptions(data_dir=vqa_dir, extra={"mode": "generate"}))
+    assert alone.metrics == {"acc": 0.0, "invalid_rate": 1.0} and adapter.shared == 2
+
+
+def test_vqa_unknown_mode_is_one_clear_error_before_any_answer(vqa_dir: Path) -> None:
+    from ecoflap.evaluation.tasks.vision import VqaTask
+
+    with pytest.raises(EcoflapError, match=r"mode='ranked' must be one of generate, rank, both"):
+        VqaTask.describe_data(TaskOptions(data_dir=vqa_dir, extra={"mode": "ranked"}))
+
+
 def test_gqa_format(tmp_path: Path) -> None:
     from ecoflap.evaluation.tasks.vision import VqaTask
 

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Any
-
-from ecoflap.core.datasets.easy_vqa import Question, Split, answers, image_paths
 
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -104,30 +101,3 @@ def exact_match(answer: str, target: str) -> float:
 def is_valid(answer: str, vocabulary: set[str]) -> bool:
     """Whether the normalised answer is one of the (normalised) candidate answers."""
     return normalize_answer(answer) in vocabulary
-
-
-def vqa_scores(adapter: Any, sample: Sequence[Question], split: Split = "test") -> dict[str, Any]:
-    """VQA accuracy of ``adapter`` on ``sample`` by open generation (the official VQA accuracy with its
-    answer normalisation; easy-vqa's one answer stands for all ten human answers) and by ranking the 13
-    candidate answers, the yes/no and other-question accuracies, and the share of invalid answers."""
-    paths = image_paths(split)
-    candidates = answers()
-    vocabulary = {normalize_answer(c) for c in candidates}
-    images, texts = [paths[q.image_id] for q in sample], [q.question for q in sample]
-    if hasattr(adapter, "answer_and_rank"):
-        generated, ranked = adapter.answer_and_rank(images, texts, candidates)
-    else:
-        generated, ranked = adapter.answer_questions(images, texts), adapter.rank_answers(images, texts, candidates)
-    acc = [vqa_accuracy(a, [q.answer] * 10) for a, q in zip(generated, sample, strict=True)]
-    yes_no = [i for i, q in enumerate(sample) if q.answer in ("yes", "no")]
-    other = sorted(set(range(len(sample))) - set(yes_no))
-    mean = lambda idx: sum(acc[i] for i in idx) / len(idx) if idx else float("nan")  # noqa: E731
-    return {
-        "vqa_generate": mean(range(len(sample))),
-        "vqa_generate_yes_no": mean(yes_no),
-        "vqa_generate_other": mean(other),
-        "vqa_rank": sum(a == q.answer for a, q in zip(ranked, sample, strict=True)) / len(sample),
-        "invalid_rate": sum(not is_valid(a, vocabulary) for a in generated) / len(sample),
-        "n_questions": len(sample),
-        "examples": [f"{q.question} -> {a!r} (truth {q.answer})" for q, a in zip(sample[:3], generated, strict=False)],
-    }
