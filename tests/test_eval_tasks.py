@@ -171,10 +171,15 @@ class SharedPassVqa(OracleVqa):
         self.shared = 0
 
     def answer_and_rank(self, images, questions, candidates):
+        """Log-likelihood -1 for the true colour and -0.2 for one wrong candidate: answer_nll is 1 only if it
+        reads the true answer's column (the best candidate's would give 0.2)."""
         self.shared += 1
-        return OracleVqa.answer_questions(self, images, questions), OracleVqa.rank_answers(
-            self, images, questions, candidates
-        )
+        loglik = torch.full((len(images), len(candidates)), -5.0)
+        for i, image in enumerate(images):
+            truth = candidates.index(colour_of(image))
+            loglik[i, truth], loglik[i, (truth + 1) % len(candidates)] = -1.0, -0.2
+        generated = OracleVqa.answer_questions(self, images, questions)
+        return generated, OracleVqa.rank_answers(self, images, questions, candidates), loglik
 
     answer_questions = WrongVqa.answer_questions
     rank_answers = WrongVqa.rank_answers
@@ -185,10 +190,17 @@ def test_vqa_both_modes_come_from_the_shared_prompt_pass(vqa_dir: Path) -> None:
 
     adapter = SharedPassVqa()
     both = VqaTask().run(adapter, TaskOptions(data_dir=vqa_dir, extra={"mode": "both", "batch_size": 3}))
-    assert both.metrics == {"acc": 1.0, "invalid_rate": 0.0, "rank_acc": 1.0}
+    assert both.metrics == {"acc": 1.0, "invalid_rate": 0.0, "rank_acc": 1.0, "answer_nll": 1.0}
     assert adapter.shared == 2  # one call per batch of 3 (4 questions)
     alone = VqaTask().run(adapter, TaskOptions(data_dir=vqa_dir, extra={"mode": "generate"}))
     assert alone.metrics == {"acc": 0.0, "invalid_rate": 1.0} and adapter.shared == 2
+
+
+def test_answer_nll_reads_the_most_common_normalised_human_answer() -> None:
+    from ecoflap.evaluation.tasks.vision import reference_answer
+
+    assert reference_answer(["Two", "2", "three", "3", "three."]) == "3"  # "two" -> "2" twice, "3" three times
+    assert reference_answer(["Red", "blue"]) == "red"  # a tie: the first
 
 
 def test_vqa_unknown_mode_is_one_clear_error_before_any_answer(vqa_dir: Path) -> None:

@@ -94,10 +94,13 @@ def test_batched_answers_equal_one_at_a_time(adapter, pairs) -> None:
     alone = [adapter.answer_questions([i], [q])[0] for i, q in zip(images, questions, strict=True)]
     assert together == alone
     candidates = easy_vqa.answers()
-    assert adapter.answer_and_rank(images, questions, candidates) == (
-        together,
-        adapter.rank_answers(images, questions, candidates),
-    )
+    generated, ranked, loglik = adapter.answer_and_rank(images, questions, candidates)
+    assert (generated, ranked) == (together, adapter.rank_answers(images, questions, candidates))
+    assert loglik.shape == (4, len(candidates)) and ranked == [candidates[i] for i in loglik.argmax(1).tolist()]
+    with torch.no_grad():
+        first, cache, mask = adapter._prompt_pass(adapter.vqa_batch(images, questions, None))
+        alone = adapter._candidate_logprobs(candidates, first, cache, mask)
+    assert torch.allclose(loglik, alone, atol=1e-5)  # the rank scores, which equal the training loss (above)
     assert adapter.rank_answers(images, questions, candidates) == [
         adapter.rank_answers([i], [q], candidates)[0] for i, q in zip(images, questions, strict=True)
     ]

@@ -11,7 +11,7 @@ The official script (GT-Vision-Lab/VQA, copied verbatim into LAVIS's ``vqa_tools
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 CONTRACTIONS = {
     "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
@@ -98,6 +98,6 @@ def exact_match(answer: str, target: str) -> float:
     return float(normalize_answer(answer) == target)
 
 
-def is_valid(answer: str, vocabulary: set[str]) -> bool:
+def is_valid(answer: str, vocabulary: Collection[str]) -> bool:
     """Whether the normalised answer is one of the (normalised) candidate answers."""
     return normalize_answer(answer) in vocabulary

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -36,10 +38,16 @@ class VqaTask(Task):
 
     name = "vqa"
     capability = "visual-question-answerer"
-    metrics = (Metric("acc"), Metric("invalid_rate", higher_is_better=False), Metric("rank_acc"))
+    version = "1.1"  # 1.1: answer_nll
+    metrics = (
+        Metric("acc"),
+        Metric("invalid_rate", higher_is_better=False),
+        Metric("rank_acc"),
+        Metric("answer_nll", higher_is_better=False),
+    )
     description = (
         "VQAv2 / OK-VQA / GQA accuracy [easy-vqa test]; task args mode=generate|rank|both, "
-        "split=test|validation (the default data's)"
+        "split=test|validation (the default data's); answer_nll where the model scores candidates in one pass"
     )
 
     @classmethod
@@ -69,17 +77,20 @@ class VqaTask(Task):
         mode = arg(options, "mode", "both")
         questions = data.questions if options.limit is None else data.questions[: options.limit]
         score = vqa_accuracy if data.format == "vqav2" else lambda a, humans: exact_match(a, humans[0])
-        vocabulary = {normalize_answer(c) for c in data.candidates}
-        per: dict[str, list[float]] = {"acc": [], "invalid_rate": [], "rank_acc": []}
+        vocabulary = {normalize_answer(c): j for j, c in enumerate(data.candidates)}
+        per: dict[str, list[float]] = {"acc": [], "invalid_rate": [], "rank_acc": [], "answer_nll": []}
         bar = options.progress(total=len(questions), desc=self.name)
         for batch in batches(questions, arg(options, "batch_size", BATCH, int)):
             images, texts = load_images([q.image for q in batch]), [q.question for q in batch]
-            generated, ranked = vqa_answers(adapter, mode, images, texts, data.candidates)
+            generated, ranked, loglik = vqa_answers(adapter, mode, images, texts, data.candidates)
             for q, answer in zip(batch, generated, strict=True) if generated is not None else ():
                 per["acc"].append(score(answer, q.answers))
                 per["invalid_rate"].append(float(not is_valid(answer, vocabulary)))
             for q, answer in zip(batch, ranked, strict=True) if ranked is not None else ():
                 per["rank_acc"].append(score(answer, q.answers))
+            for i, q in enumerate(batch) if loglik is not None else ():
+                if (j := vocabulary.get(reference_answer(q.answers))) is not None:
+                    per["answer_nll"].append(-float(loglik[i, j]))
             bar.update(len(batch))
         bar.close()
         kept = {name: values for name, values in per.items() if values}
@@ -90,15 +101,22 @@ class VqaTask(Task):
 
 def vqa_answers(
     adapter: Any, mode: str, images: list[Any], texts: list[str], candidates: list[str]
-) -> tuple[list[str] | None, list[str] | None]:
-    """The generated and the ranked answers that ``mode`` asks for (None for the other). For ``both``, an
-    adapter with ``answer_and_rank`` gives the two from one shared prompt pass (the same answers as its two
-    methods, at about half the cost: the image encoder and the prompt run once)."""
+) -> tuple[list[str] | None, list[str] | None, torch.Tensor | None]:
+    """The generated and the ranked answers that ``mode`` asks for (None for the other), and the candidates'
+    log-likelihoods ``[questions, candidates]`` where the adapter gives them. For ``both``, an adapter with
+    ``answer_and_rank`` gives all three from one shared prompt pass (the same answers as its two methods, at
+    about half the cost: the image encoder and the prompt run once)."""
     if mode == "both" and hasattr(adapter, "answer_and_rank"):
         return adapter.answer_and_rank(images, texts, candidates)
     generated = adapter.answer_questions(images, texts) if mode in ("generate", "both") else None
     ranked = adapter.rank_answers(images, texts, candidates) if mode in ("rank", "both") else None
-    return generated, ranked
+    return generated, ranked, None
+
+
+def reference_answer(answers: Sequence[str]) -> str:
+    """The answer whose negative log-likelihood ``answer_nll`` averages: the most common normalised human
+    answer (the first of equally common ones; GQA's and easy-vqa's one answer)."""
+    return Counter(normalize_answer(a) for a in answers).most_common(1)[0][0]
 
 
 class CaptioningTask(Task):

@@ -132,18 +132,22 @@ class MiniBlip2Adapter(ModelAdapter):
     @torch.no_grad()
     def answer_and_rank(
         self, images: Sequence[Any], questions: Sequence[str], candidates: Sequence[str]
-    ) -> tuple[list[str], list[str]]:
-        """Open-generation answers and ranked answers from one shared prompt pass per micro-batch."""
+    ) -> tuple[list[str], list[str], torch.Tensor]:
+        """Open-generation answers, ranked answers and the ``[len(images), len(candidates)]`` log-likelihoods
+        that ranked them (sums of each candidate's token log-probabilities), from one shared prompt pass per
+        micro-batch."""
         generated: list[str] = []
         ranked: list[str] = []
+        loglik: list[torch.Tensor] = []
         size = self.generation.micro_batch
         for start in range(0, len(images), size):
             batch = self.vqa_batch(images[start : start + size], questions[start : start + size], None)
             first, cache, mask = self._prompt_pass(batch)
             scores = self._candidate_logprobs(candidates, first, cache, mask)  # copies the cache
             ranked.extend(candidates[i] for i in scores.argmax(1).tolist())
+            loglik.append(scores.cpu())
             generated.extend(self._generate(first, cache, mask))  # grows the cache
-        return generated, ranked
+        return generated, ranked, torch.cat(loglik)
 
     def _chunked(self, images: Sequence[Any], texts: Sequence[str], fn: Any) -> list[str]:
         size = self.generation.micro_batch
