@@ -37,16 +37,27 @@ whose noise-free limit lies closest to first-order's allocation (benchmarks/zo_d
 default's cost and once with six rounds smoothed over 3 (the setting closest to that limit on seed 42's distances,
 at about 9x first-order's coarse time).
 
+The answers' likelihood (``--measure answer-nll``, the rule since 2026-12-02, fixed before its runs): accuracy
+by generation could not resolve the candidates (per-seed gaps of -21 to +14 points; allocations 0.002 apart in
+tower split answered 20 points apart), so the mini-blip2 side is judged instead by the validation questions'
+``answer_nll`` (the vqa task's mean negative log-likelihood of the true answer, a smooth function of the
+weights): the gap to first-order is the answers' perplexity ratio, 100 * (exp(nll - nll_first_order) - 1)
+percent, and passes at <= +5% like SmolLM2's word perplexity; worst = max(both percents / 5); the rest as above.
+Candidates judged by it: the two smoothed ones of the last rule (grad-mag-abs and weight-scaled over 5 blocks) and
+six rounds of weight-scaled over 3, with first-order re-run beside them.
+
     python benchmarks/zo_choice.py --stage validation --seeds 42 1 2 --rows <candidates> first-order \
         -o benchmarks/results/zo_choice_seeds_vqa.json
     python benchmarks/zo_choice.py --stage smollm2-validation --seeds 42 1 2 \
         -o benchmarks/results/zo_choice_seeds_smollm2.json
-    python benchmarks/zo_choice.py --choose
+    python benchmarks/zo_choice.py --choose                         # the answers' likelihood (now)
+    python benchmarks/zo_choice.py --choose --measure accuracy      # generation accuracy (until 2026-12-02)
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -122,6 +133,7 @@ CANDIDATES = (
 )
 DEFAULT_SEED = 42
 TASKS = ("vqa", "wikitext")
+MEASURES = ("answer-nll", "accuracy")  # the mini-blip2 side of the seeds rule: its rule now, and the one before
 
 
 def exact_twin(label: str) -> str:
@@ -199,11 +211,23 @@ def machine_of(row: dict[str, Any], path: Path) -> str:
     return repr(sorted(versions.items())) if versions else str(path)
 
 
-def paired(files: dict[Path, list[dict[str, Any]]], names: Iterable[str],
-           reference: str = "first-order") -> dict[str, dict[tuple[str, float], list[float]]]:  # fmt: skip
+def gap_to(row: dict[str, Any], other: dict[str, Any], task: str, measure: str) -> float | None:
+    """``row``'s gap to ``other`` on ``task``: accuracy points or the answers' perplexity percent (VQA, by
+    ``measure``; None where a row lacks ``answer_nll``, recorded since vqa 1.1), word perplexity percent (WikiText)."""
+    if task == "wikitext":
+        return 100 * (metric(row, task, "word_perplexity") / metric(other, task, "word_perplexity") - 1)
+    if measure == "accuracy":
+        return 100 * (metric(row, "vqa", "acc") - metric(other, "vqa", "acc"))
+    if any("answer_nll,none" not in r["results"]["vqa"] for r in (row, other)):
+        return None
+    return 100 * (math.exp(metric(row, "vqa", "answer_nll") - metric(other, "vqa", "answer_nll")) - 1)
+
+
+def paired(files: dict[Path, list[dict[str, Any]]], names: Iterable[str], reference: str = "first-order",
+           measure: str = "accuracy") -> dict[str, dict[tuple[str, float], list[float]]]:  # fmt: skip
     """Each named row's gaps to ``reference`` at the same seed and sparsity on the same machine (the same run key
-    gives other numbers on another processor), by task and sparsity: accuracy points (VQA), perplexity percent
-    (WikiText)."""
+    gives other numbers on another processor), by task and sparsity (``gap_to``). Of rows with the same key on one
+    machine the last file's counts (files in name order)."""
     found: dict[str, dict[tuple[str, float], list[float]]] = {name: {} for name in names}
     machines: dict[str, list[dict[str, Any]]] = {}
     for path, rows in files.items():
@@ -215,18 +239,16 @@ def paired(files: dict[Path, list[dict[str, Any]]], names: Iterable[str],
             other = by_key.get((reference, sparsity, seed, task))
             if name not in found or other is None:
                 continue
-            if task == "vqa":
-                gap = 100 * (metric(r, "vqa", "acc") - metric(other, "vqa", "acc"))
-            else:
-                gap = 100 * (metric(r, task, "word_perplexity") / metric(other, task, "word_perplexity") - 1)
-            found[name].setdefault((task, sparsity), []).append(gap)
+            gap = gap_to(r, other, task, measure)
+            if gap is not None:
+                found[name].setdefault((task, sparsity), []).append(gap)
     return found
 
 
-def gaps(files: dict[Path, list[dict[str, Any]]]) -> dict[str, dict[str, list[float]]]:
+def gaps(files: dict[Path, list[dict[str, Any]]], measure: str) -> dict[str, dict[str, list[float]]]:
     """Each candidate's gaps to first-order (``paired``), both sparsities together, by task."""
     return {name: {task: [g for (t, _), values in by.items() if t == task for g in values] for task in TASKS}
-            for name, by in paired(files, CANDIDATES).items()}  # fmt: skip
+            for name, by in paired(files, CANDIDATES, measure=measure).items()}  # fmt: skip
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -262,15 +284,17 @@ def seed_report(files: dict[Path, list[dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def choose(files: dict[Path, list[dict[str, Any]]]) -> str:
+def choose(files: dict[Path, list[dict[str, Any]]], measure: str = "answer-nll") -> str:
     """The rule of the docstring, on every seed row: the cheapest passing candidate, else the least bad."""
     lines, worst, at_least, unjudged = [], {}, {}, []
-    for name, gap in gaps(files).items():
+    for name, gap in gaps(files, measure).items():
         points = sum(gap["vqa"]) / len(gap["vqa"]) if gap["vqa"] else None
         percent = sum(gap["wikitext"]) / len(gap["wikitext"]) if gap["wikitext"] else None
         pairs = f"{len(gap['vqa'])} VQA / {len(gap['wikitext'])} WikiText pairs"
         shown, known = [], []  # the stages it has: as printed, and as a share of their target
-        if points is not None:
+        if points is not None and measure == "answer-nll":
+            shown, known = [f"{points:+.1f}% answer perplexity"], [points / 5]
+        elif points is not None:
             shown, known = [f"{points:+.1f} points"], [-points / 2]
         if percent is not None:
             shown, known = [*shown, f"{percent:+.1f}% perplexity"], [*known, percent / 5]
@@ -298,6 +322,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stage", choices=list(STAGES))
     parser.add_argument("--choose", action="store_true", help="apply the seeds rule to zo_choice_seeds_*.json")
+    parser.add_argument("--measure", choices=MEASURES, default=MEASURES[0], help="mini-blip2's side of --choose")
     parser.add_argument("--report", type=Path, nargs="+", help="the seed report over these test tables together")
     parser.add_argument("--zo", choices=list(ZEROTH), help="the zeroth-order row chosen on validation")
     parser.add_argument("--rows", nargs="+", default=[], help="run these rows only (labels as printed)")
@@ -309,7 +334,7 @@ def main() -> None:
         print(seed_report({path: Table(path).rows for path in args.report}))
         return
     if args.choose:
-        print(choose({path: Table(path).rows for path in sorted(RESULTS.glob("zo_choice_seeds_*.json"))}))
+        print(choose({path: Table(path).rows for path in sorted(RESULTS.glob("zo_choice_seeds_*.json"))}, args.measure))
         return
     if args.stage is None:
         parser.error("give --stage (or --choose)")
