@@ -14,6 +14,7 @@ from ecoflap.core.devices import check_device_name, device_identity, resolve_dev
 from ecoflap.core.errors import EcoflapError, describe_validation_error
 from ecoflap.core.provenance import SCORER_DEFAULTS, ZO_KEYS_BEFORE, ZO_SMOOTH_BLOCKS, fingerprint
 from ecoflap.core.pruning import NMPattern
+from ecoflap.core.scoring import FirstOrderVariant, ZerothOrderVariant
 
 #: seeds reach numpy (lm-eval seeds it), whose seeds are unsigned 32-bit integers
 MAX_SEED = 2**32 - 1
@@ -112,15 +113,13 @@ class PruneConfig(BaseModel):
         description="the loss head in each perturbed pass: full, or linear (g . (h' - h) at the head's input; "
         "causal LMs)",
     )
-    zo_variant: Literal["grad-only", "grad-mag-abs", "grad-mag-square", "grad-mag-mean", "weight-scaled"] = Field(
+    zo_variant: ZerothOrderVariant = Field(
         SCORER_DEFAULTS["zo_variant"],
         description="zeroth-order score per tensor: s, s * sum|W| or s^2 * sum W^2 (MEZO-*), or s * sum|W| / "
         "sqrt(numel) (first-order's sum |W||g| as s estimates it), or weight-scaled (s along z * |W| / rms(W), "
         "times ||W||_2: first-order's sum |W g| element by element)",
     )
-    fo_variant: Literal["grad-mag-abs", "grad-only", "grad-mag-square"] = Field(
-        SCORER_DEFAULTS["fo_variant"], description="first-order score variant"
-    )
+    fo_variant: FirstOrderVariant = Field(SCORER_DEFAULTS["fo_variant"], description="first-order score variant")
 
     # group "owl / dlp" (the reference defaults: OWL's LLaMA-7B script, DLP's run.py)
     owl_m: float = Field(5.0, gt=0.0, le=1e6, allow_inf_nan=False, description="OWL: outlier above M x block mean")
