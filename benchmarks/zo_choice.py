@@ -265,23 +265,32 @@ def paired_gap(gap: list[float]) -> str:
 
 
 def seed_report(files: dict[Path, list[dict[str, Any]]]) -> str:
-    """Over seeds (mini-blip2): each row's mean generation accuracy, and its mean gap to first-order at the same
-    seed, each with its standard error across seeds."""
-    rows = [r for table in files.values() for r in table]
+    """Over seeds (mini-blip2): each row's mean generation accuracy and answer_nll (where every seed has it), and
+    their mean gaps to first-order at the same seed (points; answer perplexity percent), with standard errors
+    across seeds. Of rows with the same key on one machine the last file's counts, as in ``paired``."""
+    keyed = {(machine_of(r, path), r["name"], r["sparsity"], r.get("seed", DEFAULT_SEED)): r
+             for path, table in files.items() for r in table}  # fmt: skip
+    rows = list(keyed.values())
     names = list(dict.fromkeys(r["name"] for r in rows))
-    gaps_by = paired(files, names)
-    lines = ["| row | sparsity | seeds | generate, mean ± SE | points to first-order, mean ± SE |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    by_measure = {measure: paired(files, names, measure=measure) for measure in MEASURES}
+    lines = ["| row | sparsity | seeds | generate, mean ± SE | points to first-order | answer_nll, mean ± SE "
+             "| answer perplexity to first-order |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for sparsity in sorted({r["sparsity"] for r in rows}):
         for name in names:
-            accs = [metric(r, "vqa", "acc") for r in rows if r["name"] == name and r["sparsity"] == sparsity]
-            if not accs:
+            chosen = [r for r in rows if r["name"] == name and r["sparsity"] == sparsity]
+            if not chosen:
                 continue
-            acc, acc_se = mean_se(accs)
-            gap = gaps_by[name].get(("vqa", sparsity))
-            shown = "-" if name == "first-order" or not gap else paired_gap(gap)
-            lines.append(f"| {name} | {sparsity:.0%} | {len(accs)} | {acc:.3f} ± {acc_se:.3f} | {shown} |")
+            cells = [f"{len(chosen)}", "{:.3f} ± {:.3f}".format(*mean_se([metric(r, "vqa", "acc") for r in chosen]))]
+            cells.append(_gap_cell(by_measure["accuracy"][name].get(("vqa", sparsity)), name))
+            nll = [metric(r, "vqa", "answer_nll") for r in chosen if "answer_nll,none" in r["results"]["vqa"]]
+            cells.append("{:.3f} ± {:.3f}".format(*mean_se(nll)) if len(nll) == len(chosen) else "-")
+            cells.append(_gap_cell(by_measure["answer-nll"][name].get(("vqa", sparsity)), name))
+            lines.append(f"| {name} | {sparsity:.0%} | {' | '.join(cells)} |")
     return "\n".join(lines)
+
+
+def _gap_cell(gap: list[float] | None, name: str) -> str:
+    return "-" if name == "first-order" or not gap else paired_gap(gap)
 
 
 def choose(files: dict[Path, list[dict[str, Any]]], measure: str = "answer-nll") -> str:
