@@ -146,6 +146,9 @@ class StepMeasure:
     peak_rss_scope: str = "step"
     peak_device_mb: float | None = None
     device: str = "cpu"
+    #: torch's intra-op threads while the step ran: float sums round differently with another count, so a cached
+    #: step (scores, checkpoint) reused by a run at another count keeps the count that made its numbers
+    threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,7 +165,9 @@ def measure_step(device: torch.device | str = "cpu") -> Iterator[StepMeasure]:
     steps running at once in one process (a sweep with ``parallel`` > 1) share them."""
     device = torch.device(device)
     scope = "step" if reset_peak_rss() else "process"
-    measure = StepMeasure(start_rss_mb=rss_mb(), peak_rss_scope=scope, device=str(device))
+    measure = StepMeasure(
+        start_rss_mb=rss_mb(), peak_rss_scope=scope, device=str(device), threads=torch.get_num_threads()
+    )
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.reset_peak_memory_stats(device)

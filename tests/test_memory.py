@@ -41,6 +41,22 @@ def test_a_step_records_what_was_resident_when_it_began() -> None:
     del held
 
 
+def test_a_step_records_the_thread_count_that_made_its_numbers() -> None:
+    """The count while the step ran, not when it is read: a cached step keeps it when a run at another count
+    reuses it (float sums round differently; one seed's VQA answers moved by 5 points)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with measure_step() as one:
+            torch.ones(1000).sum()
+        torch.set_num_threads(2)
+        with measure_step() as two:
+            torch.ones(1000).sum()
+    finally:
+        torch.set_num_threads(before)
+    assert (one.threads, two.threads) == (1, 2) and one.to_dict()["threads"] == 1
+
+
 def test_report_and_results_block_carry_each_step(tmp_path: Path, toy_corpus: Path) -> None:
     config = PruneConfig.build(model="tiny-llama", corpus=str(toy_corpus), device="cpu", nsamples=4, seqlen=32,
                                score_nsamples=2, score_seqlen=16, granularity="layer")  # fmt: skip
@@ -55,6 +71,7 @@ def test_report_and_results_block_carry_each_step(tmp_path: Path, toy_corpus: Pa
     for step in report["steps"].values():
         assert step["seconds"] > 0 and step["peak_rss_mb"] > 0 and step["device"] == "cpu"
         assert step["peak_device_mb"] is None  # no GPU in use
+        assert step["threads"] == torch.get_num_threads()
     assert report["timings_s"]["fine"] == report["steps"]["fine"]["seconds"]
     assert report["peak_memory_mb"] == max(s["peak_rss_mb"] for s in report["steps"].values())
     assert report["config"]["device"] == "cpu" and report["device"] == {"device": "cpu"}

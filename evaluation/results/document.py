@@ -79,6 +79,7 @@ class StepEntry(BaseModel):
     peak_device_mb: float | None = Field(None, ge=0.0, allow_inf_nan=False)
     peak_rss_scope: str | None = Field(None, max_length=16)
     device: str | None = Field(None, max_length=32)
+    threads: int | None = Field(None, ge=1)
 
 
 class EcoflapBlock(BaseModel):
