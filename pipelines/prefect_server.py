@@ -10,18 +10,25 @@ Prefect's own calls find this instance: its servers are kept per port, and this 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import prefect
 from prefect.server.api.server import SubprocessASGIServer
-from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, get_current_settings
+from prefect.settings import (
+    PREFECT_API_URL,
+    PREFECT_HOME,
+    PREFECT_SERVER_EPHEMERAL_ENABLED,
+    get_current_settings,
+)
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
@@ -72,5 +79,22 @@ def ensure_temporary_server() -> str | None:
     if threading.current_thread() is not threading.main_thread() or _prctl() is None:
         return None
     server = BoundServer()  # the default instance: Prefect's SubprocessASGIServer() returns it from now on
-    server.start()
+    with one_start_at_a_time():
+        server.start()
     return server.api_url
+
+
+@contextlib.contextmanager
+def one_start_at_a_time() -> Iterator[None]:
+    """Hold an exclusive lock on ``PREFECT_HOME/ecoflap-server-start.lock`` while a server starts. Temporary servers
+    of one ``PREFECT_HOME`` share its SQLite database, and each migrates it at start-up: commands started at once
+    raced there (``UNIQUE constraint failed: block_type.slug``, ``NoSuchTableError: block``). The second start
+    waits for the first to be serving, then finds the database migrated."""
+    home = PREFECT_HOME.value()
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "ecoflap-server-start.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -98,3 +98,29 @@ def test_the_temporary_server_is_bound_only_from_the_main_thread(monkeypatch: py
             worker.start()
             worker.join()
     assert started == (["start"] if thread == "main" else [])
+
+
+def test_temporary_servers_of_one_prefect_home_start_one_at_a_time(tmp_path: Path) -> None:
+    """Servers sharing PREFECT_HOME migrate one SQLite database at start-up: a start waits for the lock that another
+    process holds (without it, commands started at once failed with UNIQUE constraint / NoSuchTableError)."""
+    from prefect.settings import PREFECT_HOME, temporary_settings
+
+    from ecoflap.pipelines.prefect_server import one_start_at_a_time
+
+    lock, marks = tmp_path / "ecoflap-server-start.lock", tmp_path / "marks"
+    holder = (
+        "import fcntl, pathlib, sys, time\n"
+        f"handle = open({str(lock)!r}, 'a'); fcntl.flock(handle, fcntl.LOCK_EX)\n"
+        f"marks = pathlib.Path({str(marks)!r}); marks.write_text('in')\n"
+        "time.sleep(1.0); marks.write_text('out'); fcntl.flock(handle, fcntl.LOCK_UN)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", holder])
+    try:
+        deadline = time.monotonic() + 30
+        while not marks.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert marks.read_text() == "in"  # the other process holds the lock now
+        with temporary_settings(updates={PREFECT_HOME: tmp_path}), one_start_at_a_time():
+            assert marks.read_text() == "out"  # entered only after it let go
+    finally:
+        child.wait(timeout=30)
