@@ -211,37 +211,43 @@ def machine_of(row: dict[str, Any], path: Path) -> str:
     return repr(sorted(versions.items())) if versions else str(path)
 
 
+def has_answer_nll(row: dict[str, Any]) -> bool:
+    """Whether the row's VQA result has ``answer_nll`` (recorded since vqa 1.1)."""
+    return "answer_nll,none" in row["results"]["vqa"]
+
+
 def gap_to(row: dict[str, Any], other: dict[str, Any], task: str, measure: str) -> float | None:
     """``row``'s gap to ``other`` on ``task``: accuracy points or the answers' perplexity percent (VQA, by
-    ``measure``; None where a row lacks ``answer_nll``, recorded since vqa 1.1), word perplexity percent (WikiText)."""
+    ``measure``; None where a row lacks ``answer_nll``), word perplexity percent (WikiText)."""
     if task == "wikitext":
         return 100 * (metric(row, task, "word_perplexity") / metric(other, task, "word_perplexity") - 1)
     if measure == "accuracy":
         return 100 * (metric(row, "vqa", "acc") - metric(other, "vqa", "acc"))
-    if any("answer_nll,none" not in r["results"]["vqa"] for r in (row, other)):
+    if not (has_answer_nll(row) and has_answer_nll(other)):
         return None
     return 100 * (math.exp(metric(row, "vqa", "answer_nll") - metric(other, "vqa", "answer_nll")) - 1)
+
+
+def latest_rows(files: dict[Path, list[dict[str, Any]]]) -> dict[tuple[str, str, float, int, str], dict[str, Any]]:
+    """Every row by (machine, name, sparsity, seed, task); of rows with one key the last file's counts (files in
+    name order): a row re-run later replaces its earlier copy, never adds to it."""
+    return {(machine_of(r, path), r["name"], r["sparsity"], r.get("seed", DEFAULT_SEED), task): r
+            for path, rows in files.items() for r in rows for task in r["results"]}  # fmt: skip
 
 
 def paired(files: dict[Path, list[dict[str, Any]]], names: Iterable[str], reference: str = "first-order",
            measure: str = "accuracy") -> dict[str, dict[tuple[str, float], list[float]]]:  # fmt: skip
     """Each named row's gaps to ``reference`` at the same seed and sparsity on the same machine (the same run key
-    gives other numbers on another processor), by task and sparsity (``gap_to``). Of rows with the same key on one
-    machine the last file's counts (files in name order)."""
+    gives other numbers on another processor), by task and sparsity (``gap_to``), over ``latest_rows``."""
     found: dict[str, dict[tuple[str, float], list[float]]] = {name: {} for name in names}
-    machines: dict[str, list[dict[str, Any]]] = {}
-    for path, rows in files.items():
-        for r in rows:
-            machines.setdefault(machine_of(r, path), []).append(r)
-    for rows in machines.values():
-        by_key = {(r["name"], r["sparsity"], r.get("seed", DEFAULT_SEED), t): r for r in rows for t in r["results"]}
-        for (name, sparsity, seed, task), r in by_key.items():
-            other = by_key.get((reference, sparsity, seed, task))
-            if name not in found or other is None:
-                continue
-            gap = gap_to(r, other, task, measure)
-            if gap is not None:
-                found[name].setdefault((task, sparsity), []).append(gap)
+    latest = latest_rows(files)
+    for (machine, name, sparsity, seed, task), r in latest.items():
+        other = latest.get((machine, reference, sparsity, seed, task))
+        if name not in found or other is None:
+            continue
+        gap = gap_to(r, other, task, measure)
+        if gap is not None:
+            found[name].setdefault((task, sparsity), []).append(gap)
     return found
 
 
@@ -267,10 +273,8 @@ def paired_gap(gap: list[float]) -> str:
 def seed_report(files: dict[Path, list[dict[str, Any]]]) -> str:
     """Over seeds (mini-blip2): each row's mean generation accuracy and answer_nll (where every seed has it), and
     their mean gaps to first-order at the same seed (points; answer perplexity percent), with standard errors
-    across seeds. Of rows with the same key on one machine the last file's counts, as in ``paired``."""
-    keyed = {(machine_of(r, path), r["name"], r["sparsity"], r.get("seed", DEFAULT_SEED)): r
-             for path, table in files.items() for r in table}  # fmt: skip
-    rows = list(keyed.values())
+    across seeds, over ``latest_rows``."""
+    rows = [r for key, r in latest_rows(files).items() if key[-1] == "vqa"]
     names = list(dict.fromkeys(r["name"] for r in rows))
     by_measure = {measure: paired(files, names, measure=measure) for measure in MEASURES}
     lines = ["| row | sparsity | seeds | generate, mean ± SE | points to first-order | answer_nll, mean ± SE "
@@ -282,7 +286,7 @@ def seed_report(files: dict[Path, list[dict[str, Any]]]) -> str:
                 continue
             cells = [f"{len(chosen)}", "{:.3f} ± {:.3f}".format(*mean_se([metric(r, "vqa", "acc") for r in chosen]))]
             cells.append(_gap_cell(by_measure["accuracy"][name].get(("vqa", sparsity)), name))
-            nll = [metric(r, "vqa", "answer_nll") for r in chosen if "answer_nll,none" in r["results"]["vqa"]]
+            nll = [metric(r, "vqa", "answer_nll") for r in chosen if has_answer_nll(r)]
             cells.append("{:.3f} ± {:.3f}".format(*mean_se(nll)) if len(nll) == len(chosen) else "-")
             cells.append(_gap_cell(by_measure["answer-nll"][name].get(("vqa", sparsity)), name))
             lines.append(f"| {name} | {sparsity:.0%} | {' | '.join(cells)} |")
