@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from scipy.stats import binomtest
+
 from ecoflap.core.provenance import git_hash, read_json, write_json
 from ecoflap.evaluation.results.method import method_label
 from ecoflap.evaluation.runner import tower_sparsity
@@ -114,6 +116,14 @@ def summary(row_: dict[str, Any]) -> str:
         return f"{split}VQA generate {metric(row_, 'vqa', 'acc'):.3f}, rank {metric(row_, 'vqa', 'rank_acc'):.3f}"
     word, token = metric(row_, "wikitext", "word_perplexity"), metric(row_, "wikitext", "token_perplexity")
     return f"{split}word ppl {word:.2f}, token ppl {token:.2f}"
+
+
+def wilson(row_: dict[str, Any]) -> tuple[float, float]:
+    """95% Wilson interval of a row's VQA generation accuracy over its ``questions``."""
+    n = row_["questions"]
+    k = round(metric(row_, "vqa", "acc") * n)
+    ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
+    return ci.low, ci.high
 
 
 def metric(row_: dict[str, Any], task: str, name: str) -> float:

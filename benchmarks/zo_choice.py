@@ -62,7 +62,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from job_table import RESULTS, Table, metric, summary, table_arguments
+from job_table import RESULTS, Table, metric, summary, table_arguments, wilson
 
 from ecoflap.pipelines.run_cli import prefect_defaults
 
@@ -177,16 +177,6 @@ def run_row(table: Table, stage: str, label: str, sparsity: float, seed: int) ->
     fields |= {"sparsity": sparsity, "seed": seed}
     extra = {"name": label, "sparsity": sparsity, "questions": fields["limit"], "seed": seed}
     table.run_row(key, fields, Path("runs") / "bench-zo-choice" / stage, extra)
-
-
-def wilson(row: dict[str, Any]) -> tuple[float, float]:
-    """95% Wilson interval of the generation accuracy."""
-    from scipy.stats import binomtest
-
-    n = row["questions"]
-    k = round(metric(row, "vqa", "acc") * n)
-    ci = binomtest(k, n).proportion_ci(0.95, method="wilson")
-    return ci.low, ci.high
 
 
 def markdown(table: Table, stage: str) -> str:
