@@ -28,16 +28,22 @@ from ecoflap.core.job import load_model
 from ecoflap.pipelines.common import registries
 from ecoflap.pipelines.run_cli import prefect_defaults
 
+#: every scorer row names all of its zeroth-order settings, so that no row depends on the code's defaults
+SAMPLED_SMOOTH5 = {"zo_level": "sampled", "zo_difference": "forward", "smooth_blocks": 5}
 SCORERS = {
-    "ecoflap zeroth-order": {"allocator": "ecoflap", "scorer": "zeroth-order"},
+    "ecoflap zeroth-order grad-only, exact (the reference's)": {
+        "allocator": "ecoflap", "scorer": "zeroth-order", "zo_variant": "grad-only", "zo_level": "tensor",
+        "zo_difference": "central", "smooth_blocks": 1,
+    },
     "ecoflap zeroth-order grad-mag-abs": {
-        "allocator": "ecoflap",
-        "scorer": "zeroth-order",
-        "zo_variant": "grad-mag-abs",
-    },  # fmt: skip
+        "allocator": "ecoflap", "scorer": "zeroth-order", "zo_variant": "grad-mag-abs", **SAMPLED_SMOOTH5,
+    },
+    "ecoflap zeroth-order weight-scaled (default)": {
+        "allocator": "ecoflap", "scorer": "zeroth-order", "zo_variant": "weight-scaled", **SAMPLED_SMOOTH5,
+    },
     "ecoflap first-order": {"allocator": "ecoflap", "scorer": "first-order"},
     "uniform": {"allocator": "uniform"},
-}
+}  # fmt: skip
 
 
 def tower_sizes(model: str) -> dict[str, dict[str, int]]:
@@ -146,7 +152,9 @@ def markdown(rows: list[dict[str, Any]], budgets: list[float]) -> str:
     return "\n".join(lines)
 
 
-MARKERS = {"ecoflap zeroth-order": ("v", "tab:red"), "ecoflap zeroth-order grad-mag-abs": ("D", "tab:orange"),
+MARKERS = {"ecoflap zeroth-order grad-only, exact (the reference's)": ("v", "tab:red"),
+           "ecoflap zeroth-order grad-mag-abs": ("D", "tab:orange"),
+           "ecoflap zeroth-order weight-scaled (default)": ("P", "tab:purple"),
            "ecoflap first-order": ("^", "tab:green"),
            "uniform": ("s", "tab:gray"), "oracle": ("*", "tab:blue")}  # fmt: skip
 

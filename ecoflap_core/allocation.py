@@ -200,6 +200,13 @@ def group_scores(request: AllocationRequest, groups: Mapping[str, str], sizes: M
     return totals
 
 
+def smooth_window_problem(window: int) -> str | None:
+    """What is wrong with a smoothing window, or None: it counts groups and is centred on one, so it is odd."""
+    if window % 2 == 0 or window < 1:
+        return f"score smoothing window {window} must be a positive odd number (1: none), e.g. 3"
+    return None
+
+
 def smooth_scores(
     request: AllocationRequest, groups: Mapping[str, str], sizes: Mapping[str, int], scores: Mapping[str, float],
     window: int,
@@ -208,8 +215,8 @@ def smooth_scores(
     the model's order (the window shrinks at a tower's ends); 1 leaves the scores as they are. A denoiser for
     an estimated score (zeroth-order: a few random directions per tensor), whose block-to-block noise
     otherwise becomes block-to-block sparsity; first-order's block densities vary smoothly with depth."""
-    if window % 2 == 0 or window < 1:
-        raise EcoflapError(f"score smoothing window {window} must be a positive odd number (1: none), e.g. 3")
+    if problem := smooth_window_problem(window):
+        raise EcoflapError(problem)
     if window == 1:
         return dict(scores)
     per_weight = request.aggregation == "sum"

@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from ecoflap.core.allocation import smooth_window_problem
 from ecoflap.core.datasets.corpora import check_corpus
 from ecoflap.core.devices import check_device_name, device_identity, resolve_device
 from ecoflap.core.errors import EcoflapError, describe_validation_error
@@ -165,8 +166,8 @@ class PruneConfig(BaseModel):
     @field_validator("smooth_blocks")
     @classmethod
     def _odd_window(cls, window: int | None) -> int | None:
-        if window is not None and window % 2 == 0:
-            raise ValueError(f"{window} is even: the window is centred on a block, use an odd number such as 3")
+        if window is not None and (problem := smooth_window_problem(window)):
+            raise ValueError(problem)
         return window
 
     @field_validator("device")

@@ -201,7 +201,7 @@ def test_the_smoothing_window_is_in_the_identity_and_the_allocation_key_only() -
     assert method_label(smoothed, 0.5) == "wanda / ecoflap zeroth-order smooth_blocks=3"
     plain, smooth = _keys(smooth_blocks=1), _keys(smooth_blocks=3)
     assert smooth["scores"] == plain["scores"] and smooth["allocation"] != plain["allocation"]
-    with pytest.raises(EcoflapError, match="even"):
+    with pytest.raises(EcoflapError, match="smooth_blocks.*odd"):
         PruneConfig.build(smooth_blocks=4)
 
 

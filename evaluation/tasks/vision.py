@@ -57,14 +57,20 @@ class VqaTask(Task):
         split = arg(options, "split", "test")
         if split not in VQA_SPLITS:
             raise EcoflapError(f"task argument split={split!r} must be one of {', '.join(VQA_SPLITS)}")
-        mode = arg(options, "mode", "both")
-        if mode not in VQA_MODES:
-            raise EcoflapError(f"task argument mode={mode!r} must be one of {', '.join(VQA_MODES)}")
+        cls.mode(options)  # a wrong mode stops before the data are read, and before any compute
         folder, description, default = data_folder(cls.name, options, split)
         data = read_vqa(
             folder, path_arg(options, "questions"), path_arg(options, "annotations"), path_arg(options, "images")
         )
         return data, description, default
+
+    @staticmethod
+    def mode(options: TaskOptions) -> str:
+        """The ``mode`` task argument (generate, rank or both), checked."""
+        mode = arg(options, "mode", "both")
+        if mode not in VQA_MODES:
+            raise EcoflapError(f"task argument mode={mode!r} must be one of {', '.join(VQA_MODES)}")
+        return mode
 
     @classmethod
     def describe_data(cls, options: TaskOptions) -> str:
@@ -74,7 +80,7 @@ class VqaTask(Task):
 
     def run(self, adapter: Any, options: TaskOptions) -> TaskResult:
         data, description, _ = self.load(options)
-        mode = arg(options, "mode", "both")
+        mode = self.mode(options)
         questions = data.questions if options.limit is None else data.questions[: options.limit]
         score = vqa_accuracy if data.format == "vqav2" else lambda a, humans: exact_match(a, humans[0])
         vocabulary = {normalize_answer(c): j for j, c in enumerate(data.candidates)}
