@@ -100,6 +100,8 @@ def row(label: str, document: dict[str, Any]) -> dict[str, Any]:
         "timings_s": block["timings_s"],
         "git_hash": block.get("git_hash"),
         "versions": block.get("versions"),  # the machine too: the same run key elsewhere may differ
+        # torch's threads in each step: a step reused from the cache may have run at another count than the run
+        "step_threads": {name: step["threads"] for name, step in block.get("steps", {}).items() if step.get("threads")},
     }
 
 

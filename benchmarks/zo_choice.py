@@ -196,9 +196,12 @@ def markdown(table: Table, stage: str) -> str:
 
 def machine_of(row: dict[str, Any], path: Path) -> str:
     """Where a row's numbers were made: its ``versions`` (libraries and machine) where the row has them, else its
-    file (rows written before ``versions`` named the machine: one file, one machine)."""
+    file (rows written before ``versions`` named the machine: one file, one machine), and the thread counts its
+    steps ran at where it records them (a coarse step reused from another run's cache may have run at another)."""
     versions = row.get("versions")
-    return repr(sorted(versions.items())) if versions else str(path)
+    where = repr(sorted(versions.items())) if versions else str(path)
+    threads = sorted(set(row.get("step_threads", {}).values()))
+    return where + (f" threads {threads}" if threads else "")
 
 
 def has_answer_nll(row: dict[str, Any]) -> bool:

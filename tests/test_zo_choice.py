@@ -50,6 +50,19 @@ def test_rows_without_versions_pair_within_their_file() -> None:
     assert found[SAMPLED]["vqa"] == pytest.approx([-10.0])
 
 
+def test_a_row_whose_coarse_step_ran_at_other_threads_is_not_paired() -> None:
+    """A coarse step reused from a two-thread run's cache gives other scores than one computed at one thread:
+    the rows pair on their steps' thread counts, where they record them."""
+    one = {"coarse": 1, "fine": 1, "eval:vqa": 1}
+    rows = [
+        vqa("first-order", 0.60) | {"step_threads": one},
+        vqa(SAMPLED, 0.50) | {"step_threads": one | {"coarse": 2}},  # the reused scores: no pair
+        vqa("first-order", 0.70, seed=1) | {"step_threads": one},
+        vqa(SAMPLED, 0.73, seed=1) | {"step_threads": one},  # +3
+    ]
+    assert zo_choice.gaps({Path("a.json"): rows}, "accuracy")[SAMPLED]["vqa"] == pytest.approx([3.0])
+
+
 def two_stages(name: str, points: float, percent: float) -> list[dict[str, Any]]:
     return [vqa(name, 0.6 + points / 100), ppl(name, 200.0 * (1 + percent / 100))]
 
