@@ -36,12 +36,12 @@ from job_table import RESULTS
 from scipy.stats import spearmanr
 from zo_variants import coarse, tower_split, weighted_sparsity
 
-from ecoflap.core.adapters import Batch, ModelAdapter, Tower, linears, split_batch
+from ecoflap.core.adapters import Batch, ModelAdapter, Tower, linears
 from ecoflap.core.allocation import LayerInfo
 from ecoflap.core.compress import allocate, select_towers
 from ecoflap.core.job import calibration_batch, load_model, resolve_methods
 from ecoflap.core.provenance import git_hash, read_json, versions, write_json
-from ecoflap.core.scoring import only_requires_grad
+from ecoflap.core.scoring import visit_gradients
 from ecoflap.pipelines import common, steps
 from ecoflap.pipelines.run_config import RunConfig
 
@@ -62,24 +62,13 @@ def expected_scores(adapter: ModelAdapter, towers: list[Tower], batch: Batch) ->
     layers = linears(towers)
     sums: dict[str, dict[str, float]] = {k: dict.fromkeys(layers, 0.0) for k in ("g", "wg", "l1")}
 
-    def hook(name: str, weight: torch.Tensor):
-        def accumulate(param: torch.Tensor) -> None:
-            g, w = param.grad.detach().double(), weight.detach().double()
-            sums["g"][name] += float(g.norm())
-            sums["wg"][name] += float((w * g).norm())
-            sums["l1"][name] += float((w * g).abs().sum())
-            param.grad = None
+    def accumulate(name: str, weight: torch.Tensor, grad: torch.Tensor) -> None:
+        g, w = grad.double(), weight.detach().double()
+        sums["g"][name] += float(g.norm())
+        sums["wg"][name] += float((w * g).norm())
+        sums["l1"][name] += float((w * g).abs().sum())
 
-        return accumulate
-
-    with only_requires_grad(adapter.model, [lin.weight for lin in layers.values()]):
-        handles = [lin.weight.register_post_accumulate_grad_hook(hook(n, lin.weight)) for n, lin in layers.items()]
-        try:
-            for sample in split_batch(batch, 1):
-                adapter.loss(sample).mean().backward()
-        finally:
-            for h in handles:
-                h.remove()
+    visit_gradients(adapter, towers, batch, accumulate, micro_batch=1, desc="per-sample gradients")
     c = math.sqrt(2 / math.pi)
     magnitude = {n: float(lin.weight.detach().float().abs().sum()) for n, lin in layers.items()}
     size = {n: lin.weight.numel() for n, lin in layers.items()}

@@ -53,7 +53,7 @@ import contextlib
 import hashlib
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -417,6 +417,44 @@ def only_requires_grad(model: nn.Module, params: Sequence[nn.Parameter]) -> Iter
             p.requires_grad_(flag)
 
 
+def visit_gradients(
+    adapter: ModelAdapter,
+    towers: Sequence[Tower],
+    batch: Batch,
+    visit: Callable[[str, torch.Tensor, torch.Tensor], None],
+    *,
+    micro_batch: int = 1,
+    progress: ProgressFactory = no_progress,
+    desc: str = "first-order scores",
+) -> int:
+    """Backpropagate each micro-batch's loss and hand every prunable tensor's gradient to ``visit(name, weight,
+    grad)`` as soon as it is accumulated, then drop it (gradients for the prunable weights alone, and of those
+    only the ones not yet visited are held). Returns the number of micro-batches."""
+    layers = linears(towers)
+    micros = split_batch(batch, micro_batch)
+    bar = progress(total=len(micros), desc=desc)
+
+    def hook(name: str, weight: torch.Tensor) -> Callable[[torch.Tensor], None]:
+        def on_grad(param: torch.Tensor) -> None:
+            visit(name, weight, param.grad.detach())
+            param.grad = None
+
+        return on_grad
+
+    # frozen models (mini-blip2, BLIP-2) turn gradients on only here, before the hooks that need them
+    with only_requires_grad(adapter.model, [lin.weight for lin in layers.values()]):
+        handles = [lin.weight.register_post_accumulate_grad_hook(hook(n, lin.weight)) for n, lin in layers.items()]
+        try:
+            for micro in micros:
+                adapter.loss(micro).mean().backward()
+                bar.update(1)
+        finally:
+            for h in handles:
+                h.remove()
+            bar.close()
+    return len(micros)
+
+
 def first_order_scores(
     adapter: ModelAdapter,
     towers: Sequence[Tower],
@@ -430,29 +468,12 @@ def first_order_scores(
     layers = linears(towers)
     acc = {n: torch.zeros_like(lin.weight, dtype=torch.float32) for n, lin in layers.items()}
     power = 2 if variant == "grad-mag-square" else 1
-    micros = split_batch(batch, micro_batch)
-    bar = progress(total=len(micros), desc="first-order scores")
-    # frozen models (mini-blip2, BLIP-2) turn gradients on only here, before the hooks that need them
-    with only_requires_grad(adapter.model, [lin.weight for lin in layers.values()]):
-        hook = lambda n, lin: lin.weight.register_post_accumulate_grad_hook(_accumulator(acc[n], power))  # noqa: E731
-        handles = [hook(n, lin) for n, lin in layers.items()]
-        try:
-            for micro in micros:
-                adapter.loss(micro).mean().backward()
-                bar.update(1)
-        finally:
-            for h in handles:
-                h.remove()
-            bar.close()
-    return {n: _first_order_total(layers[n].weight, acc[n] / len(micros), variant) for n in layers}
 
+    def accumulate(name: str, _weight: torch.Tensor, grad: torch.Tensor) -> None:
+        acc[name].add_(grad.float().abs().pow(power))
 
-def _accumulator(acc: torch.Tensor, power: int):
-    def hook(param: torch.Tensor) -> None:
-        acc.add_(param.grad.detach().float().abs().pow(power))
-        param.grad = None
-
-    return hook
+    micros = visit_gradients(adapter, towers, batch, accumulate, micro_batch=micro_batch, progress=progress)
+    return {n: _first_order_total(layers[n].weight, acc[n] / micros, variant) for n in layers}
 
 
 def _first_order_total(weight: torch.Tensor, mean_grad: torch.Tensor, variant: str) -> float:
