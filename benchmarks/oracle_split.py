@@ -166,7 +166,7 @@ def figure(rows: list[dict[str, Any]], budgets: list[float], path: Path) -> Path
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, axes = plt.subplots(1, len(budgets), figsize=(5.2 * len(budgets), 3.8), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(budgets), figsize=(5.2 * len(budgets), 4.4), sharey=True, squeeze=False)
     for ax, budget in zip(axes[0], budgets, strict=True):
         grid = sorted((r for r in rows if r.get("kind") == "grid" and r["budget"] == budget), key=lambda r: r["vision"])
         xs = [r["per_tower"]["vision"] for r in grid]
@@ -181,8 +181,9 @@ def figure(rows: list[dict[str, Any]], budgets: list[float], path: Path) -> Path
         ax.set_xlabel("vision tower sparsity (language: the rest of the budget)")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("VQA accuracy, validation (generation)")
-    axes[0][-1].legend(fontsize=8, loc="best")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4, frameon=False)  # below the panels, on no data
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
