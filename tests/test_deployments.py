@@ -85,6 +85,7 @@ def run_sweep(served: dict[str, Any], caller: Path, settings: dict[str, Any], *a
     return sweep
 
 
+@pytest.mark.slow  # a served deployment and its worker: 80-120 s each on 2 cores
 def test_a_two_point_sweep_runs_on_the_worker_and_lands_where_the_caller_said(
     served: dict[str, Any], tmp_path: Path, toy_text: str
 ) -> None:
@@ -127,6 +128,7 @@ def test_a_two_point_sweep_runs_on_the_worker_and_lands_where_the_caller_said(
     print(f"two-point sweep + dense baseline through the worker: {took:.0f} s")
 
 
+@pytest.mark.slow  # a served deployment and its worker: 80-120 s each on 2 cores
 def test_a_failing_child_fails_the_sweep_naming_it(served: dict[str, Any], tmp_path: Path) -> None:
     caller = tmp_path / "caller"
     caller.mkdir()

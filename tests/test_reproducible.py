@@ -41,6 +41,7 @@ def test_the_job_twice_gives_identical_masks(tmp_path: Path, toy_corpus: Path, s
     assert third["scores"] != first["scores"]
 
 
+@pytest.mark.slow  # two fresh processes of the whole command: 85 s on 2 cores
 def test_the_command_twice_in_fresh_processes_gives_identical_pruned_weights(tmp_path: Path) -> None:
     """``ecoflap prune`` twice, each in its own process (other hash seeds, empty run caches): the same weights."""
     import os
